@@ -1,0 +1,53 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both install what is
+# missing (scripts/setup-host.sh), build what changed, and are cheap on a second run.
+SHELL := /bin/bash
+.DEFAULT_GOAL := demo
+export KATA_RS_CACHE ?= /var/cache/kata-rs
+
+HOST_ARCH := $(shell uname -m)
+GUEST_ARCHES ?= x86_64 aarch64
+PREFIX ?= /usr/local
+
+.PHONY: setup build agent guest demo test unit e2e lint install uninstall clean
+
+setup:
+	@bash scripts/setup-host.sh
+
+# Host binaries: the shim and kata-ctl.
+build: setup
+	@bash scripts/step.sh "build containerd-shim-kata-v2 and kata-ctl" \
+	  cargo build --release -p containerd-shim-kata-v2
+
+# Static guest agents, one per guest arch.
+agent: setup
+	@for a in $(GUEST_ARCHES); do \
+	  bash scripts/step.sh "build kata-agent for $$a" bash scripts/build-agent.sh $$a || exit 1; \
+	done
+
+# Kernel + initrd per arch under build/guest/<arch>/, and build/configuration-qemu.toml.
+guest: agent
+	@bash scripts/build-guest.sh $(GUEST_ARCHES)
+
+demo: build guest
+	@bash scripts/demo.sh
+
+lint: setup
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+unit: setup
+	cargo test --workspace --exclude kata-e2e
+
+e2e: build guest
+	cargo test -p kata-e2e -- --test-threads=1 --nocapture
+
+test: lint unit e2e
+
+install: build guest
+	@bash scripts/install.sh install $(PREFIX)
+
+uninstall:
+	@bash scripts/install.sh uninstall $(PREFIX)
+
+clean:
+	rm -rf build target

@@ -1,0 +1,27 @@
+//! The agent API shared by the shim (client) and kata-agent (server).
+//!
+//! Messages and stubs are generated at build time from `protos/agent.proto`.
+
+#[allow(clippy::all, unused_mut, unused_imports, unused_attributes, unused_qualifications, missing_docs, non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code)]
+pub mod agent {
+    include!(concat!(env!("OUT_DIR"), "/agent.rs"));
+}
+
+#[allow(clippy::all, unused_mut, unused_imports, unused_attributes, unused_qualifications, missing_docs, non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code)]
+pub mod agent_ttrpc {
+    include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
+}
+
+/// vsock port of the agent's ttrpc server.
+pub const AGENT_TTRPC_PORT: u32 = 1024;
+/// vsock port on which the agent streams its log lines to the host.
+pub const AGENT_LOG_PORT: u32 = 1025;
+/// vsock port of the guest debug console (only when enabled).
+pub const DEBUG_CONSOLE_PORT: u32 = 1026;
+
+/// Guest directory under which every path the host names (storages, CopyFile) must lie.
+pub const GUEST_RUN_DIR: &str = "/run/kata-containers";
+/// Guest mount point of the sandbox's shared filesystem (virtio-fs or 9p).
+pub const GUEST_SHARED_DIR: &str = "/run/kata-containers/shared/containers";
+/// Mount tag of the sandbox's shared filesystem.
+pub const SHARED_FS_TAG: &str = "kataShared";

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Installs what building and testing this project needs on a Debian/Ubuntu host.
+# Idempotent: every step checks first, so a second run costs seconds.
+# Costly, input-keyed results (cargo-installed helpers) live in the cache outside the
+# checkout: $KATA_RS_CACHE (default /var/cache/kata-rs).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=scripts/lib.sh
+. "$here/lib.sh"
+
+APT_OPTS=(-y -q -o DPkg::Lock::Timeout=300 --no-install-recommends)
+need_root
+
+apt_missing=()
+want_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed" || apt_missing+=("$1"); }
+
+# QEMU, containerd, kernel build, cross toolchain, virtiofsd build deps, image building.
+for p in qemu-system-x86 qemu-system-arm containerd runc busybox-static \
+         linux-source-6.1 bc bison flex libelf-dev libssl-dev cpio xz-utils lz4 \
+         gcc-aarch64-linux-gnu libc6-dev-arm64-cross musl-tools \
+         libseccomp-dev libcap-ng-dev pkg-config iproute2 jq; do
+  want_pkg "$p"
+done
+
+if [ ${#apt_missing[@]} -gt 0 ]; then
+  step "apt-get install ${apt_missing[*]}"
+  apt-get -q -o DPkg::Lock::Timeout=300 update
+  extra=()
+  # Bookworm's QEMU 7.2 (faster under TCG than 10.x) conflicts with a qemu-utils from
+  # backports; pin qemu-utils to bookworm's when that is the installed one.
+  if dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null | grep -q bpo; then
+    extra=(qemu-utils/bookworm --allow-downgrades)
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install "${APT_OPTS[@]}" "${apt_missing[@]}" "${extra[@]}"
+fi
+
+# arm64 busybox for arm64 guest images: fetched as a .deb and unpacked into the cache.
+arm_bb="$KATA_RS_CACHE/busybox-arm64/bin/busybox"
+if [ ! -x "$arm_bb" ]; then
+  step "fetch busybox-static:arm64"
+  if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    dpkg --add-architecture arm64
+    apt-get -q -o DPkg::Lock::Timeout=300 update
+  fi
+  tmp=$(mktemp -d)
+  chmod 0755 "$tmp"; (cd "$tmp" && apt-get -q download busybox-static:arm64)
+  mkdir -p "$KATA_RS_CACHE/busybox-arm64"
+  dpkg -x "$tmp"/busybox-static_*_arm64.deb "$tmp/x"
+  install -D -m 0755 "$tmp/x/bin/busybox" "$arm_bb"
+  rm -rf "$tmp"
+fi
+
+# Rust targets for the static guest agent.
+for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
+  if ! rustup target list --installed | grep -qx "$t"; then
+    step "rustup target add $t"
+    rustup target add "$t"
+  fi
+done
+
+# Helper daemons, cargo-installed at pinned versions into the cache (keyed by version).
+cargo_tool() { # name version
+  local root="$KATA_RS_CACHE/tools/$1-$2"
+  if [ ! -x "$root/bin/$1" ]; then
+    step "cargo install $1 $2 (a few minutes, once per machine)"
+    cargo install --locked --quiet --root "$root" "$1" --version "$2"
+  fi
+}
+cargo_tool vhost-device-vsock "$VHOST_DEVICE_VSOCK_VERSION"
+cargo_tool virtiofsd "$VIRTIOFSD_VERSION"
+step "host set-up complete"
