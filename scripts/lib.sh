@@ -21,3 +21,29 @@ agent_target() {
 }
 # Path of the built static agent for a guest arch, relative to the checkout.
 agent_binary() { echo "target/$(agent_target "$1")/release/kata-agent"; }
+
+# The locally built busybox image every demo and test runs.
+TEST_IMAGE=docker.io/library/busybox:latest
+BUSYBOX_ARM64="$KATA_RS_CACHE/busybox-arm64/bin/busybox"
+
+# Guest kernel (scripts/build-kernel.sh, scripts/build-guest.sh).
+GUEST_KERNEL_TARBALL=${GUEST_KERNEL_TARBALL:-/usr/src/linux-source-6.1.tar.xz}
+GUEST_KERNEL_TREE=linux-source-6.1   # top directory inside the tarball
+# Kernel ARCH= for a guest arch (x86_64 rather than x86, so tinyconfig stays 64-bit).
+guest_kernel_arch() {
+  case "$1" in
+    x86_64) echo x86_64 ;;
+    aarch64) echo arm64 ;;
+    *) die "unsupported guest arch '$1' (x86_64 or aarch64)" ;;
+  esac
+}
+# File name of the bootable kernel for a guest arch: a PVH ELF on x86_64, the raw Image on arm64.
+guest_kernel_image() {
+  case "$1" in
+    x86_64) echo vmlinux ;;
+    aarch64) echo Image ;;
+    *) die "unsupported guest arch '$1' (x86_64 or aarch64)" ;;
+  esac
+}
+# Where scripts/build-guest.sh puts one arch's kernel, initrd and kernel.config.
+guest_dir() { echo "build/guest/$1"; }

@@ -35,7 +35,7 @@ if [ ${#apt_missing[@]} -gt 0 ]; then
 fi
 
 # arm64 busybox for arm64 guest images: fetched as a .deb and unpacked into the cache.
-arm_bb="$KATA_RS_CACHE/busybox-arm64/bin/busybox"
+arm_bb="$BUSYBOX_ARM64"
 if [ ! -x "$arm_bb" ]; then
   step "fetch busybox-static:arm64"
   if ! dpkg --print-foreign-architectures | grep -qx arm64; then

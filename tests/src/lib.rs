@@ -1,1 +1,298 @@
-//! Shared harness for the end-to-end suites.
+//! Shared harness for the end-to-end suites: a private containerd per test binary (started
+//! through `scripts/containerd.sh`, the same script `make demo` uses), the locally built
+//! busybox image, `ctr` drivers, and checks that a sandbox left nothing behind.
+//!
+//! Nothing here is faked: a missing part (containerd, QEMU, the shim, the guest) fails the
+//! test with a message saying what to build; there is no skip path.
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The runtime name containerd maps to our `containerd-shim-kata-v2` binary.
+pub const RUNTIME: &str = "io.containerd.kata.v2";
+/// Where the shim keeps each sandbox's VM, helpers and sockets (see the shim's `vm` module).
+pub const SANDBOX_RUN_DIR: &str = "/run/kata-containers";
+
+/// The checkout this test binary was built from.
+pub fn top_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent directory")
+        .to_path_buf()
+}
+
+fn scripts() -> PathBuf {
+    top_dir().join("scripts")
+}
+
+/// The image every suite runs, as named in scripts/lib.sh.
+pub fn test_image() -> String {
+    shell_var("TEST_IMAGE").unwrap_or_else(|e| panic!("reading TEST_IMAGE from scripts/lib.sh: {e:#}"))
+}
+
+/// Reads one variable defined by scripts/lib.sh, the one source of shared paths and names.
+pub fn shell_var(name: &str) -> Result<String> {
+    let lib = scripts().join("lib.sh");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(". '{}' && printf %s \"${name}\"", lib.display()))
+        .output()
+        .with_context(|| format!("sourcing {}", lib.display()))?;
+    let v = String::from_utf8_lossy(&out.stdout).to_string();
+    if !out.status.success() || v.is_empty() {
+        bail!("{name} is not set by {}", lib.display());
+    }
+    Ok(v)
+}
+
+/// Fails (never skips) when a part the suite needs was not built.
+pub fn require_built(paths: &[PathBuf]) {
+    let missing: Vec<String> = paths
+        .iter()
+        .filter(|p| !p.exists())
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "end-to-end parts missing: {missing:?}; build them with `make build guest` (or run `make e2e`)"
+    );
+}
+
+/// A private containerd for one test binary; stopped on drop.
+pub struct Containerd {
+    dir: PathBuf,
+}
+
+impl Containerd {
+    /// Starts (or reuses) a private containerd under build/e2e/<name> and imports the image.
+    pub fn start(name: &str) -> Self {
+        let top = top_dir();
+        require_built(&[
+            top.join("target/release/containerd-shim-kata-v2"),
+            top.join("build/configuration-qemu.toml"),
+        ]);
+        let dir = top.join("build/e2e").join(name);
+        let c = Containerd { dir };
+        c.script(&["start"]).expect("starting the private containerd");
+        let tar = top.join("build/images/busybox.tar");
+        if !tar.exists() {
+            let out = Command::new("bash")
+                .arg(scripts().join("build-image.sh"))
+                .arg(&tar)
+                .output()
+                .expect("running scripts/build-image.sh");
+            assert!(out.status.success(), "build-image.sh failed: {}", text(&out.stderr));
+        }
+        let listed = c.ctr(&["images", "ls", "-q"]);
+        if !text(&listed.stdout).lines().any(|l| l == test_image()) {
+            let tar = tar.to_string_lossy().to_string();
+            let out = c.ctr(&["images", "import", "--all-platforms", &tar]);
+            assert!(out.status.success(), "ctr images import: {}", text(&out.stderr));
+        }
+        c
+    }
+
+    fn script(&self, args: &[&str]) -> Result<Output> {
+        let out = Command::new("bash")
+            .arg(scripts().join("containerd.sh"))
+            .args(args)
+            .env("CONTAINERD_DIR", &self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .context("running scripts/containerd.sh")?;
+        if !out.status.success() {
+            bail!("containerd.sh {args:?}: {}", text(&out.stderr));
+        }
+        Ok(out)
+    }
+
+    /// containerd's own log: the shim's and the guest's lines end up here.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("containerd.log")
+    }
+
+    /// The tail of containerd's log, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// `ctr` against this containerd with stdin closed.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        self.ctr_with_stdin(args, None)
+    }
+
+    /// `ctr` with the given bytes on stdin (`None` = no stdin).
+    pub fn ctr_with_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let sock = self.dir.join("containerd.sock");
+        let mut cmd = Command::new("ctr");
+        cmd.arg("-a").arg(&sock).args(args);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        let mut child = cmd.spawn().expect("spawning ctr");
+        if let Some(data) = stdin {
+            use std::io::Write;
+            let mut w = child.stdin.take().expect("ctr stdin is piped");
+            w.write_all(data).expect("writing ctr stdin");
+        }
+        child.wait_with_output().expect("waiting for ctr")
+    }
+
+    /// `ctr run --rm --runtime kata <image> <id> <cmd...>` plus extra ctr flags.
+    pub fn run(&self, flags: &[&str], id: &str, cmd: &[&str]) -> Output {
+        let image = test_image();
+        let mut args = vec!["run", "--rm", "--runtime", RUNTIME];
+        args.extend_from_slice(flags);
+        args.push(&image);
+        args.push(id);
+        args.extend_from_slice(cmd);
+        self.ctr(&args)
+    }
+
+    /// Starts a detached container (`ctr run -d`).
+    pub fn run_detached(&self, id: &str, cmd: &[&str]) {
+        let image = test_image();
+        let mut args = vec!["run", "-d", "--runtime", RUNTIME, &image, id];
+        args.extend_from_slice(cmd);
+        let out = self.ctr(&args);
+        assert!(
+            out.status.success(),
+            "ctr run -d {id}: {}\ncontainerd log:\n{}",
+            text(&out.stderr),
+            self.log_tail(40)
+        );
+    }
+
+    /// The STATUS column of `ctr task ls` for a task, if listed.
+    pub fn task_status(&self, id: &str) -> Option<String> {
+        let out = self.ctr(&["task", "ls"]);
+        text(&out.stdout).lines().skip(1).find_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols.first() == Some(&id)).then(|| cols.get(2).unwrap_or(&"").to_string())
+        })
+    }
+
+    /// Waits (bounded) until a task reaches `status`.
+    pub fn wait_status(&self, id: &str, status: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = self.task_status(id);
+            if now.as_deref() == Some(status) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id} did not reach {status} within {timeout:?} (now {now:?})\ncontainerd log:\n{}",
+                self.log_tail(40)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Deletes a stopped task and its container; returns the exit code containerd reported.
+    pub fn delete_task(&self, id: &str) -> i32 {
+        let out = self.ctr(&["task", "delete", id]);
+        let err = text(&out.stderr);
+        assert!(
+            out.status.success(),
+            "ctr task delete {id}: {err}\ncontainerd log:\n{}",
+            self.log_tail(40)
+        );
+        let rm = self.ctr(&["container", "rm", id]);
+        assert!(rm.status.success(), "ctr container rm {id}: {}", text(&rm.stderr));
+        // ctr reports a non-zero exit code only as a warning line.
+        err.split("non-zero exit code ")
+            .nth(1)
+            .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Force-removes a task and container, ignoring errors (test clean-up).
+    pub fn force_remove(&self, id: &str) {
+        let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+        let _ = self.ctr(&["task", "delete", "-f", id]);
+        let _ = self.ctr(&["container", "rm", id]);
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.script(&["stop"]);
+    }
+}
+
+/// Lossy UTF-8 of command output.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
+}
+
+/// What a sandbox may have left behind: processes whose command line names its directory,
+/// mounts under it, the directory itself. Empty means clean.
+pub fn leftovers(sandbox_id: &str) -> Vec<String> {
+    let dir = format!("{SANDBOX_RUN_DIR}/{sandbox_id}");
+    let mut found = Vec::new();
+    if Path::new(&dir).exists() {
+        found.push(format!("directory {dir}"));
+    }
+    if let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") {
+        for l in mounts.lines().filter(|l| l.contains(sandbox_id)) {
+            found.push(format!("mount {l}"));
+        }
+    }
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for p in procs.flatten() {
+            let pid = p.file_name().to_string_lossy().to_string();
+            if !pid.chars().all(|c| c.is_ascii_digit()) {
+                continue;
+            }
+            let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let ours = ["qemu-system", "virtiofsd", "vhost-device-vsock", "containerd-shim-kata-v2"];
+            if cmdline.contains(&dir) && ours.iter().any(|b| cmdline.contains(b)) {
+                found.push(format!("process {pid}: {cmdline}"));
+            }
+        }
+    }
+    found
+}
+
+/// Waits (bounded) until a sandbox left nothing behind; returns what is still there.
+pub fn wait_clean(sandbox_id: &str, timeout: Duration) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = leftovers(sandbox_id);
+        if left.is_empty() || Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// PIDs of processes whose command line contains all of `needles`.
+pub fn pids_matching(needles: &[&str]) -> Vec<i32> {
+    let mut pids = Vec::new();
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for p in procs.flatten() {
+            let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if needles.iter().all(|n| cmdline.contains(n)) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+/// A container id unique to this run, so reruns never collide with leftovers.
+pub fn unique_id(prefix: &str) -> String {
+    format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
+static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);

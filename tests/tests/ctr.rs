@@ -1,0 +1,292 @@
+//! containerd-shim-kata-v2 end to end: a private containerd, the built shim, QEMU, the built
+//! guest, driven with `ctr` as a user would. Each test checks that its sandbox left nothing
+//! behind (no QEMU or helper process, no mount, no directory under /run/kata-containers).
+
+use kata_e2e::*;
+use std::process::Command;
+use std::time::Duration;
+
+const CLEAN_TIMEOUT: Duration = Duration::from_secs(15);
+const STATUS_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn assert_clean(id: &str, ctrd: &Containerd) {
+    let left = wait_clean(id, CLEAN_TIMEOUT);
+    assert!(
+        left.is_empty(),
+        "sandbox {id} left things behind: {left:#?}\ncontainerd log:\n{}",
+        ctrd.log_tail(30)
+    );
+}
+
+fn expect_ok(out: &std::process::Output, what: &str, ctrd: &Containerd) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({:?}): {}\ncontainerd log:\n{}",
+        out.status,
+        text(&out.stderr),
+        ctrd.log_tail(40)
+    );
+}
+
+#[test]
+fn run_prints_output_and_propagates_exit_code() {
+    let ctrd = Containerd::start("ctr");
+    let id = unique_id("run");
+    let out = ctrd.run(&[], &id, &["sh", "-c", "echo hi; uname -r; exit 3"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "exit status; stdout={stdout:?} stderr={:?}\ncontainerd log:\n{}",
+        text(&out.stderr),
+        ctrd.log_tail(40)
+    );
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some("hi"));
+    let guest_kernel = lines.next().unwrap_or_default().to_string();
+    let host = Command::new("uname").arg("-r").output().expect("uname -r");
+    assert_ne!(
+        guest_kernel,
+        text(&host.stdout).trim(),
+        "the container saw the host's kernel: it did not run in a VM"
+    );
+    println!("guest kernel: {guest_kernel}");
+    assert_clean(&id, &ctrd);
+}
+
+#[test]
+fn stdin_is_copied_in_and_tail_output_is_not_lost() {
+    let ctrd = Containerd::start("ctr");
+    let id = unique_id("stdin");
+    let input: String = (1..=5000).map(|i| format!("line {i}\n")).collect();
+    let image = test_image();
+    let out = ctrd.ctr_with_stdin(
+        &["run", "--rm", "-i", "--runtime", RUNTIME, &image, &id, "cat"],
+        Some(input.as_bytes()),
+    );
+    expect_ok(&out, "ctr run -i cat", &ctrd);
+    assert_eq!(text(&out.stdout), input, "cat did not echo stdin back exactly");
+
+    // Output written right before exit must arrive in full.
+    let id2 = unique_id("tail");
+    let out = ctrd.run(&[], &id2, &["sh", "-c", "seq 1 20000; echo END >&2"]);
+    expect_ok(&out, "ctr run seq", &ctrd);
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().count(), 20000);
+    assert_eq!(stdout.lines().last(), Some("20000"));
+    assert_eq!(text(&out.stderr).trim(), "END");
+    assert_clean(&id, &ctrd);
+    assert_clean(&id2, &ctrd);
+}
+
+/// `ctr -t` needs a terminal on its own side: `script` gives it one.
+fn under_pty(ctrd: &Containerd, ctr_args: &str) -> std::process::Output {
+    let sock = ctrd.log_path().with_file_name("containerd.sock");
+    Command::new("script")
+        .args(["-qec", &format!("ctr -a {} {ctr_args}", sock.display()), "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running script(1)")
+}
+
+#[test]
+fn tty_run_gets_a_terminal() {
+    let ctrd = Containerd::start("ctr");
+    let id = unique_id("tty");
+    let out = under_pty(
+        &ctrd,
+        &format!("run --rm -t --runtime {RUNTIME} {} {id} sh -c 'tty; echo done'", test_image()),
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("/dev/pts/") && stdout.contains("done"),
+        "tty run output {stdout:?} (status {:?})\ncontainerd log:\n{}",
+        out.status,
+        ctrd.log_tail(40)
+    );
+    assert_clean(&id, &ctrd);
+}
+
+#[test]
+fn exec_plain_and_tty_in_a_running_container() {
+    let ctrd = Containerd::start("ctr");
+    let id = unique_id("exec");
+    ctrd.run_detached(&id, &["sleep", "1000"]);
+    ctrd.wait_status(&id, "RUNNING", STATUS_TIMEOUT);
+
+    let out = ctrd.ctr(&["task", "exec", "--exec-id", "e1", &id, "sh", "-c", "echo from-exec; exit 4"]);
+    assert_eq!(text(&out.stdout), "from-exec\n", "stderr: {}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(4), "exec exit code");
+
+    let out = under_pty(&ctrd, &format!("task exec -t --exec-id e2 {id} tty"));
+    assert!(text(&out.stdout).contains("/dev/pts/"), "tty exec: {:?}", text(&out.stdout));
+
+    let ps = ctrd.ctr(&["task", "ps", &id]);
+    expect_ok(&ps, "ctr task ps", &ctrd);
+    assert!(text(&ps.stdout).lines().count() >= 2, "task ps lists the init process");
+
+    ctrd.force_remove(&id);
+    assert_clean(&id, &ctrd);
+}
+
+#[test]
+fn kill_with_signals() {
+    let ctrd = Containerd::start("ctr");
+    // SIGTERM reaches the container's init, which handles it.
+    let id = unique_id("term");
+    ctrd.run_detached(&id, &["sh", "-c", "trap 'exit 42' TERM; while true; do sleep 0.2; done"]);
+    ctrd.wait_status(&id, "RUNNING", STATUS_TIMEOUT);
+    let out = ctrd.ctr(&["task", "kill", "-s", "SIGTERM", &id]);
+    expect_ok(&out, "ctr task kill -s SIGTERM", &ctrd);
+    ctrd.wait_status(&id, "STOPPED", STATUS_TIMEOUT);
+    assert_eq!(ctrd.delete_task(&id), 42);
+    assert_clean(&id, &ctrd);
+
+    // SIGKILL to all processes: 128 + 9.
+    let id = unique_id("killall");
+    ctrd.run_detached(&id, &["sh", "-c", "sleep 1000 & sleep 1000"]);
+    ctrd.wait_status(&id, "RUNNING", STATUS_TIMEOUT);
+    let out = ctrd.ctr(&["task", "kill", "--all", "-s", "SIGKILL", &id]);
+    expect_ok(&out, "ctr task kill --all -s SIGKILL", &ctrd);
+    ctrd.wait_status(&id, "STOPPED", STATUS_TIMEOUT);
+    assert_eq!(ctrd.delete_task(&id), 137);
+    assert_clean(&id, &ctrd);
+}
+
+#[test]
+fn pause_resume_and_metrics() {
+    let ctrd = Containerd::start("ctr");
+    let id = unique_id("pause");
+    ctrd.run_detached(&id, &["sh", "-c", "while true; do sleep 0.1; done"]);
+    ctrd.wait_status(&id, "RUNNING", STATUS_TIMEOUT);
+
+    expect_ok(&ctrd.ctr(&["task", "pause", &id]), "ctr task pause", &ctrd);
+    ctrd.wait_status(&id, "PAUSED", STATUS_TIMEOUT);
+    expect_ok(&ctrd.ctr(&["task", "resume", &id]), "ctr task resume", &ctrd);
+    ctrd.wait_status(&id, "RUNNING", STATUS_TIMEOUT);
+
+    let m = ctrd.ctr(&["task", "metrics", "--format", "json", &id]);
+    expect_ok(&m, "ctr task metrics", &ctrd);
+    let json: serde_json::Value =
+        serde_json::from_slice(&m.stdout).expect("ctr task metrics --format json prints JSON");
+    let usage = json
+        .pointer("/Data/memory/usage")
+        .or_else(|| json.pointer("/memory/usage"))
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
+    assert!(usage > 0, "memory usage from the guest cgroup is reported: {json}");
+    let pids = json
+        .pointer("/Data/pids/current")
+        .or_else(|| json.pointer("/pids/current"))
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
+    assert!(pids >= 1, "pids.current counts the container's processes: {json}");
+
+    ctrd.force_remove(&id);
+    assert_clean(&id, &ctrd);
+}
+
+#[test]
+fn two_containers_at_once_and_delete_while_running() {
+    let ctrd = Containerd::start("ctr");
+    let a = unique_id("twoa");
+    let b = unique_id("twob");
+    ctrd.run_detached(&a, &["sleep", "1000"]);
+    ctrd.run_detached(&b, &["sleep", "1000"]);
+    ctrd.wait_status(&a, "RUNNING", STATUS_TIMEOUT);
+    ctrd.wait_status(&b, "RUNNING", STATUS_TIMEOUT);
+    for id in [&a, &b] {
+        let out = ctrd.ctr(&["task", "exec", "--exec-id", "h", id, "hostname"]);
+        assert_eq!(text(&out.stdout).trim(), id.as_str(), "each VM runs its own container");
+    }
+    // Deleting a running task with -f kills it and tears its VM down.
+    for id in [&a, &b] {
+        expect_ok(&ctrd.ctr(&["task", "delete", "-f", id]), "ctr task delete -f", &ctrd);
+        expect_ok(&ctrd.ctr(&["container", "rm", id]), "ctr container rm", &ctrd);
+        assert_clean(id, &ctrd);
+    }
+}
+
+#[test]
+fn qemu_dying_exits_the_task_with_255_and_cleans_up() {
+    let ctrd = Containerd::start("ctr");
+    let id = unique_id("vmdeath");
+    ctrd.run_detached(&id, &["sleep", "1000"]);
+    ctrd.wait_status(&id, "RUNNING", STATUS_TIMEOUT);
+    let dir = format!("{SANDBOX_RUN_DIR}/{id}");
+    let qemu = pids_matching(&["qemu-system", &dir]);
+    assert_eq!(qemu.len(), 1, "exactly one QEMU for sandbox {id}: {qemu:?}");
+    nix_kill(qemu[0]);
+    ctrd.wait_status(&id, "STOPPED", STATUS_TIMEOUT);
+    assert_eq!(ctrd.delete_task(&id), 255);
+    assert_clean(&id, &ctrd);
+}
+
+fn nix_kill(pid: i32) {
+    let st = Command::new("kill").args(["-9", &pid.to_string()]).status().expect("kill");
+    assert!(st.success(), "kill -9 {pid}");
+}
+
+/// A copy of the built configuration with one key's value replaced (or raw text appended).
+fn config_variant(name: &str, key: &str, value: &str) -> std::path::PathBuf {
+    let base = top_dir().join("build/configuration-qemu.toml");
+    let text = std::fs::read_to_string(&base).expect("build/configuration-qemu.toml");
+    let mut replaced = false;
+    let out: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if !replaced && l.starts_with(&format!("{key} = ")) {
+                replaced = true;
+                format!("{key} = {value}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    assert!(replaced, "key {key} not found in {}", base.display());
+    let path = top_dir().join("build/e2e").join(format!("bad-{name}.toml"));
+    std::fs::create_dir_all(path.parent().expect("has parent")).expect("mkdir build/e2e");
+    std::fs::write(&path, out.join("\n") + "\n").expect("writing config variant");
+    path
+}
+
+fn assert_run_fails_naming(ctrd: &Containerd, config: &std::path::Path, flags: &[&str], needle: &str) {
+    let id = unique_id("bad");
+    let cfg = config.to_string_lossy().to_string();
+    let mut all = vec!["--runtime-config-path", cfg.as_str()];
+    all.extend_from_slice(flags);
+    let out = ctrd.run(&all, &id, &["true"]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "run with {} should fail", config.display());
+    assert!(
+        err.contains(needle),
+        "the error should name {needle:?}; got: {err}\ncontainerd log:\n{}",
+        ctrd.log_tail(20)
+    );
+    let _ = ctrd.ctr(&["container", "rm", &id]);
+    assert_clean(&id, ctrd);
+}
+
+#[test]
+fn user_errors_name_the_cause_and_leave_nothing_behind() {
+    let ctrd = Containerd::start("ctr");
+    let c = config_variant("kernel", "kernel", "\"/nonexistent/vmlinux\"");
+    assert_run_fails_naming(&ctrd, &c, &[], "/nonexistent/vmlinux");
+
+    let c = config_variant("qemu", "path", "\"/nonexistent/qemu-system-x86_64\"");
+    assert_run_fails_naming(&ctrd, &c, &[], "/nonexistent/qemu-system-x86_64");
+
+    let c = config_variant("memory", "default_memory", "0");
+    assert_run_fails_naming(&ctrd, &c, &[], "default_memory");
+
+    let c = config_variant("toml", "default_memory", "[[[");
+    assert_run_fails_naming(&ctrd, &c, &[], "bad-toml.toml");
+
+    let good = top_dir().join("build/configuration-qemu.toml");
+    assert_run_fails_naming(
+        &ctrd,
+        &good,
+        &["--annotation", "io.katacontainers.config.hypervisor.kernel_params=init=/bin/sh"],
+        "io.katacontainers.config.hypervisor.kernel_params",
+    );
+}
