@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# install.sh install|uninstall PREFIX: puts the runtime where containerd and Kata users expect it.
+#   PREFIX/bin                         containerd-shim-kata-v2, kata-ctl
+#   /etc/kata-containers/              configuration.toml (kept if it already exists)
+#   /usr/share/defaults/kata-containers/configuration.toml   the shipped defaults
+#   /usr/share/kata-containers/        guest kernel + initrd (host arch under Kata's names,
+#                                      every built arch under <name>-<arch>)
+# The helper daemons go to the paths the shipped configuration names, so config and files agree.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib.sh"
+top=$(cd "$here/.." && pwd)
+action=${1:?usage: install.sh install|uninstall PREFIX}
+prefix=${2:-/usr/local}
+need_root
+
+config_src="$top/configs/configuration-qemu.toml"
+etc_dir=/etc/kata-containers
+defaults_dir=/usr/share/defaults/kata-containers
+assets_dir=/usr/share/kata-containers
+host_arch=$(uname -m)
+
+# Value of a `key = "value"` line in the shipped configuration.
+config_value() { sed -n "s/^$1 = \"\(.*\)\"/\1/p" "$config_src" | head -1; }
+kernel_dst=$(config_value kernel)
+initrd_dst=$(config_value initrd)
+virtiofsd_dst=$(config_value virtio_fs_daemon)
+vsockd_dst=$(config_value vhost_user_vsock_daemon)
+for v in kernel_dst initrd_dst virtiofsd_dst vsockd_dst; do
+  [ -n "${!v}" ] || die "$config_src does not name ${v%_dst} (expected a quoted path)"
+done
+
+manifest="$assets_dir/.installed-files"
+
+# put MODE SRC DST: installs one file and records it, so uninstall removes exactly these.
+put() {
+  install -D -m "$1" "$2" "$3"
+  mkdir -p "$assets_dir"
+  grep -qxF "$3" "$manifest" 2>/dev/null || echo "$3" >>"$manifest"
+}
+
+case $action in
+install)
+  for b in containerd-shim-kata-v2 kata-ctl; do
+    put 0755 "$top/target/release/$b" "$prefix/bin/$b"
+  done
+  put 0644 "$config_src" "$defaults_dir/configuration.toml"
+  # An existing /etc configuration is the admin's: never overwritten.
+  [ -f "$etc_dir/configuration.toml" ] || put 0644 "$config_src" "$etc_dir/configuration.toml"
+  for arch_dir in "$top"/build/guest/*/; do
+    arch=$(basename "$arch_dir")
+    img=$(guest_kernel_image "$arch")
+    put 0644 "$arch_dir/$img" "$assets_dir/$img-$arch"
+    put 0644 "$arch_dir/initrd.img" "$assets_dir/initrd-$arch.img"
+  done
+  put 0644 "$top/build/guest/$host_arch/$(guest_kernel_image "$host_arch")" "$kernel_dst"
+  put 0644 "$top/build/guest/$host_arch/initrd.img" "$initrd_dst"
+  # Helper daemons already present (e.g. a distribution's virtiofsd) are left alone.
+  [ -x "$virtiofsd_dst" ] || put 0755 "$VIRTIOFSD_BIN" "$virtiofsd_dst"
+  [ -x "$vsockd_dst" ] || put 0755 "$VHOST_DEVICE_VSOCK_BIN" "$vsockd_dst"
+  cat <<TXT
+Installed. Add this to /etc/containerd/config.toml and restart containerd:
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata]
+  runtime_type = "io.containerd.kata.v2"
+
+Then: ctr run --runtime io.containerd.kata.v2 docker.io/library/busybox:latest t1 echo hi
+Check the host with: kata-ctl check
+TXT
+  ;;
+uninstall)
+  [ -f "$manifest" ] || { echo "nothing installed by this project (no $manifest)"; exit 0; }
+  while read -r f; do rm -f "$f"; done <"$manifest"
+  rm -f "$manifest"
+  rmdir "$assets_dir" "$defaults_dir" "$etc_dir" 2>/dev/null || true
+  echo "Removed every file make install had put in place."
+  ;;
+*) die "unknown action '$action' (install|uninstall)" ;;
+esac
