@@ -1,0 +1,336 @@
+//! One container: its spec, cgroup, init process and execs, and their lifecycle.
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use oci_spec::runtime::{LinuxResources, Process as OciProcess, Spec};
+use tracing::{info, warn};
+
+use crate::error::{internal, AgentError, Result};
+use crate::process::Process;
+use crate::spawn::{self, Report, SpawnKind, SpawnRequest};
+use crate::{cgroup, stdio, validate};
+
+/// Time RemoveContainer waits for the processes to die when the request gives none.
+const DEFAULT_REMOVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Created,
+    Running,
+    Paused,
+}
+
+pub struct Container {
+    pub id: String,
+    pub spec: Spec,
+    pub cgroup: PathBuf,
+    pub init: Arc<Process>,
+    pub execs: Mutex<HashMap<String, Arc<Process>>>,
+    status: Mutex<Status>,
+    /// Start pipe and pending exec report of the init, until StartContainer.
+    pending_start: Mutex<Option<(OwnedFd, Report)>>,
+    /// Storages mounted for this container only (unmounted on removal).
+    pub storages: Vec<PathBuf>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| internal(format!("blocking task failed: {e}")))
+}
+
+fn console_size(p: &OciProcess) -> Option<(u16, u16)> {
+    p.console_size().map(|b| {
+        (
+            b.height().min(u16::MAX as u64) as u16,
+            b.width().min(u16::MAX as u64) as u16,
+        )
+    })
+}
+
+/// Checks the parts of a spec the agent depends on, naming what is wrong.
+pub fn check_spec(spec: &Spec) -> Result<(PathBuf, OciProcess)> {
+    let process = spec
+        .process()
+        .clone()
+        .ok_or_else(|| AgentError::InvalidArgument("spec has no process".into()))?;
+    check_process(&process)?;
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| AgentError::InvalidArgument("spec has no root".into()))?;
+    let root_path = validate::absolute_path(&root.path().to_string_lossy())?;
+    if !root_path.is_dir() {
+        return Err(AgentError::InvalidArgument(format!(
+            "rootfs {} does not exist",
+            root_path.display()
+        )));
+    }
+    if spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().as_ref())
+        .is_some()
+    {
+        return Err(AgentError::Unimplemented(
+            "linux.seccomp is not supported by this agent yet".into(),
+        ));
+    }
+    Ok((root_path, process))
+}
+
+pub fn check_process(p: &OciProcess) -> Result<()> {
+    if p.args().as_ref().is_none_or(|a| a.is_empty()) {
+        return Err(AgentError::InvalidArgument("process has no args".into()));
+    }
+    if !p.cwd().is_absolute() {
+        return Err(AgentError::InvalidArgument(format!(
+            "process cwd {:?} is not absolute",
+            p.cwd()
+        )));
+    }
+    Ok(())
+}
+
+impl Container {
+    /// Creates the cgroup and the init process, which waits for StartContainer.
+    /// On failure nothing is left (process killed, cgroup removed).
+    pub async fn create(id: &str, spec: Spec, storages: Vec<PathBuf>) -> Result<Container> {
+        let (_root, process) = check_spec(&spec)?;
+        let cg = cgroup::container_path(id);
+        cgroup::create(&cg).map_err(AgentError::FailedPrecondition)?;
+        let result = Self::create_in(spec.clone(), process, &cg).await;
+        match result {
+            Ok((init, pending)) => Ok(Container {
+                id: id.to_string(),
+                spec,
+                cgroup: cg,
+                init: Arc::new(init),
+                execs: Mutex::new(HashMap::new()),
+                status: Mutex::new(Status::Created),
+                pending_start: Mutex::new(Some(pending)),
+                storages,
+            }),
+            Err(e) => {
+                let cg2 = cg.clone();
+                let _ = blocking(move || destroy_cgroup(&cg2, DEFAULT_REMOVE_TIMEOUT)).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_in(
+        spec: Spec,
+        process: OciProcess,
+        cg: &Path,
+    ) -> Result<(Process, (OwnedFd, Report))> {
+        if let Some(res) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
+            cgroup::apply(cg, res).map_err(AgentError::InvalidArgument)?;
+        }
+        let terminal = process.terminal().unwrap_or(false);
+        let (child_stdio, agent_stdio) = stdio::create(terminal, console_size(&process))
+            .map_err(|e| internal(format!("creating stdio: {e}")))?;
+        let req = SpawnRequest {
+            seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
+            kind: SpawnKind::Init {
+                spec: Box::new(spec),
+            },
+            process,
+            cgroup: Some(cg.to_path_buf()),
+        };
+        let spawned = blocking(move || spawn::spawn(&req, child_stdio))
+            .await?
+            .map_err(|e| AgentError::FailedPrecondition(e.to_string()))?;
+        let start = spawned
+            .start
+            .ok_or_else(|| internal("init spawned without a start pipe"))?;
+        Ok((
+            Process {
+                exec_id: String::new(),
+                pid: spawned.pid,
+                exit: spawned.exit,
+                stdio: agent_stdio,
+            },
+            (start, spawned.report),
+        ))
+    }
+
+    pub fn status(&self) -> Status {
+        *lock(&self.status)
+    }
+
+    /// Lets the init exec its process and waits for the exec's outcome.
+    pub async fn start(&self) -> Result<()> {
+        let Some((start, report)) = lock(&self.pending_start).take() else {
+            return Err(AgentError::FailedPrecondition(format!(
+                "container {:?} was already started",
+                self.id
+            )));
+        };
+        let outcome = blocking(move || {
+            let mut f = std::fs::File::from(start);
+            f.write_all(&[1])
+                .map_err(|e| format!("signalling the container to start: {e}"))?;
+            drop(f);
+            report.wait_exec().map_err(|e| e.to_string())
+        })
+        .await?;
+        match outcome {
+            Ok(()) => {
+                *lock(&self.status) = Status::Running;
+                info!(container = %self.id, pid = self.init.pid, "container started");
+                Ok(())
+            }
+            Err(e) => Err(AgentError::FailedPrecondition(e)),
+        }
+    }
+
+    /// Runs an extra process in the container's namespaces and cgroup.
+    pub async fn exec(&self, exec_id: &str, process: OciProcess) -> Result<Arc<Process>> {
+        check_process(&process)?;
+        if lock(&self.execs).contains_key(exec_id) {
+            return Err(AgentError::AlreadyExists(format!(
+                "exec {exec_id:?} already exists in container {:?}",
+                self.id
+            )));
+        }
+        if self.init.exited().is_some() || self.status() != Status::Running {
+            return Err(AgentError::FailedPrecondition(format!(
+                "container {:?} is not running",
+                self.id
+            )));
+        }
+        let terminal = process.terminal().unwrap_or(false);
+        let (child_stdio, agent_stdio) = stdio::create(terminal, console_size(&process))
+            .map_err(|e| internal(format!("creating stdio: {e}")))?;
+        let req = SpawnRequest {
+            kind: SpawnKind::Exec {
+                init_pid: self.init.pid,
+            },
+            process,
+            cgroup: Some(self.cgroup.clone()),
+            seccomp: self.spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
+        };
+        let spawned = blocking(move || {
+            let s = spawn::spawn(&req, child_stdio)?;
+            let (pid, exit) = (s.pid, s.exit);
+            s.report.wait_exec().map(|()| (pid, exit))
+        })
+        .await?
+        .map_err(|e| AgentError::FailedPrecondition(e.to_string()))?;
+        let p = Arc::new(Process {
+            exec_id: exec_id.to_string(),
+            pid: spawned.0,
+            exit: spawned.1,
+            stdio: agent_stdio,
+        });
+        let mut execs = lock(&self.execs);
+        if execs.contains_key(exec_id) {
+            let _ = p.signal(nix::sys::signal::SIGKILL);
+            return Err(AgentError::AlreadyExists(format!(
+                "exec {exec_id:?} already exists in container {:?}",
+                self.id
+            )));
+        }
+        execs.insert(exec_id.to_string(), p.clone());
+        Ok(p)
+    }
+
+    /// The container's init for "" or its own id, else the exec.
+    pub fn process(&self, exec_id: &str) -> Result<Arc<Process>> {
+        if exec_id.is_empty() || exec_id == self.id {
+            return Ok(self.init.clone());
+        }
+        lock(&self.execs).get(exec_id).cloned().ok_or_else(|| {
+            AgentError::NotFound(format!(
+                "exec {exec_id:?} not found in container {:?}",
+                self.id
+            ))
+        })
+    }
+
+    pub fn signal_all(&self, sig: nix::sys::signal::Signal) {
+        cgroup::signal_all(&self.cgroup, sig);
+    }
+
+    pub async fn pause(&self, paused: bool) -> Result<()> {
+        let cg = self.cgroup.clone();
+        blocking(move || {
+            cgroup::freeze(&cg, paused)?;
+            // Freezing completes asynchronously; wait for the kernel to confirm.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while cgroup::is_frozen(&cg) != paused {
+                if std::time::Instant::now() > deadline {
+                    return Err(format!("cgroup {} did not (un)freeze in 5s", cg.display()));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(())
+        })
+        .await?
+        .map_err(internal)?;
+        *lock(&self.status) = if paused {
+            Status::Paused
+        } else {
+            Status::Running
+        };
+        Ok(())
+    }
+
+    pub fn update(&self, res: &LinuxResources) -> Result<()> {
+        cgroup::apply(&self.cgroup, res).map_err(AgentError::InvalidArgument)
+    }
+
+    /// Kills every process, waits for them (bounded), removes the cgroup.
+    pub async fn destroy(&self, timeout: Option<Duration>) -> Result<()> {
+        let timeout = timeout.unwrap_or(DEFAULT_REMOVE_TIMEOUT);
+        // A paused cgroup cannot die: thaw it first.
+        let _ = cgroup::freeze(&self.cgroup, false);
+        lock(&self.pending_start).take();
+        let cg = self.cgroup.clone();
+        blocking(move || destroy_cgroup(&cg, timeout))
+            .await?
+            .map_err(internal)?;
+        if tokio::time::timeout(timeout, self.init.wait())
+            .await
+            .is_err()
+        {
+            warn!(container = %self.id, "init did not exit after SIGKILL");
+        }
+        Ok(())
+    }
+}
+
+/// SIGKILL everything in the cgroup, wait until it is empty (bounded), remove it.
+fn destroy_cgroup(cg: &Path, timeout: Duration) -> std::result::Result<(), String> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        cgroup::kill_all(cg);
+        if !cgroup::is_populated(cg) || !cg.exists() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "processes of cgroup {} still alive after {timeout:?}",
+                cg.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // rmdir can briefly fail with EBUSY while the last task is being released.
+    loop {
+        match cgroup::remove(cg) {
+            Ok(()) => return Ok(()),
+            Err(e) if std::time::Instant::now() > deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! One process of a container (its init or an exec): pid, exit status and stdio.
+use crate::reaper::{self, ExitReceiver};
+use crate::stdio::AgentStdio;
+
+pub struct Process {
+    pub exec_id: String,
+    pub pid: i32,
+    pub exit: ExitReceiver,
+    pub stdio: AgentStdio,
+}
+
+impl Process {
+    /// Blocks until the process exited; returns its status (code, or 128 + signal).
+    pub async fn wait(&self) -> i32 {
+        reaper::wait(self.exit.clone()).await.unwrap_or(255)
+    }
+
+    pub fn exited(&self) -> Option<i32> {
+        *self.exit.borrow()
+    }
+
+    /// Sends a signal unless the process already exited (its pid may be reused).
+    pub fn signal(&self, sig: nix::sys::signal::Signal) -> nix::Result<()> {
+        if self.exited().is_some() {
+            return Ok(());
+        }
+        match nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), sig) {
+            Err(nix::errno::Errno::ESRCH) => Ok(()),
+            r => r,
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Sandbox state: its storages and the map of containers.
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::mount::{umount2, MntFlags};
+use oci_spec::runtime::Spec;
+use protocol::agent::Storage;
+use tracing::{info, warn};
+
+use crate::container::Container;
+use crate::error::{AgentError, Result};
+use crate::{cgroup, mount, validate};
+
+/// How often GetOOMEvent looks at the containers' memory.events.
+const OOM_POLL: Duration = Duration::from_millis(500);
+
+#[derive(Default)]
+pub struct Sandbox {
+    pub id: Mutex<Option<String>>,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    /// Ids being created right now: a second create of the same id is refused.
+    creating: Mutex<HashSet<String>>,
+    storages: Mutex<Vec<PathBuf>>,
+    oom_seen: Mutex<HashMap<String, u64>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Mounts storages in order; on failure unmounts the ones already mounted.
+pub fn mount_storages(storages: &[Storage]) -> Result<Vec<PathBuf>> {
+    let mut done = Vec::new();
+    for s in storages {
+        let r = validate::path_under(&s.mount_point, protocol::GUEST_RUN_DIR)
+            .map_err(AgentError::from)
+            .and_then(|mp| {
+                mount::mount_storage(s, &mp)
+                    .map(|()| mp)
+                    .map_err(AgentError::InvalidArgument)
+            });
+        match r {
+            Ok(mp) => done.push(mp),
+            Err(e) => {
+                unmount_all(&done);
+                return Err(e);
+            }
+        }
+    }
+    Ok(done)
+}
+
+pub fn unmount_all(points: &[PathBuf]) {
+    for p in points.iter().rev() {
+        if let Err(e) = umount2(p, MntFlags::MNT_DETACH) {
+            if e != nix::errno::Errno::EINVAL {
+                warn!("unmounting {}: {e}", p.display());
+            }
+        }
+    }
+}
+
+impl Sandbox {
+    pub fn create(&self, id: &str, storages: &[Storage]) -> Result<()> {
+        validate::id("sandbox id", id)?;
+        {
+            let cur = lock(&self.id);
+            if let Some(existing) = cur.as_ref() {
+                return Err(AgentError::AlreadyExists(format!(
+                    "sandbox {existing:?} already created"
+                )));
+            }
+        }
+        let mounted = mount_storages(storages)?;
+        *lock(&self.id) = Some(id.to_string());
+        lock(&self.storages).extend(mounted);
+        info!(sandbox = id, "sandbox created");
+        Ok(())
+    }
+
+    pub fn get(&self, id: &str) -> Result<Arc<Container>> {
+        validate::container_id(id)?;
+        lock(&self.containers)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| AgentError::NotFound(format!("container {id:?} not found")))
+    }
+
+    pub fn all(&self) -> Vec<Arc<Container>> {
+        lock(&self.containers).values().cloned().collect()
+    }
+
+    pub async fn create_container(
+        &self,
+        id: &str,
+        spec_json: &[u8],
+        storages: &[Storage],
+    ) -> Result<Arc<Container>> {
+        validate::container_id(id)?;
+        let spec: Spec = serde_json::from_slice(spec_json)
+            .map_err(|e| AgentError::InvalidArgument(format!("invalid OCI spec: {e}")))?;
+        {
+            let containers = lock(&self.containers);
+            let mut creating = lock(&self.creating);
+            if containers.contains_key(id) || !creating.insert(id.to_string()) {
+                return Err(AgentError::AlreadyExists(format!(
+                    "container {id:?} already exists"
+                )));
+            }
+        }
+        let result = async {
+            let mounted = mount_storages(storages)?;
+            match Container::create(id, spec, mounted.clone()).await {
+                Ok(c) => Ok(c),
+                Err(e) => {
+                    unmount_all(&mounted);
+                    Err(e)
+                }
+            }
+        }
+        .await;
+        lock(&self.creating).remove(id);
+        let c = Arc::new(result?);
+        lock(&self.containers).insert(id.to_string(), c.clone());
+        lock(&self.oom_seen).insert(id.to_string(), 0);
+        info!(container = id, pid = c.init.pid, "container created");
+        Ok(c)
+    }
+
+    pub async fn remove_container(&self, id: &str, timeout: Option<Duration>) -> Result<()> {
+        let c = self.get(id)?;
+        c.destroy(timeout).await?;
+        unmount_all(&c.storages);
+        lock(&self.containers).remove(id);
+        lock(&self.oom_seen).remove(id);
+        info!(container = id, "container removed");
+        Ok(())
+    }
+
+    /// Waits until some container's oom_kill count grows; returns its id.
+    pub async fn next_oom(&self) -> String {
+        loop {
+            for c in self.all() {
+                let n = cgroup::oom_kills(&c.cgroup);
+                let mut seen = lock(&self.oom_seen);
+                let last = seen.entry(c.id.clone()).or_insert(0);
+                if n > *last {
+                    *last = n;
+                    return c.id.clone();
+                }
+            }
+            tokio::time::sleep(OOM_POLL).await;
+        }
+    }
+
+    /// Kills every container and unmounts every storage (DestroySandbox).
+    pub async fn destroy(&self) {
+        for c in self.all() {
+            if let Err(e) = self.remove_container(&c.id, None).await {
+                warn!(container = %c.id, "removing at sandbox destroy: {e}");
+            }
+        }
+        nix::unistd::sync();
+        let storages = std::mem::take(&mut *lock(&self.storages));
+        unmount_all(&storages);
+    }
+}

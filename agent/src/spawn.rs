@@ -1,0 +1,362 @@
+//! Creating container processes through a re-exec of the agent binary.
+//!
+//! The agent is multi-threaded (tokio, blocking pool), which makes unshare/setns/fork unsafe in
+//! it. So it runs `/proc/self/exe __spawn` (a fresh single-threaded process) with:
+//!   fd 0/1/2  the container process's stdio (pipe ends or the pty slave),
+//!   fd 3      the JSON [`SpawnRequest`], read to EOF,
+//!   fd 4      the report pipe (written by the helper and its child; CLOEXEC),
+//!   fd 5      (init only) the start pipe: one byte means "exec now".
+//! The helper joins the cgroup, enters or creates the namespaces, forks, reports the child's pid
+//! (`PID <n>`) and exits; the child (reparented to the agent, a subreaper) sets itself up,
+//! reports `READY`, waits for the start byte (init only) and execs. Any failure is reported as
+//! `ERR <message>`; EOF after READY means the exec succeeded.
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::sched::CloneFlags;
+use nix::unistd::{self, ForkResult};
+use oci_spec::runtime::{LinuxNamespaceType, LinuxSeccomp, Process, Spec};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::{mount, reaper, setup};
+
+pub const HELPER_ARG: &str = "__spawn";
+const SETUP_FD: RawFd = 3;
+const REPORT_FD: RawFd = 4;
+const START_FD: RawFd = 5;
+
+#[derive(Debug, Error)]
+pub enum SpawnError {
+    #[error("cannot start the spawn helper: {0}")]
+    Helper(#[source] std::io::Error),
+    #[error("{0}")]
+    Setup(String),
+    #[error("the spawn helper ended without reporting ({0})")]
+    NoReport(&'static str),
+}
+
+#[derive(Serialize, Deserialize)]
+pub enum SpawnKind {
+    /// A container's first process: new namespaces, rootfs, waits for the start byte.
+    Init { spec: Box<Spec> },
+    /// A process joining the namespaces of the running init `init_pid`.
+    Exec { init_pid: i32 },
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct SpawnRequest {
+    pub kind: SpawnKind,
+    pub process: Process,
+    /// cgroup v2 directory the process joins.
+    pub cgroup: Option<PathBuf>,
+    /// The container's seccomp profile, applied last (init and execs alike).
+    pub seccomp: Option<LinuxSeccomp>,
+}
+
+/// The container process's ends of its stdio, as the helper's fds 0/1/2.
+pub struct ChildStdio {
+    pub stdin: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+/// A process whose setup succeeded: it runs (exec) or waits for the start byte (init).
+pub struct Spawned {
+    pub pid: i32,
+    pub exit: reaper::ExitReceiver,
+    /// Report pipe, still open: init reports the exec result after the start byte.
+    pub report: Report,
+    /// Write end of the start pipe (init only).
+    pub start: Option<OwnedFd>,
+}
+
+pub struct Report(BufReader<File>);
+
+impl Report {
+    /// Next report line, or None at EOF.
+    fn line(&mut self) -> Result<Option<String>, SpawnError> {
+        let mut s = String::new();
+        match self.0.read_line(&mut s) {
+            Ok(0) => Ok(None),
+            Ok(_) => Ok(Some(s.trim_end().to_string())),
+            Err(e) => Err(SpawnError::Setup(format!("reading the spawn report: {e}"))),
+        }
+    }
+
+    /// Waits for the exec: EOF means success, `ERR` carries the failure.
+    pub fn wait_exec(mut self) -> Result<(), SpawnError> {
+        loop {
+            match self.line()? {
+                None => return Ok(()),
+                Some(l) => {
+                    if let Some(msg) = l.strip_prefix("ERR ") {
+                        return Err(SpawnError::Setup(msg.to_string()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
+    unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| SpawnError::Helper(e.into()))
+}
+
+/// Starts the helper and waits until the process is set up (blocking: call from
+/// spawn_blocking). On error nothing is left running.
+pub fn spawn(req: &SpawnRequest, stdio: ChildStdio) -> Result<Spawned, SpawnError> {
+    let is_init = matches!(req.kind, SpawnKind::Init { .. });
+    let (setup_r, setup_w) = pipe()?;
+    let (report_r, report_w) = pipe()?;
+    let (start_r, start_w) = if is_init {
+        let (r, w) = pipe()?;
+        (Some(r), Some(w))
+    } else {
+        (None, None)
+    };
+    let fds = [
+        setup_r.as_raw_fd(),
+        report_w.as_raw_fd(),
+        start_r.as_ref().map_or(-1, |f| f.as_raw_fd()),
+    ];
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg(HELPER_ARG)
+        .env_clear()
+        .stdin(Stdio::from(stdio.stdin))
+        .stdout(Stdio::from(stdio.stdout))
+        .stderr(Stdio::from(stdio.stderr));
+    // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Move out of the way first so the dup2s below cannot clobber each other.
+            let mut tmp = [-1; 3];
+            for (i, fd) in fds.iter().enumerate() {
+                if *fd >= 0 {
+                    tmp[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 10);
+                    if tmp[i] < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+            }
+            for (i, fd) in tmp.iter().enumerate() {
+                if *fd >= 0 && libc::dup2(*fd, SETUP_FD + i as RawFd) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(SpawnError::Helper)?;
+    let helper_pid = child.id() as i32;
+    // The reaper owns the helper's exit status; nobody needs it.
+    drop(reaper::global().register(helper_pid));
+    drop(child);
+    drop(setup_r);
+    drop(report_w);
+    drop(start_r);
+
+    let json = serde_json::to_vec(req)
+        .map_err(|e| SpawnError::Setup(format!("encoding the spawn request: {e}")))?;
+    let mut setup_w = File::from(setup_w);
+    // A helper that died early closes its end: the report below says why.
+    let _ = setup_w.write_all(&json);
+    drop(setup_w);
+
+    let mut report = Report(BufReader::new(File::from(report_r)));
+    let pid = match report.line()? {
+        Some(l) if l.starts_with("PID ") => l[4..]
+            .parse::<i32>()
+            .map_err(|_| SpawnError::Setup(format!("bad report line {l:?}")))?,
+        Some(l) => return Err(SpawnError::Setup(strip_err(&l))),
+        None => return Err(SpawnError::NoReport("no pid")),
+    };
+    let exit = reaper::global().register(pid);
+    let kill = || {
+        let _ = nix::sys::signal::kill(unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+    };
+    match report.line() {
+        Ok(Some(l)) if l == "READY" => {}
+        Ok(Some(l)) => {
+            kill();
+            return Err(SpawnError::Setup(strip_err(&l)));
+        }
+        Ok(None) => {
+            kill();
+            return Err(SpawnError::NoReport("setup did not finish"));
+        }
+        Err(e) => {
+            kill();
+            return Err(e);
+        }
+    }
+    Ok(Spawned {
+        pid,
+        exit,
+        report,
+        start: start_w,
+    })
+}
+
+fn strip_err(l: &str) -> String {
+    l.strip_prefix("ERR ").unwrap_or(l).to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helper side: runs in the re-executed, single-threaded process.
+
+/// Entry point of `kata-agent __spawn`. Never returns.
+pub fn helper_main() -> ! {
+    for fd in [REPORT_FD, START_FD] {
+        let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+    }
+    // SAFETY: fd 4 is the report pipe the agent set up for us and nobody else owns it.
+    let mut report = unsafe { File::from_raw_fd(REPORT_FD) };
+    let code = match helper(&mut report) {
+        Ok(()) => 0,
+        Err(msg) => {
+            let _ = writeln!(report, "ERR {}", one_line(&msg));
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn one_line(s: &str) -> String {
+    s.replace('\n', " ")
+}
+
+fn helper(report: &mut File) -> Result<(), String> {
+    let mut json = Vec::new();
+    // SAFETY: fd 3 is the setup pipe, owned by this process only.
+    let mut setup = unsafe { File::from_raw_fd(SETUP_FD) };
+    setup
+        .read_to_end(&mut json)
+        .map_err(|e| format!("reading the spawn request: {e}"))?;
+    drop(setup);
+    let req: SpawnRequest =
+        serde_json::from_slice(&json).map_err(|e| format!("decoding the spawn request: {e}"))?;
+
+    if let Some(cg) = &req.cgroup {
+        let procs = cg.join("cgroup.procs");
+        std::fs::write(&procs, std::process::id().to_string())
+            .map_err(|e| format!("joining cgroup {}: {e}", cg.display()))?;
+    }
+    match &req.kind {
+        SpawnKind::Init { spec } => unshare_for(spec)?,
+        SpawnKind::Exec { init_pid } => join_namespaces(*init_pid)?,
+    }
+    // SAFETY: this process is single-threaded (fresh exec, no runtime started).
+    match unsafe { unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
+        ForkResult::Parent { child } => {
+            writeln!(report, "PID {}", child.as_raw())
+                .map_err(|e| format!("writing the report: {e}"))?;
+            Ok(())
+        }
+        ForkResult::Child => {
+            let err = child_main(&req, report);
+            let _ = writeln!(report, "ERR {}", one_line(&err));
+            std::process::exit(1)
+        }
+    }
+}
+
+fn unshare_for(spec: &Spec) -> Result<(), String> {
+    let mut flags = CloneFlags::empty();
+    let namespaces = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default();
+    for ns in namespaces {
+        let flag = match ns.typ() {
+            // Containers always share the sandbox's (the agent's) network namespace.
+            LinuxNamespaceType::Network => continue,
+            LinuxNamespaceType::User => {
+                return Err("user namespaces are not supported".into());
+            }
+            LinuxNamespaceType::Time => return Err("time namespaces are not supported".into()),
+            LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
+            LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+            LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+            LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
+            LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+        };
+        if ns.path().is_some() {
+            return Err(format!(
+                "joining an existing {:?} namespace by path is not supported",
+                ns.typ()
+            ));
+        }
+        flags |= flag;
+    }
+    // The rootfs is built with mounts: without a private mount namespace they would leak into
+    // the agent's.
+    flags |= CloneFlags::CLONE_NEWNS;
+    nix::sched::unshare(flags).map_err(|e| format!("unshare {flags:?}: {e}"))
+}
+
+fn join_namespaces(init_pid: i32) -> Result<(), String> {
+    // Open them all first: entering the mount namespace changes what /proc we see.
+    let mut fds = Vec::new();
+    for (name, flag) in [
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("net", CloneFlags::CLONE_NEWNET),
+        ("pid", CloneFlags::CLONE_NEWPID),
+        ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+        ("mnt", CloneFlags::CLONE_NEWNS),
+    ] {
+        let path = format!("/proc/{init_pid}/ns/{name}");
+        let f = File::open(&path).map_err(|e| format!("opening {path}: {e}"))?;
+        fds.push((name, flag, f));
+    }
+    for (name, flag, f) in fds {
+        nix::sched::setns(&f, flag).map_err(|e| format!("entering the {name} namespace: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The forked child: set everything up, report READY, wait for the start byte, exec.
+/// Returns only on failure, with the message.
+fn child_main(req: &SpawnRequest, report: &mut File) -> String {
+    match child_setup(req) {
+        Ok(prepared) => {
+            if writeln!(report, "READY").is_err() {
+                return "writing the report failed".into();
+            }
+            if matches!(req.kind, SpawnKind::Init { .. }) {
+                // SAFETY: fd 5 is the start pipe, owned by this process.
+                let mut start = unsafe { File::from_raw_fd(START_FD) };
+                let mut b = [0u8; 1];
+                match start.read(&mut b) {
+                    Ok(1) => {}
+                    // The agent dropped the container before starting it.
+                    _ => std::process::exit(1),
+                }
+            }
+            setup::exec(prepared)
+        }
+        Err(e) => e,
+    }
+}
+
+fn child_setup(req: &SpawnRequest) -> Result<setup::Prepared, String> {
+    let terminal = req.process.terminal().unwrap_or(false);
+    setup::session(terminal)?;
+    if let SpawnKind::Init { spec } = &req.kind {
+        let root = spec
+            .root()
+            .as_ref()
+            .map(|r| r.path().clone())
+            .ok_or("spec has no root")?;
+        mount::setup_rootfs(spec, Path::new(&root), terminal)?;
+        setup::container_wide(spec)?;
+    }
+    setup::process(&req.process, req.seccomp.as_ref())
+}

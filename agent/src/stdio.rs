@@ -1,0 +1,216 @@
+//! The agent's ends of a process's stdio: pipes, or a pty master for terminal processes.
+//! Reads and writes are asynchronous (non-blocking fds on tokio's reactor).
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::pty::{openpty, Winsize};
+use nix::unistd;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::Mutex;
+
+use crate::spawn::ChildStdio;
+
+/// Largest chunk one ReadStdout/ReadStderr returns (keeps the agent's memory small).
+const MAX_READ: usize = 128 * 1024;
+
+fn nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    let flags = OFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)?);
+    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(())
+}
+
+fn async_fd(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    nonblocking(&fd)?;
+    #[allow(deprecated)] // the fd is owned by the AsyncFd for its whole life
+    AsyncFd::new(fd)
+}
+
+/// A readable stream; empty data means EOF.
+pub struct OutStream {
+    fd: Mutex<Option<AsyncFd<OwnedFd>>>,
+}
+
+impl OutStream {
+    fn new(fd: OwnedFd) -> io::Result<Self> {
+        Ok(Self {
+            fd: Mutex::new(Some(async_fd(fd)?)),
+        })
+    }
+
+    /// A stream that is at EOF from the start (stderr of a terminal process).
+    fn closed() -> Self {
+        Self {
+            fd: Mutex::new(None),
+        }
+    }
+
+    pub async fn read(&self, len: usize) -> io::Result<Vec<u8>> {
+        let mut guard = self.fd.lock().await;
+        let Some(fd) = guard.as_ref() else {
+            return Ok(Vec::new());
+        };
+        let mut buf = vec![0u8; len.clamp(1, MAX_READ)];
+        loop {
+            let mut ready = fd.readable().await?;
+            match ready.try_io(|inner| {
+                unistd::read(inner.get_ref().as_raw_fd(), &mut buf).map_err(io::Error::from)
+            }) {
+                Ok(Ok(n)) => {
+                    if n == 0 {
+                        *guard = None; // EOF: release the fd
+                    }
+                    buf.truncate(n);
+                    return Ok(buf);
+                }
+                // A pty master reports EIO once every slave fd is closed: that is its EOF.
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => {
+                    *guard = None;
+                    return Ok(Vec::new());
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+/// The writable end of stdin.
+pub struct InStream {
+    fd: Mutex<Option<AsyncFd<OwnedFd>>>,
+}
+
+impl InStream {
+    fn new(fd: OwnedFd) -> io::Result<Self> {
+        Ok(Self {
+            fd: Mutex::new(Some(async_fd(fd)?)),
+        })
+    }
+
+    pub async fn write(&self, data: &[u8]) -> io::Result<usize> {
+        let guard = self.fd.lock().await;
+        let Some(fd) = guard.as_ref() else {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "stdin is closed"));
+        };
+        let mut written = 0;
+        while written < data.len() {
+            let mut ready = fd.writable().await?;
+            match ready.try_io(|inner| {
+                unistd::write(inner.get_ref(), &data[written..]).map_err(io::Error::from)
+            }) {
+                Ok(Ok(n)) => written += n,
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
+        Ok(written)
+    }
+
+    pub async fn close(&self) {
+        self.fd.lock().await.take();
+    }
+}
+
+/// The agent side of one process's stdio.
+pub struct AgentStdio {
+    pub stdin: InStream,
+    pub stdout: OutStream,
+    pub stderr: OutStream,
+    /// The pty master (a dup), for window resizes.
+    pub pty: Option<OwnedFd>,
+}
+
+impl AgentStdio {
+    pub fn resize(&self, rows: u16, cols: u16) -> io::Result<()> {
+        let Some(pty) = &self.pty else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the process has no terminal",
+            ));
+        };
+        set_winsize(pty, rows, cols)
+    }
+}
+
+fn set_winsize(fd: &impl AsFd, rows: u16, cols: u16) -> io::Result<()> {
+    let ws = Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads the winsize struct passed by pointer.
+    if unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), libc::TIOCSWINSZ as _, &ws) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(unistd::pipe2(OFlag::O_CLOEXEC)?)
+}
+
+/// Creates the stdio of a new process: the child's ends and the agent's.
+pub fn create(terminal: bool, size: Option<(u16, u16)>) -> io::Result<(ChildStdio, AgentStdio)> {
+    if terminal {
+        let pty = openpty(None, None)?;
+        for fd in [&pty.master, &pty.slave] {
+            fcntl(
+                fd.as_raw_fd(),
+                FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )?;
+        }
+        if let Some((rows, cols)) = size {
+            set_winsize(&pty.master, rows, cols)?;
+        }
+        let child = ChildStdio {
+            stdin: pty.slave.try_clone()?,
+            stdout: pty.slave.try_clone()?,
+            stderr: pty.slave,
+        };
+        let agent = AgentStdio {
+            stdin: InStream::new(pty.master.try_clone()?)?,
+            pty: Some(pty.master.try_clone()?),
+            stdout: OutStream::new(pty.master)?,
+            stderr: OutStream::closed(),
+        };
+        Ok((child, agent))
+    } else {
+        let (in_r, in_w) = pipe()?;
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let child = ChildStdio {
+            stdin: in_r,
+            stdout: out_w,
+            stderr: err_w,
+        };
+        let agent = AgentStdio {
+            stdin: InStream::new(in_w)?,
+            stdout: OutStream::new(out_r)?,
+            stderr: OutStream::new(err_r)?,
+            pty: None,
+        };
+        Ok((child, agent))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pipes_round_trip_and_eof() {
+        let (child, agent) = create(false, None).unwrap();
+        agent.stdin.write(b"hello").await.unwrap();
+        let mut buf = [0u8; 5];
+        assert_eq!(unistd::read(child.stdin.as_raw_fd(), &mut buf).unwrap(), 5);
+        assert_eq!(&buf, b"hello");
+        unistd::write(&child.stdout, b"out").unwrap();
+        drop(child);
+        assert_eq!(agent.stdout.read(100).await.unwrap(), b"out");
+        assert!(agent.stdout.read(100).await.unwrap().is_empty());
+        assert!(agent.stderr.read(100).await.unwrap().is_empty());
+        agent.stdin.close().await;
+        assert!(agent.stdin.write(b"x").await.is_err());
+    }
+}
