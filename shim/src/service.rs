@@ -1,0 +1,112 @@
+//! The containerd-facing shim: `start` (one shim per sandbox), `delete` (cleanup after a dead
+//! shim) and the server that serves the Task API.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use containerd_shim::api::DeleteResponse;
+use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{spawn, Config, Error, ExitSignal, Flags, Shim, StartOpts};
+
+use crate::backend::Backend;
+use crate::events;
+use crate::rootfs::{self, LinuxMounter};
+use crate::spec;
+use crate::task::{TaskCore, TaskService};
+use crate::vm_backend::QemuLauncher;
+
+/// Exit status `delete` reports for a task whose shim died (as if SIGKILLed).
+const DEAD_SHIM_EXIT_STATUS: u32 = 128 + libc::SIGKILL as u32;
+
+pub struct Service {
+    exit: Arc<ExitSignal>,
+    id: String,
+    namespace: String,
+    debug: bool,
+}
+
+/// The sandbox a container's bundle (`dir/config.json`) belongs to: containers naming the
+/// same sandbox share one shim (and one VM).
+pub fn grouping(bundle: &Path, container_id: &str) -> String {
+    std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .map(|s| spec::sandbox_id(&s, container_id))
+        .unwrap_or_else(|| container_id.to_string())
+}
+
+/// Sends tracing output to containerd's log FIFO (`log` in the bundle, the shim's cwd).
+fn init_tracing(debug: bool) {
+    let Ok(file) = std::fs::OpenOptions::new().write(true).open("log") else {
+        return;
+    };
+    let default = if debug { "debug" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file))
+        .try_init();
+}
+
+#[async_trait]
+impl Shim for Service {
+    type T = TaskService;
+
+    async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        Service {
+            exit: Arc::new(ExitSignal::default()),
+            id: args.id.clone(),
+            namespace: args.namespace.clone(),
+            debug: args.debug,
+        }
+    }
+
+    async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
+        let group = grouping(Path::new("."), &opts.id);
+        // The socket address derives from the group: a second container of a running sandbox
+        // finds that sandbox's shim listening there and gets its address back.
+        let address = spawn(opts, &group, Vec::new()).await?;
+        tokio::fs::write("address", &address)
+            .await
+            .map_err(|e| Error::Other(format!("writing the shim address file: {e}")))?;
+        Ok(address)
+    }
+
+    async fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
+        let bundle = std::env::current_dir()
+            .map_err(|e| Error::Other(format!("current directory: {e}")))?;
+        let sandbox_id = grouping(&bundle, &self.id);
+        // Only the sandbox's own container owns the VM; the others go with it.
+        if sandbox_id == self.id {
+            crate::vm_backend::cleanup_sandbox(&sandbox_id).await;
+        }
+        if let Err(e) = rootfs::unmount_bundle_rootfs(&bundle) {
+            tracing::warn!("{e}");
+        }
+        Ok(DeleteResponse {
+            exit_status: DEAD_SHIM_EXIT_STATUS,
+            exited_at: MessageField::some(events::timestamp(SystemTime::now())),
+            ..Default::default()
+        })
+    }
+
+    async fn wait(&mut self) {
+        self.exit.wait().await;
+    }
+
+    async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
+        init_tracing(self.debug);
+        let (tx, rx) = events::channel();
+        tokio::spawn(events::run_publisher(rx, publisher, self.namespace.clone()));
+        let backend = Backend {
+            launcher: Arc::new(QemuLauncher),
+            mounter: Arc::new(LinuxMounter),
+        };
+        TaskService::new(Arc::new(TaskCore::new(backend, tx, self.exit.clone())))
+    }
+}

@@ -1,0 +1,287 @@
+//! Copies a process's stdio between containerd's FIFOs and the agent's stream RPCs.
+//! Output: ReadStdout/ReadStderr until empty data (EOF), each chunk written (awaited) to the
+//! FIFO before the next read: no unbounded buffering. Input: the stdin FIFO to WriteStdin,
+//! then CloseStdin at EOF.
+
+use std::fs::OpenOptions as StdOpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use protocol::agent as pb;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::backend::GuestAgent;
+use crate::error::{TaskError, TaskResult};
+
+/// Bytes asked for per ReadStdout/ReadStderr and sent per WriteStdin.
+const CHUNK: usize = 32 * 1024;
+
+/// containerd's stdio for one process; empty strings mean "not connected".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StdioPaths {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
+/// How far the stdin copier should stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum StdinStop {
+    /// Keep copying until EOF.
+    No,
+    /// CloseIO: give up waiting for a writer to appear; once open, still read to EOF.
+    Soft,
+    /// The process is gone: stop now.
+    Hard,
+}
+
+/// The running copiers of one process.
+pub struct Copiers {
+    outputs: Vec<JoinHandle<()>>,
+    stdin: Option<(watch::Sender<StdinStop>, JoinHandle<()>)>,
+}
+
+impl Copiers {
+    /// Whether a stdin copier runs (it sends CloseStdin itself at EOF).
+    pub fn has_stdin(&self) -> bool {
+        self.stdin.is_some()
+    }
+
+    /// CloseIO: the stdin copier finishes at EOF (or now, if its FIFO never got a writer).
+    pub fn close_stdin(&self) {
+        if let Some((tx, _)) = &self.stdin {
+            tx.send_if_modified(|s| raise(s, StdinStop::Soft));
+        }
+    }
+
+    /// Waits until stdout/stderr reached EOF and everything was written to the FIFOs, then
+    /// stops the stdin copier.
+    pub async fn finish(&mut self) {
+        for h in self.outputs.drain(..) {
+            let _ = h.await;
+        }
+        if let Some((tx, h)) = self.stdin.take() {
+            tx.send_if_modified(|s| raise(s, StdinStop::Hard));
+            let _ = h.await;
+        }
+    }
+}
+
+fn raise(s: &mut StdinStop, to: StdinStop) -> bool {
+    if *s < to {
+        *s = to;
+        true
+    } else {
+        false
+    }
+}
+
+type Writer = Box<dyn AsyncWrite + Unpin + Send>;
+
+/// Opens an output destination: a FIFO path or a `file://` URI.
+async fn open_output(target: &str) -> TaskResult<Writer> {
+    if let Some(path) = target.strip_prefix("file://") {
+        let f = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .await
+            .map_err(|e| TaskError::invalid(format!("opening log file {path}: {e}")))?;
+        return Ok(Box::new(f));
+    }
+    if target.contains("://") {
+        return Err(TaskError::invalid(format!(
+            "stdio {target}: only FIFO paths and file:// URIs are supported"
+        )));
+    }
+    // containerd opened the reading end before Create, so a non-blocking open succeeds.
+    let sender = pipe::OpenOptions::new()
+        .open_sender(target)
+        .map_err(|e| TaskError::invalid(format!("opening stdio FIFO {target}: {e}")))?;
+    Ok(Box::new(sender))
+}
+
+#[derive(Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+async fn copy_output(
+    agent: Arc<dyn GuestAgent>,
+    cid: String,
+    exec_id: String,
+    stream: Stream,
+    mut out: Option<Writer>,
+) {
+    loop {
+        let req = pb::ReadStreamRequest {
+            container_id: cid.clone(),
+            exec_id: exec_id.clone(),
+            len: CHUNK as u32,
+            ..Default::default()
+        };
+        let res = match stream {
+            Stream::Stdout => agent.read_stdout(req).await,
+            Stream::Stderr => agent.read_stderr(req).await,
+        };
+        let data = match res {
+            Ok(r) if r.data.is_empty() => break,
+            Ok(r) => r.data,
+            Err(e) => {
+                tracing::debug!("stdio of {cid}/{exec_id}: read stopped: {e}");
+                break;
+            }
+        };
+        if let Some(w) = out.as_mut() {
+            if let Err(e) = w.write_all(&data).await {
+                // Nobody reads any more; keep draining so the guest process never blocks.
+                tracing::debug!("stdio of {cid}/{exec_id}: FIFO write failed: {e}");
+                out = None;
+            }
+        }
+    }
+    if let Some(mut w) = out {
+        let _ = w.flush().await;
+    }
+}
+
+/// Opens a stdin FIFO for reading, waiting for containerd's writer, unless told to stop.
+async fn open_stdin(path: PathBuf, stop: &mut watch::Receiver<StdinStop>) -> Option<pipe::Receiver> {
+    let p = path.clone();
+    // A blocking open returns once a writer exists, so the first read cannot see a false EOF.
+    let mut open = tokio::task::spawn_blocking(move || {
+        StdOpenOptions::new().read(true).open(&p)
+    });
+    let stopped = async { stop.wait_for(|s| *s != StdinStop::No).await.is_ok() };
+    let file = tokio::select! {
+        r = &mut open => r.ok()?.ok()?,
+        true = stopped => {
+            // Unblock the pending open by being a writer ourselves, then let it go.
+            let _ = StdOpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&path);
+            let _ = open.await;
+            return None;
+        }
+    };
+    match pipe::Receiver::from_file(file) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!("stdin {}: {e}", path.display());
+            None
+        }
+    }
+}
+
+async fn copy_stdin(
+    agent: Arc<dyn GuestAgent>,
+    cid: String,
+    exec_id: String,
+    path: PathBuf,
+    mut stop: watch::Receiver<StdinStop>,
+) {
+    if let Some(mut rx) = open_stdin(path, &mut stop).await {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = tokio::select! {
+                r = rx.read(&mut buf) => match r {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::debug!("stdin of {cid}/{exec_id}: {e}");
+                        0
+                    }
+                },
+                true = async { stop.wait_for(|s| *s == StdinStop::Hard).await.is_ok() } => 0,
+            };
+            if n == 0 {
+                break;
+            }
+            let mut sent = 0;
+            while sent < n {
+                let req = pb::WriteStreamRequest {
+                    container_id: cid.clone(),
+                    exec_id: exec_id.clone(),
+                    data: buf[sent..n].to_vec(),
+                    ..Default::default()
+                };
+                match agent.write_stdin(req).await {
+                    Ok(r) if r.len > 0 => sent += r.len as usize,
+                    Ok(_) => {
+                        tracing::debug!("stdin of {cid}/{exec_id}: agent accepted 0 bytes");
+                        sent = n;
+                    }
+                    Err(e) => {
+                        tracing::debug!("stdin of {cid}/{exec_id}: {e}");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    if *stop.borrow() == StdinStop::Hard {
+        return;
+    }
+    let req = pb::CloseStdinRequest {
+        container_id: cid.clone(),
+        exec_id: exec_id.clone(),
+        ..Default::default()
+    };
+    if let Err(e) = agent.close_stdin(req).await {
+        tracing::debug!("closing stdin of {cid}/{exec_id}: {e}");
+    }
+}
+
+/// Opens the output FIFOs (errors surface in Create/Start) and starts the copiers.
+/// `exec_id` is "" for a container's init process.
+pub async fn start(
+    agent: Arc<dyn GuestAgent>,
+    cid: &str,
+    exec_id: &str,
+    paths: &StdioPaths,
+) -> TaskResult<Copiers> {
+    let stdout = match paths.stdout.as_str() {
+        "" => None,
+        p => Some(open_output(p).await?),
+    };
+    // With a terminal, stdout carries the pty; stderr is not used.
+    let stderr = match paths.stderr.as_str() {
+        "" => None,
+        _ if paths.terminal => None,
+        p => Some(open_output(p).await?),
+    };
+    let mut outputs = vec![tokio::spawn(copy_output(
+        agent.clone(),
+        cid.to_string(),
+        exec_id.to_string(),
+        Stream::Stdout,
+        stdout,
+    ))];
+    if !paths.terminal {
+        outputs.push(tokio::spawn(copy_output(
+            agent.clone(),
+            cid.to_string(),
+            exec_id.to_string(),
+            Stream::Stderr,
+            stderr,
+        )));
+    }
+    let stdin = (!paths.stdin.is_empty()).then(|| {
+        let (tx, rx) = watch::channel(StdinStop::No);
+        let h = tokio::spawn(copy_stdin(
+            agent,
+            cid.to_string(),
+            exec_id.to_string(),
+            Path::new(&paths.stdin).to_path_buf(),
+            rx,
+        ));
+        (tx, h)
+    });
+    Ok(Copiers { outputs, stdin })
+}
