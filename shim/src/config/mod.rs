@@ -1,0 +1,370 @@
+//! Runtime configuration: Kata-compatible TOML (`[hypervisor.qemu]`, `[agent.kata]`,
+//! `[runtime]`), per-arch defaults, validation with errors naming file, key and allowed values,
+//! the lookup order of the configuration file and the annotation allowlist.
+
+mod annotations;
+mod file;
+mod load;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use annotations::{annotation_overrides, Overrides, ANNOTATION_CONFIG_PATH, ANNOTATION_PREFIX};
+pub use load::{load, load_from, LoadRequest, Loaded, DEFAULT_CONFIG_PATHS, ENV_CONFIG_FILE};
+
+/// Smallest and largest guest memory (MiB) we accept.
+pub const MIN_MEMORY_MIB: u32 = 64;
+pub const MAX_MEMORY_MIB: u32 = 1024 * 1024;
+/// Upper bound of vCPUs (QEMU's x86 microvm/q35 and arm virt limits are higher; this is sane).
+pub const MAX_VCPUS: u32 = 255;
+
+/// Architecture of the guest (and of the QEMU binary that runs it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    X86_64,
+    Aarch64,
+}
+
+impl Arch {
+    /// The architecture this shim was built for.
+    pub fn host() -> Arch {
+        if cfg!(target_arch = "aarch64") {
+            Arch::Aarch64
+        } else {
+            Arch::X86_64
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+        }
+    }
+
+    /// Serial console device of the guest kernel.
+    pub fn console(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "ttyS0",
+            Arch::Aarch64 => "ttyAMA0",
+        }
+    }
+}
+
+/// Declares a config enum spelled as fixed strings in TOML, with its list of allowed values.
+macro_rules! string_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($(#[$vm])* $variant),+ }
+
+        impl $name {
+            pub const ALLOWED: &'static [&'static str] = &[$($text),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($text => Some($name::$variant),)+ _ => None }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// QEMU machine type; it also decides the guest architecture.
+    MachineType {
+        /// x86_64 microvm: virtio-mmio devices, PVH boot, fastest boot.
+        Microvm = "microvm",
+        /// x86_64 q35: PCI devices (needed for hotplug).
+        Q35 = "q35",
+        /// aarch64 virt (GICv3): PCI devices.
+        Virt = "virt",
+    }
+);
+
+impl MachineType {
+    pub fn arch(self) -> Arch {
+        match self {
+            MachineType::Microvm | MachineType::Q35 => Arch::X86_64,
+            MachineType::Virt => Arch::Aarch64,
+        }
+    }
+
+    /// Whether devices are virtio-mmio (`-device *-device`) rather than PCI (`*-pci`).
+    pub fn uses_mmio(self) -> bool {
+        self == MachineType::Microvm
+    }
+}
+
+string_enum!(
+    /// How the sandbox's shared directory reaches the guest.
+    SharedFs {
+        VirtioFs = "virtio-fs",
+        Virtio9p = "virtio-9p",
+        None = "none",
+    }
+);
+
+string_enum!(
+    /// virtiofsd `--cache` policy (virtiofsd 1.x accepts exactly these).
+    VirtioFsCache {
+        Auto = "auto",
+        Always = "always",
+        Never = "never",
+        Metadata = "metadata",
+    }
+);
+
+string_enum!(
+    /// Accelerator choice; `auto` uses KVM only where it can boot a stock guest.
+    AccelMode {
+        Auto = "auto",
+        Kvm = "kvm",
+        Tcg = "tcg",
+    }
+);
+
+string_enum!(
+    /// vsock transport: kernel vhost-vsock, or vhost-user (hybrid vsock via a daemon).
+    VsockMode {
+        Auto = "auto",
+        Vhost = "vhost",
+        VhostUser = "vhost-user",
+    }
+);
+
+string_enum!(
+    /// How the pod's network namespace is connected to the VM (Kata's names).
+    InterNetworkingModel {
+        TcFilter = "tcfilter",
+        Macvtap = "macvtap",
+        None = "none",
+    }
+);
+
+/// The whole runtime configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub hypervisor: QemuConfig,
+    pub agent: AgentConfig,
+    pub runtime: RuntimeConfig,
+    /// The file this configuration was read from (None for built-in defaults); used in errors.
+    pub source: Option<PathBuf>,
+}
+
+/// `[hypervisor.qemu]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct QemuConfig {
+    pub path: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub machine_type: MachineType,
+    pub kernel_params: String,
+    pub default_vcpus: u32,
+    /// 0 = as many as the host has.
+    pub default_maxvcpus: u32,
+    /// MiB.
+    pub default_memory: u32,
+    pub memory_slots: u32,
+    pub shared_fs: SharedFs,
+    pub virtio_fs_daemon: PathBuf,
+    pub virtio_fs_cache: VirtioFsCache,
+    pub virtio_fs_extra_args: Vec<String>,
+    pub enable_debug: bool,
+    pub accel: AccelMode,
+    pub vsock: VsockMode,
+    pub vhost_user_vsock_daemon: PathBuf,
+}
+
+/// `[agent.kata]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConfig {
+    /// How long to keep trying to reach the agent after QEMU started.
+    pub dial_timeout: Duration,
+    pub enable_debug: bool,
+    pub debug_console_enabled: bool,
+}
+
+/// `[runtime]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuntimeConfig {
+    pub enable_debug: bool,
+    pub sandbox_cgroup_only: bool,
+    pub internetworking_model: InterNetworkingModel,
+    /// Annotation names (suffixes after `io.katacontainers.config.hypervisor.`, or
+    /// `config_path`) a pod may set; `*` matches any run of characters.
+    pub enable_annotations: Vec<String>,
+    pub static_sandbox_resource_mgmt: bool,
+    /// Root of the per-sandbox directories. Not a TOML key: set by callers (tests); when None,
+    /// `$KATA_RS_RUN_DIR` or /run/kata-containers.
+    pub run_dir: Option<PathBuf>,
+}
+
+/// Installed locations (see INTERFACES.md); build-guest.sh rewrites them for the build tree.
+pub const INSTALLED_KERNEL: &str = "/usr/share/kata-containers/vmlinux.container";
+pub const INSTALLED_INITRD: &str = "/usr/share/kata-containers/kata-containers-initrd.img";
+pub const INSTALLED_VIRTIOFSD: &str = "/usr/libexec/kata-containers/virtiofsd";
+pub const INSTALLED_VHOST_USER_VSOCK: &str = "/usr/libexec/kata-containers/vhost-device-vsock";
+
+impl QemuConfig {
+    /// Defaults for a guest of `arch` (used for every key a file leaves out).
+    pub fn defaults_for(arch: Arch) -> QemuConfig {
+        let (path, machine_type) = match arch {
+            Arch::X86_64 => ("/usr/bin/qemu-system-x86_64", MachineType::Microvm),
+            Arch::Aarch64 => ("/usr/bin/qemu-system-aarch64", MachineType::Virt),
+        };
+        QemuConfig {
+            path: path.into(),
+            kernel: INSTALLED_KERNEL.into(),
+            initrd: INSTALLED_INITRD.into(),
+            machine_type,
+            kernel_params: String::new(),
+            default_vcpus: 1,
+            default_maxvcpus: 0,
+            default_memory: 512,
+            memory_slots: 10,
+            shared_fs: SharedFs::VirtioFs,
+            virtio_fs_daemon: INSTALLED_VIRTIOFSD.into(),
+            virtio_fs_cache: VirtioFsCache::Auto,
+            virtio_fs_extra_args: vec!["--thread-pool-size=1".into()],
+            enable_debug: false,
+            accel: AccelMode::Auto,
+            vsock: VsockMode::Auto,
+            vhost_user_vsock_daemon: INSTALLED_VHOST_USER_VSOCK.into(),
+        }
+    }
+
+    pub fn arch(&self) -> Arch {
+        self.machine_type.arch()
+    }
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            dial_timeout: Duration::from_secs(30),
+            enable_debug: false,
+            debug_console_enabled: false,
+        }
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            enable_debug: false,
+            sandbox_cgroup_only: false,
+            internetworking_model: InterNetworkingModel::TcFilter,
+            enable_annotations: Vec::new(),
+            static_sandbox_resource_mgmt: false,
+            run_dir: None,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::defaults_for(Arch::host())
+    }
+}
+
+impl Config {
+    pub fn defaults_for(arch: Arch) -> Config {
+        Config {
+            hypervisor: QemuConfig::defaults_for(arch),
+            agent: AgentConfig::default(),
+            runtime: RuntimeConfig::default(),
+            source: None,
+        }
+    }
+
+    /// Reads and validates one file; unknown keys are logged as warnings.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let (config, warnings) = Config::parse_file(path)?;
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
+        Ok(config)
+    }
+
+    /// Reads and validates one file, returning the unknown-key warnings to the caller.
+    pub fn parse_file(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse_str(&text, path)
+    }
+
+    /// Parses TOML text; `path` is only used to name the file in errors and warnings.
+    pub fn parse_str(text: &str, path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
+        file::parse(text, path, Arch::host())
+    }
+
+    /// Like [`Config::parse_str`], with `host` standing in for the build architecture
+    /// (decides defaults when the file names no machine_type).
+    pub fn parse_str_for_host(
+        text: &str,
+        path: &Path,
+        host: Arch,
+    ) -> Result<(Config, Vec<String>), ConfigError> {
+        file::parse(text, path, host)
+    }
+
+    /// Debug logging of the agent requested anywhere.
+    pub fn agent_debug(&self) -> bool {
+        self.agent.enable_debug || self.runtime.enable_debug
+    }
+
+    /// "[hypervisor.qemu] kernel in /etc/x.toml": where a value came from, for error messages.
+    pub fn origin(&self, section: &str, key: &str) -> String {
+        match &self.source {
+            Some(p) => format!("[{section}] {key} in {}", p.display()),
+            None => format!("built-in default of [{section}] {key}"),
+        }
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Syntax { path: PathBuf, message: String },
+    #[error("{}: [{section}] {key} = {value}: {reason}", path.display())]
+    Invalid {
+        path: PathBuf,
+        section: String,
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error("{}: {message}", path.display())]
+    Unsupported { path: PathBuf, message: String },
+    #[error("no configuration file found (looked at {tried})")]
+    NotFound { tried: String },
+    #[error("annotation {key}: {reason}")]
+    Annotation { key: String, reason: String },
+}
+
+/// `must be one of "a", "b", "c"`
+pub(crate) fn one_of(allowed: &[&str]) -> String {
+    let list: Vec<String> = allowed.iter().map(|a| format!("\"{a}\"")).collect();
+    format!("must be one of {}", list.join(", "))
+}
+
+#[cfg(test)]
+mod tests;

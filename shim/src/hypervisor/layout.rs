@@ -1,0 +1,74 @@
+//! Where everything of one sandbox lives on the host: one directory, one name per job.
+
+use std::path::{Path, PathBuf};
+
+/// Default root of the sandbox directories.
+pub const DEFAULT_RUN_ROOT: &str = "/run/kata-containers";
+/// Environment variable overriding [`DEFAULT_RUN_ROOT`] (tests).
+pub const ENV_RUN_ROOT: &str = "KATA_RS_RUN_DIR";
+/// Longest unix socket path (sun_path is 108 bytes including the NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// `$KATA_RS_RUN_DIR` or /run/kata-containers.
+pub fn run_root() -> PathBuf {
+    std::env::var_os(ENV_RUN_ROOT)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_ROOT))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxPaths {
+    pub dir: PathBuf,
+}
+
+impl SandboxPaths {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        SandboxPaths { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    /// Shared with the guest (virtio-fs / 9p).
+    pub fn shared(&self) -> PathBuf {
+        self.dir.join("shared")
+    }
+    /// Guest serial console output.
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.dir.join("qmp.sock")
+    }
+    /// Hybrid vsock socket the host dials (vhost-device-vsock `--uds-path`).
+    pub fn hybrid_vsock(&self) -> PathBuf {
+        self.dir.join("vsock.sock")
+    }
+    /// vhost-user socket between QEMU and vhost-device-vsock.
+    pub fn vhost_user_vsock(&self) -> PathBuf {
+        self.dir.join("vhost-vsock.sock")
+    }
+    /// vhost-user socket between QEMU and virtiofsd.
+    pub fn virtiofsd_socket(&self) -> PathBuf {
+        self.dir.join("virtiofsd.sock")
+    }
+    /// stdout/stderr of a helper process or QEMU.
+    pub fn log(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.log"))
+    }
+    /// Pid file of a process we started (for cleanup after a shim crash).
+    pub fn pidfile(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.pid"))
+    }
+
+    /// Every socket path, to check their length up front.
+    pub fn sockets(&self) -> [PathBuf; 4] {
+        [
+            self.qmp_socket(),
+            self.hybrid_vsock(),
+            self.vhost_user_vsock(),
+            self.virtiofsd_socket(),
+        ]
+    }
+}

@@ -1,0 +1,139 @@
+//! Hypervisor backends behind one small trait, plus what they share: the per-sandbox file
+//! layout, child-process handling, accelerator choice and host facts.
+//!
+//! The trait does not assume QEMU: a backend starts "a VM with the sandbox's shared dir and an
+//! agent port", however it does it (QEMU + helper daemons; cloud-hypervisor has vsock built in).
+
+pub mod accel;
+pub mod host;
+pub mod layout;
+pub mod process;
+pub mod qemu;
+pub mod virtiofsd;
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+pub use layout::SandboxPaths;
+
+use crate::config::SharedFs;
+use crate::vsock::Dialer;
+
+#[async_trait]
+pub trait Hypervisor: Send + Sync {
+    /// "qemu", "clh", ...: for logs.
+    fn name(&self) -> &'static str;
+    /// Starts the VM and whatever it needs; returns once the VMM is up (not the guest).
+    /// On error the caller still calls [`Hypervisor::stop`] to clean up what was started.
+    async fn start(&mut self) -> Result<(), HypervisorError>;
+    /// Stops the VM (gracefully if it has not exited within `grace`, then by force) and its
+    /// helpers. Safe to call more than once and after a failed start.
+    async fn stop(&mut self, grace: std::time::Duration) -> Result<(), HypervisorError>;
+    async fn pause(&self) -> Result<(), HypervisorError>;
+    async fn resume(&self) -> Result<(), HypervisorError>;
+    /// How to reach guest vsock ports. Valid after a successful start.
+    fn agent_dialer(&self) -> Option<Dialer>;
+    /// How the shared dir reaches the guest.
+    fn shared_fs(&self) -> SharedFs;
+    /// Becomes true when the VMM process is gone.
+    fn exited(&self) -> watch::Receiver<bool>;
+    /// Human-readable exit status of the VMM, once it exited.
+    fn exit_status(&self) -> Option<String>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HypervisorError {
+    #[error("{what} \"{}\" (from {origin}): {source}", path.display())]
+    MissingFile {
+        what: &'static str,
+        path: PathBuf,
+        origin: String,
+        source: std::io::Error,
+    },
+    #[error("start {what} \"{}\": {source}", path.display())]
+    Spawn {
+        what: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{what} exited ({status}) before {waiting_for}{}",
+        tail_suffix(log_tail)
+    )]
+    Exited {
+        what: String,
+        status: String,
+        waiting_for: String,
+        log_tail: String,
+    },
+    #[error("{what}: {} did not appear within {timeout:?}{}", path.display(), tail_suffix(log_tail))]
+    SocketTimeout {
+        what: String,
+        path: PathBuf,
+        timeout: std::time::Duration,
+        log_tail: String,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("QMP: {0}")]
+    Qmp(#[from] qemu::qmp::QmpError),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+fn tail_suffix(tail: &str) -> String {
+    if tail.trim().is_empty() {
+        String::new()
+    } else {
+        format!("; last output:\n{}", tail.trim_end())
+    }
+}
+
+impl HypervisorError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        HypervisorError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Fails with a named error unless `path` is an existing file.
+pub fn require_file(
+    what: &'static str,
+    path: &Path,
+    origin: String,
+) -> Result<(), HypervisorError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(HypervisorError::MissingFile {
+            what,
+            path: path.to_path_buf(),
+            origin,
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+        }),
+        Err(source) => Err(HypervisorError::MissingFile {
+            what,
+            path: path.to_path_buf(),
+            origin,
+            source,
+        }),
+    }
+}
+
+/// The last `max_lines` lines of a log file (empty if unreadable): for error messages.
+pub fn log_tail(path: &Path, max_lines: usize) -> String {
+    let Ok(bytes) = std::fs::read(path) else {
+        return String::new();
+    };
+    // Only the end matters; a console log can be long.
+    let start = bytes.len().saturating_sub(8192);
+    let text = String::from_utf8_lossy(&bytes[start..]);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(max_lines)..].join("\n")
+}

@@ -1,0 +1,315 @@
+//! QEMU backend: helper daemons (virtiofsd, vhost-device-vsock) started in parallel, then QEMU
+//! with a command line from [`cmdline`], QMP for pause/resume/quit.
+
+pub mod cmdline;
+pub mod qmp;
+pub mod vsock_device;
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::process::Command;
+use tokio::sync::watch;
+
+use self::cmdline::{FsDevice, VsockDevice};
+use self::vsock_device::{VsockKind, VHOST_VSOCK_DEV};
+use super::accel::{self, Accel};
+use super::process::{wait_for_socket, Process};
+use super::{host, require_file, virtiofsd, Hypervisor, HypervisorError, SandboxPaths};
+use crate::config::{Arch, Config, MachineType, SharedFs};
+use crate::vsock::Dialer;
+
+/// How long QEMU may take to create its QMP socket.
+const QMP_SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a QMP quit, how long QEMU may take to exit before SIGKILL.
+const QUIT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Grace period of the helper daemons after QEMU is gone.
+const DAEMON_GRACE: Duration = Duration::from_secs(1);
+
+pub struct Qemu {
+    config: Config,
+    id: String,
+    paths: SandboxPaths,
+    qemu: Option<Process>,
+    virtiofsd: Option<Process>,
+    vsock_daemon: Option<Process>,
+    dialer: Option<Dialer>,
+    exited_tx: watch::Sender<bool>,
+    exited_rx: watch::Receiver<bool>,
+}
+
+impl Qemu {
+    pub fn new(config: &Config, id: &str, paths: SandboxPaths) -> Qemu {
+        let (exited_tx, exited_rx) = watch::channel(false);
+        Qemu {
+            config: config.clone(),
+            id: id.to_string(),
+            paths,
+            qemu: None,
+            virtiofsd: None,
+            vsock_daemon: None,
+            dialer: None,
+            exited_tx,
+            exited_rx,
+        }
+    }
+
+    /// Named errors for every file the VM needs, before anything is started.
+    fn check_files(&self, vsock: VsockKind) -> Result<(), HypervisorError> {
+        let h = &self.config.hypervisor;
+        let origin = |key: &str| self.config.origin("hypervisor.qemu", key);
+        require_file("QEMU", &h.path, origin("path"))?;
+        require_file("kernel", &h.kernel, origin("kernel"))?;
+        require_file("initrd", &h.initrd, origin("initrd"))?;
+        if h.shared_fs == SharedFs::VirtioFs {
+            require_file("virtiofsd", &h.virtio_fs_daemon, origin("virtio_fs_daemon"))?;
+        }
+        if vsock == VsockKind::VhostUser {
+            require_file(
+                "vhost-user vsock daemon",
+                &h.vhost_user_vsock_daemon,
+                origin("vhost_user_vsock_daemon"),
+            )?;
+        }
+        Ok(())
+    }
+
+    async fn start_inner(&mut self) -> Result<(), HypervisorError> {
+        let h = self.config.hypervisor.clone();
+        let (vsock, why) = vsock_device::choose(h.vsock, Path::new(VHOST_VSOCK_DEV))?;
+        tracing::info!(sandbox = %self.id, "{why}");
+        self.check_files(vsock)?;
+        let choice = accel::choose(h.accel, h.arch(), Arch::host(), Path::new("/"));
+        tracing::info!(sandbox = %self.id, "{}", choice.reason);
+        if choice.accel == Accel::Kvm && h.arch() != Arch::host() {
+            return Err(HypervisorError::Unsupported(format!(
+                "{}: accel = \"kvm\" cannot run a {} guest on a {} host",
+                self.config.origin("hypervisor.qemu", "accel"),
+                h.arch().name(),
+                Arch::host().name()
+            )));
+        }
+
+        if h.shared_fs != SharedFs::None {
+            let shared = self.paths.shared();
+            tokio::fs::create_dir(&shared)
+                .await
+                .map_err(|e| HypervisorError::io(format!("create {}", shared.display()), e))?;
+        }
+        if h.shared_fs == SharedFs::VirtioFs {
+            virtiofsd::make_shared_mount(self.paths.shared()).await?;
+        }
+
+        // Helpers and host facts in parallel: each daemon must have its socket before QEMU.
+        let debug = h.enable_debug || self.config.runtime.enable_debug;
+        let fs_fut = async {
+            if h.shared_fs == SharedFs::VirtioFs {
+                virtiofsd::start(&h, &self.paths, debug).await.map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let vsock_fut = async {
+            if vsock == VsockKind::VhostUser {
+                vsock_device::start_daemon(&h, &self.paths).await.map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let version_fut = host::qemu_version(&h.path);
+        let tsc_fut = async {
+            if h.machine_type == MachineType::Microvm {
+                tokio::task::spawn_blocking(host::tsc_khz)
+                    .await
+                    .ok()
+                    .flatten()
+            } else {
+                None
+            }
+        };
+        let (fs, vs, version, tsc) = tokio::join!(fs_fut, vsock_fut, version_fut, tsc_fut);
+        // Keep whatever started so stop() can end it, then report the first failure.
+        let (fs, vs) = match (fs, vs) {
+            (Ok(f), Ok(v)) => (f, v),
+            (f, v) => {
+                let mut first = None;
+                match f {
+                    Ok(p) => self.virtiofsd = p,
+                    Err(e) => first = Some(e),
+                }
+                match v {
+                    Ok(p) => self.vsock_daemon = p,
+                    Err(e) => first = first.or(Some(e)),
+                }
+                return Err(first.unwrap_or_else(|| {
+                    HypervisorError::Unsupported("helper start failed".into())
+                }));
+            }
+        };
+        self.virtiofsd = fs;
+        self.vsock_daemon = vs;
+        let version = version.map_err(HypervisorError::Unsupported)?;
+        if h.machine_type == MachineType::Microvm && tsc.is_none() {
+            tracing::warn!(sandbox = %self.id, "host TSC frequency unknown: the microvm guest may hang early in boot (set tsc_early_khz= in kernel_params)");
+        }
+
+        let (vsock_dev, dialer, _cid_fd) = match vsock {
+            VsockKind::VhostUser => (
+                VsockDevice::VhostUser {
+                    socket: self.paths.vhost_user_vsock(),
+                },
+                Dialer::Hybrid {
+                    uds_path: self.paths.hybrid_vsock(),
+                },
+                None,
+            ),
+            VsockKind::Vhost => {
+                let (cid, fd) = tokio::task::spawn_blocking(|| {
+                    vsock_device::reserve_cid(Path::new(VHOST_VSOCK_DEV))
+                })
+                .await
+                .map_err(|e| {
+                    HypervisorError::io("reserve vsock cid", std::io::Error::other(e))
+                })??;
+                let raw = inheritable(&fd)?;
+                (
+                    VsockDevice::Vhost {
+                        cid,
+                        vhostfd: Some(raw),
+                    },
+                    Dialer::Vhost { cid },
+                    Some(fd),
+                )
+            }
+        };
+        let fs_dev = match h.shared_fs {
+            SharedFs::VirtioFs => FsDevice::VirtioFs {
+                socket: self.paths.virtiofsd_socket(),
+            },
+            SharedFs::Virtio9p => FsDevice::NineP {
+                dir: self.paths.shared(),
+            },
+            SharedFs::None => FsDevice::None,
+        };
+        let kernel_cmdline =
+            cmdline::kernel_cmdline(&h, &self.config.agent, self.config.agent_debug(), tsc);
+        let args = cmdline::qemu_args(&cmdline::Input {
+            config: &h,
+            accel: choice.accel,
+            qemu_version: version,
+            kernel_cmdline,
+            vsock: vsock_dev,
+            fs: fs_dev,
+            qmp_socket: self.paths.qmp_socket(),
+            console_log: self.paths.console_log(),
+            host_cpus: host::cpu_count(),
+            name: format!("kata-{}", self.id),
+        });
+        let mut cmd = Command::new(&h.path);
+        cmd.args(&args);
+        let qemu = Process::spawn(
+            "qemu",
+            cmd,
+            &self.paths.log("qemu"),
+            &self.paths.pidfile("qemu"),
+        )?;
+        // QEMU has its own copy of the CID fd now (if any); ours closes when _cid_fd drops.
+        let mut qemu_exited = qemu.exited();
+        let tx = self.exited_tx.clone();
+        tokio::spawn(async move {
+            let _ = qemu_exited.wait_for(|e| *e).await;
+            let _ = tx.send(true);
+        });
+        let waited = wait_for_socket(&qemu, &self.paths.qmp_socket(), QMP_SOCKET_TIMEOUT).await;
+        self.qemu = Some(qemu);
+        waited?;
+        self.dialer = Some(dialer);
+        tracing::info!(sandbox = %self.id, qemu = %h.path.display(), version = ?version, "QEMU started");
+        Ok(())
+    }
+}
+
+/// Clears FD_CLOEXEC so QEMU inherits the fd under the same number.
+fn inheritable(fd: &OwnedFd) -> Result<i32, HypervisorError> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let raw = fd.as_raw_fd();
+    fcntl(raw, FcntlArg::F_SETFD(FdFlag::empty()))
+        .map_err(|e| HypervisorError::io("clear close-on-exec on the vhost-vsock fd", e.into()))?;
+    Ok(raw)
+}
+
+#[async_trait]
+impl Hypervisor for Qemu {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    async fn start(&mut self) -> Result<(), HypervisorError> {
+        self.start_inner().await
+    }
+
+    async fn stop(&mut self, grace: Duration) -> Result<(), HypervisorError> {
+        if let Some(q) = &self.qemu {
+            if !q.wait_timeout(grace).await {
+                match qmp::run_once(&self.paths.qmp_socket(), "quit", qmp::QMP_TIMEOUT).await {
+                    Ok(_) => {
+                        if !q.wait_timeout(QUIT_TIMEOUT).await {
+                            tracing::warn!(sandbox = %self.id, "QEMU did not exit after QMP quit: killing it");
+                        }
+                    }
+                    Err(e) => tracing::warn!(sandbox = %self.id, "QMP quit: {e}: killing QEMU"),
+                }
+                q.kill().await;
+            }
+        }
+        // virtiofsd exits once QEMU is gone; vhost-device-vsock waits for a new VM: stop both.
+        let (a, b) = (self.virtiofsd.as_ref(), self.vsock_daemon.as_ref());
+        tokio::join!(
+            async {
+                if let Some(p) = a {
+                    p.terminate(DAEMON_GRACE).await
+                }
+            },
+            async {
+                if let Some(p) = b {
+                    p.terminate(DAEMON_GRACE).await
+                }
+            }
+        );
+        for name in ["qemu", "virtiofsd", "vhost-device-vsock"] {
+            let _ = tokio::fs::remove_file(self.paths.pidfile(name)).await;
+        }
+        Ok(())
+    }
+
+    async fn pause(&self) -> Result<(), HypervisorError> {
+        qmp::run_once(&self.paths.qmp_socket(), "stop", qmp::QMP_TIMEOUT).await?;
+        Ok(())
+    }
+
+    async fn resume(&self) -> Result<(), HypervisorError> {
+        qmp::run_once(&self.paths.qmp_socket(), "cont", qmp::QMP_TIMEOUT).await?;
+        Ok(())
+    }
+
+    fn agent_dialer(&self) -> Option<Dialer> {
+        self.dialer.clone()
+    }
+
+    fn shared_fs(&self) -> SharedFs {
+        self.config.hypervisor.shared_fs
+    }
+
+    fn exited(&self) -> watch::Receiver<bool> {
+        self.exited_rx.clone()
+    }
+
+    fn exit_status(&self) -> Option<String> {
+        self.qemu
+            .as_ref()
+            .filter(|q| q.has_exited())
+            .map(|q| q.status_text())
+    }
+}
