@@ -30,8 +30,10 @@ pub trait GuestAgent: Send + Sync + 'static {
         req: pb::ExecProcessRequest,
     ) -> TaskResult<pb::ExecProcessResponse>;
     async fn signal_process(&self, req: pb::SignalProcessRequest) -> TaskResult<()>;
-    async fn wait_process(&self, req: pb::WaitProcessRequest)
-        -> TaskResult<pb::WaitProcessResponse>;
+    async fn wait_process(
+        &self,
+        req: pb::WaitProcessRequest,
+    ) -> TaskResult<pb::WaitProcessResponse>;
     async fn read_stdout(&self, req: pb::ReadStreamRequest) -> TaskResult<pb::ReadStreamResponse>;
     async fn read_stderr(&self, req: pb::ReadStreamRequest) -> TaskResult<pb::ReadStreamResponse>;
     async fn write_stdin(&self, req: pb::WriteStreamRequest)

@@ -27,7 +27,10 @@ impl Container {
             return Ok(&self.init);
         }
         self.execs.get(exec_id).ok_or_else(|| {
-            TaskError::not_found(format!("exec {exec_id:?} of container {:?} not found", self.id))
+            TaskError::not_found(format!(
+                "exec {exec_id:?} of container {:?} not found",
+                self.id
+            ))
         })
     }
 

@@ -74,9 +74,7 @@ pub fn send(tx: &EventSender, ev: TaskEvent) {
 
 /// Protobuf timestamp of a wall-clock instant.
 pub fn timestamp(t: SystemTime) -> Timestamp {
-    let d = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     Timestamp {
         seconds: d.as_secs() as i64,
         nanos: d.subsec_nanos() as i32,

@@ -125,7 +125,9 @@ mod tests {
     #[tokio::test]
     async fn exit_is_set_once_and_seen_by_every_waiter() {
         let p = Process::new("", StdioPaths::default());
-        let waiters: Vec<_> = (0..3).map(|_| tokio::spawn(wait_exit(p.subscribe()))).collect();
+        let waiters: Vec<_> = (0..3)
+            .map(|_| tokio::spawn(wait_exit(p.subscribe())))
+            .collect();
         assert_eq!(p.status(false), Status::CREATED);
         let h = p.exit_handle();
         let (e1, first) = h.set(3);

@@ -168,7 +168,11 @@ fn do_mount(
     let fstype = (!fstype.is_empty() && !flags.contains(MsFlags::MS_BIND)).then_some(fstype);
     mount(Some(source), target, fstype, flags, data).map_err(|e| {
         io_err(
-            format_args!("mounting {source} ({}) on {}", fstype.unwrap_or("bind"), target.display()),
+            format_args!(
+                "mounting {source} ({}) on {}",
+                fstype.unwrap_or("bind"),
+                target.display()
+            ),
             e,
         )
     })?;
@@ -177,7 +181,10 @@ fn do_mount(
         let re = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
         if let Err(e) = mount(None::<&str>, target, None::<&str>, re, None::<&str>) {
             let _ = umount2(target, MntFlags::MNT_DETACH);
-            return Err(io_err(format_args!("remounting {} read-only", target.display()), e));
+            return Err(io_err(
+                format_args!("remounting {} read-only", target.display()),
+                e,
+            ));
         }
     }
     Ok(())
@@ -331,7 +338,11 @@ mod tests {
         let overlay = RootfsMount {
             fstype: "overlay".into(),
             source: "overlay".into(),
-            options: vec!["lowerdir=/l".into(), "upperdir=/u".into(), "workdir=/w".into()],
+            options: vec![
+                "lowerdir=/l".into(),
+                "upperdir=/u".into(),
+                "workdir=/w".into(),
+            ],
         };
         let plan = MountPlan::new(
             Path::new("/run/kata-containers/sb/shared"),
@@ -342,7 +353,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(plan.rootfs, RootfsSource::Mounts(vec![overlay]));
-        assert_eq!(plan.rootfs_target, Path::new("/run/kata-containers/sb/shared/c1/rootfs"));
+        assert_eq!(
+            plan.rootfs_target,
+            Path::new("/run/kata-containers/sb/shared/c1/rootfs")
+        );
         assert_eq!(plan.binds.len(), 2);
         assert_eq!(
             plan.binds[0].host_target,
@@ -356,19 +370,34 @@ mod tests {
         assert_eq!(plan.binds[1].index, 2);
         assert!(plan.binds[1].guest_path.ends_with("/c1-mounts/1-data"));
         assert!(!plan.binds[1].readonly);
-        assert_eq!(plan.guest_sources()[1], (2, plan.binds[1].guest_path.clone()));
+        assert_eq!(
+            plan.guest_sources()[1],
+            (2, plan.binds[1].guest_path.clone())
+        );
     }
 
     #[test]
     fn without_rootfs_mounts_the_bundle_dir_is_used() {
-        let rel = MountPlan::new(Path::new("/s"), "c", vec![], Path::new("/b"), &json!({
-            "root": {"path": "myroot"}
-        }))
+        let rel = MountPlan::new(
+            Path::new("/s"),
+            "c",
+            vec![],
+            Path::new("/b"),
+            &json!({
+                "root": {"path": "myroot"}
+            }),
+        )
         .unwrap();
         assert_eq!(rel.rootfs, RootfsSource::Dir(PathBuf::from("/b/myroot")));
-        let abs = MountPlan::new(Path::new("/s"), "c", vec![], Path::new("/b"), &json!({
-            "root": {"path": "/abs/root"}
-        }))
+        let abs = MountPlan::new(
+            Path::new("/s"),
+            "c",
+            vec![],
+            Path::new("/b"),
+            &json!({
+                "root": {"path": "/abs/root"}
+            }),
+        )
         .unwrap();
         assert_eq!(abs.rootfs, RootfsSource::Dir(PathBuf::from("/abs/root")));
     }

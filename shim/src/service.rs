@@ -78,8 +78,8 @@ impl Shim for Service {
     }
 
     async fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
-        let bundle = std::env::current_dir()
-            .map_err(|e| Error::Other(format!("current directory: {e}")))?;
+        let bundle =
+            std::env::current_dir().map_err(|e| Error::Other(format!("current directory: {e}")))?;
         let sandbox_id = grouping(&bundle, &self.id);
         // Only the sandbox's own container owns the VM; the others go with it.
         if sandbox_id == self.id {

@@ -19,7 +19,9 @@ pub fn parse(bytes: &[u8], what: &str) -> TaskResult<Value> {
     let v: Value = serde_json::from_slice(bytes)
         .map_err(|e| TaskError::invalid(format!("{what}: not a valid OCI spec: {e}")))?;
     if !v.is_object() {
-        return Err(TaskError::invalid(format!("{what}: OCI spec is not a JSON object")));
+        return Err(TaskError::invalid(format!(
+            "{what}: OCI spec is not a JSON object"
+        )));
     }
     Ok(v)
 }
@@ -214,12 +216,26 @@ mod tests {
         assert_eq!(
             binds,
             vec![
-                HostBind { index: 1, source: "/var/lib/x/hosts".into(), readonly: true, recursive: true },
-                HostBind { index: 3, source: "/srv/data".into(), readonly: false, recursive: false },
+                HostBind {
+                    index: 1,
+                    source: "/var/lib/x/hosts".into(),
+                    readonly: true,
+                    recursive: true
+                },
+                HostBind {
+                    index: 3,
+                    source: "/srv/data".into(),
+                    readonly: false,
+                    recursive: false
+                },
             ]
         );
-        let out = rewrite_for_guest(&spec, "c1", &[(1, "/g/hosts".into()), (3, "/g/data".into())])
-            .unwrap();
+        let out = rewrite_for_guest(
+            &spec,
+            "c1",
+            &[(1, "/g/hosts".into()), (3, "/g/data".into())],
+        )
+        .unwrap();
         assert_eq!(out.pointer("/mounts/1/source").unwrap(), "/g/hosts");
         assert_eq!(out.pointer("/mounts/3/source").unwrap(), "/g/data");
         assert_eq!(out.pointer("/mounts/0/source").unwrap(), "proc");
@@ -229,7 +245,11 @@ mod tests {
     #[test]
     fn network_namespace_loses_its_path_and_host_namespaces_are_dropped() {
         let out = rewrite_for_guest(&cri_spec(), "c1", &[]).unwrap();
-        let ns = out.pointer("/linux/namespaces").unwrap().as_array().unwrap();
+        let ns = out
+            .pointer("/linux/namespaces")
+            .unwrap()
+            .as_array()
+            .unwrap();
         let types: Vec<&str> = ns.iter().map(|n| n["type"].as_str().unwrap()).collect();
         assert_eq!(types, vec!["pid", "mount", "network"]);
         assert!(ns.iter().all(|n| n.get("path").is_none()));
@@ -244,7 +264,10 @@ mod tests {
         assert!(out.pointer("/linux/cgroupsPath").is_none());
         assert!(out.pointer("/linux/devices").is_none());
         assert!(out.pointer("/linux/mountLabel").is_none());
-        assert_eq!(out.pointer("/linux/resources/memory/limit").unwrap(), 1048576);
+        assert_eq!(
+            out.pointer("/linux/resources/memory/limit").unwrap(),
+            1048576
+        );
         assert_eq!(out.pointer("/linux/maskedPaths/0").unwrap(), "/proc/kcore");
         assert_eq!(out.pointer("/linux/readonlyPaths/0").unwrap(), "/proc/sys");
         assert!(out.pointer("/linux/seccomp").is_some());
@@ -270,7 +293,10 @@ mod tests {
             "c1"
         );
         assert_eq!(hostname(&cri_spec()), "pod1");
-        assert_eq!(annotations(&cri_spec()).get(SANDBOX_ID_ANNOTATION).unwrap(), "sb1");
+        assert_eq!(
+            annotations(&cri_spec()).get(SANDBOX_ID_ANNOTATION).unwrap(),
+            "sb1"
+        );
     }
 
     #[test]

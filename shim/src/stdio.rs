@@ -152,12 +152,13 @@ async fn copy_output(
 }
 
 /// Opens a stdin FIFO for reading, waiting for containerd's writer, unless told to stop.
-async fn open_stdin(path: PathBuf, stop: &mut watch::Receiver<StdinStop>) -> Option<pipe::Receiver> {
+async fn open_stdin(
+    path: PathBuf,
+    stop: &mut watch::Receiver<StdinStop>,
+) -> Option<pipe::Receiver> {
     let p = path.clone();
     // A blocking open returns once a writer exists, so the first read cannot see a false EOF.
-    let mut open = tokio::task::spawn_blocking(move || {
-        StdOpenOptions::new().read(true).open(&p)
-    });
+    let mut open = tokio::task::spawn_blocking(move || StdOpenOptions::new().read(true).open(&p));
     let stopped = async { stop.wait_for(|s| *s != StdinStop::No).await.is_ok() };
     let file = tokio::select! {
         r = &mut open => r.ok()?.ok()?,

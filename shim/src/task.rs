@@ -118,7 +118,12 @@ pub fn runtime_config_path(options: Option<&Any>) -> Option<PathBuf> {
     None
 }
 
-fn exit_fields(exit: Option<Exit>) -> (u32, MessageField<containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp>) {
+fn exit_fields(
+    exit: Option<Exit>,
+) -> (
+    u32,
+    MessageField<containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp>,
+) {
     match exit {
         Some(e) => (e.status, MessageField::some(events::timestamp(e.at))),
         None => (0, MessageField::none()),
@@ -169,7 +174,11 @@ impl TaskCore {
                 )));
             }
             if sb.id != sandbox_id {
-                tracing::warn!("container {} names sandbox {sandbox_id}, this shim runs {}", req.id, sb.id);
+                tracing::warn!(
+                    "container {} names sandbox {sandbox_id}, this shim runs {}",
+                    req.id,
+                    sb.id
+                );
             }
             return Ok((sb.agent.clone(), sb.shared_dir.clone(), false));
         }
@@ -181,7 +190,11 @@ impl TaskCore {
             config_path: runtime_config_path(req.options.as_ref()),
         };
         let sb = Sandbox::boot(&self.backend, boot, spec::hostname(spec)).await?;
-        tokio::spawn(watch_vm_death(self.state.clone(), self.events.clone(), sb.exited()));
+        tokio::spawn(watch_vm_death(
+            self.state.clone(),
+            self.events.clone(),
+            sb.exited(),
+        ));
         tokio::spawn(forward_oom_events(sb.agent.clone(), self.events.clone()));
         let out = (sb.agent.clone(), sb.shared_dir.clone(), true);
         self.state().sandbox = Some(sb);
@@ -306,9 +319,9 @@ impl TaskCore {
         }
         let bundle = PathBuf::from(&req.bundle);
         let spec_path = bundle.join("config.json");
-        let bytes = tokio::fs::read(&spec_path).await.map_err(|e| {
-            TaskError::invalid(format!("reading {}: {e}", spec_path.display()))
-        })?;
+        let bytes = tokio::fs::read(&spec_path)
+            .await
+            .map_err(|e| TaskError::invalid(format!("reading {}: {e}", spec_path.display())))?;
         let spec = spec::parse(&bytes, &spec_path.display().to_string())?;
         // Refuse a spec the guest cannot run before booting anything.
         spec::rewrite_for_guest(&spec, &req.id, &[])?;
@@ -362,7 +375,11 @@ impl TaskCore {
             exec_id: p.exec_id.clone(),
             ..Default::default()
         };
-        let event_id = if is_init { cid.to_string() } else { p.exec_id.clone() };
+        let event_id = if is_init {
+            cid.to_string()
+        } else {
+            p.exec_id.clone()
+        };
         let (pid, handle, copiers, events) = (
             p.pid,
             p.exit_handle(),
@@ -398,7 +415,11 @@ impl TaskCore {
                     req.exec_id, req.id
                 )));
             }
-            (c.is_init(&req.exec_id), p.exec_spec.clone(), p.stdio.clone())
+            (
+                c.is_init(&req.exec_id),
+                p.exec_spec.clone(),
+                p.stdio.clone(),
+            )
         };
         if is_init {
             agent
@@ -436,7 +457,12 @@ impl TaskCore {
                 ..Default::default()
             })
             .await
-            .map_err(|e| e.context(format_args!("starting exec {:?} in {:?}", req.exec_id, req.id)))?;
+            .map_err(|e| {
+                e.context(format_args!(
+                    "starting exec {:?} in {:?}",
+                    req.exec_id, req.id
+                ))
+            })?;
         let copiers = match stdio::start(agent.clone(), &req.id, &req.exec_id, &paths).await {
             Ok(c) => c,
             Err(e) => {
@@ -555,9 +581,10 @@ impl TaskCore {
                     req.exec_id, req.id
                 )));
             }
-            let p = c.execs.remove(&req.exec_id).ok_or_else(|| {
-                TaskError::not_found(format!("exec {:?} not found", req.exec_id))
-            })?;
+            let p = c
+                .execs
+                .remove(&req.exec_id)
+                .ok_or_else(|| TaskError::not_found(format!("exec {:?} not found", req.exec_id)))?;
             let (exit_status, exited_at) = exit_fields(p.exit());
             return Ok(DeleteResponse {
                 pid: p.pid,
@@ -594,7 +621,10 @@ impl TaskCore {
             }
         }
         let Some(c) = self.state().containers.remove(&req.id) else {
-            return Err(TaskError::not_found(format!("container {:?} not found", req.id)));
+            return Err(TaskError::not_found(format!(
+                "container {:?} not found",
+                req.id
+            )));
         };
         for p in std::iter::once(&c.init).chain(c.execs.values()) {
             let taken = p.copiers.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -631,7 +661,9 @@ impl TaskCore {
             .as_ref()
             .map(|a| a.value.clone())
             .filter(|v| !v.is_empty())
-            .ok_or_else(|| TaskError::invalid(format!("exec {:?}: no process spec", req.exec_id)))?;
+            .ok_or_else(|| {
+                TaskError::invalid(format!("exec {:?}: no process spec", req.exec_id))
+            })?;
         {
             let mut st = self.state();
             let c = container_mut(&mut st, &req.id)?;
@@ -745,7 +777,9 @@ impl TaskCore {
             let st = self.state();
             let c = container(&st, id)?;
             if c.init.phase != Phase::Running || c.init.exit().is_some() {
-                return Err(TaskError::precondition(format!("container {id:?} is not running")));
+                return Err(TaskError::precondition(format!(
+                    "container {id:?} is not running"
+                )));
             }
         }
         if paused {
@@ -795,8 +829,13 @@ impl TaskCore {
             .as_ref()
             .map(|a| a.value.clone())
             .ok_or_else(|| TaskError::invalid("update: no resources given"))?;
-        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&resources)
-            .map_err(|e| TaskError::invalid(format!("update: resources are not OCI LinuxResources JSON: {e}")))?;
+        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&resources).map_err(
+            |e| {
+                TaskError::invalid(format!(
+                    "update: resources are not OCI LinuxResources JSON: {e}"
+                ))
+            },
+        )?;
         agent
             .update_container(pb::UpdateContainerRequest {
                 container_id: req.id.clone(),
@@ -884,7 +923,11 @@ fn publish_exit(
 }
 
 /// When the VM dies, every process of the sandbox exits with 255.
-async fn watch_vm_death(state: Arc<Mutex<State>>, events: EventSender, mut exited: watch::Receiver<bool>) {
+async fn watch_vm_death(
+    state: Arc<Mutex<State>>,
+    events: EventSender,
+    mut exited: watch::Receiver<bool>,
+) {
     if exited.wait_for(|dead| *dead).await.is_err() {
         return;
     }

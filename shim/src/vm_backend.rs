@@ -114,9 +114,12 @@ impl VmLauncher for QemuLauncher {
             req.sandbox_id,
             loaded.path.display()
         );
-        let vm = Vm::boot(&cfg, &req.sandbox_id)
-            .await
-            .map_err(|e| TaskError::internal(format!("starting the VM of sandbox {}: {e}", req.sandbox_id)))?;
+        let vm = Vm::boot(&cfg, &req.sandbox_id).await.map_err(|e| {
+            TaskError::internal(format!(
+                "starting the VM of sandbox {}: {e}",
+                req.sandbox_id
+            ))
+        })?;
         let agent: Arc<dyn GuestAgent> = Arc::new(AgentClient(vm.agent().clone()));
         Ok(Box::new(QemuVm { vm, agent }))
     }

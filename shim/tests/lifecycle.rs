@@ -1,0 +1,838 @@
+//! The container lifecycle driven through `TaskCore` with a fake agent, a fake VM and a fake
+//! mounter: event order, ids, pids, exit statuses, stdio draining, cleanup on error and on VM
+//! death. No QEMU, no containerd.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use containerd_shim::api::{
+    CreateTaskRequest, DeleteRequest, ExecProcessRequest, KillRequest, ShutdownRequest,
+    StartRequest, StateRequest, StatsRequest, WaitRequest,
+};
+use containerd_shim::protos::api::Status;
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
+use containerd_shim::protos::protobuf::{Message, MessageField};
+use containerd_shim::protos::ttrpc::Code;
+use containerd_shim::ExitSignal;
+use kata_shim::backend::{Backend, BootRequest, GuestAgent, HostMounter, SandboxVm, VmLauncher};
+use kata_shim::error::{TaskError, TaskResult};
+use kata_shim::events::{self, EventReceiver, TaskEvent};
+use kata_shim::rootfs::MountPlan;
+use kata_shim::task::TaskCore;
+use protocol::agent as pb;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{watch, Notify};
+
+const STEP: Duration = Duration::from_secs(10);
+
+/// A guest process of the fake agent: queued output, then EOF once it exited.
+#[derive(Default)]
+struct FakeProc {
+    stdout: VecDeque<Vec<u8>>,
+    exit: Option<i32>,
+}
+
+#[derive(Default)]
+struct FakeAgent {
+    procs: Mutex<HashMap<(String, String), FakeProc>>,
+    changed: Notify,
+    next_pid: AtomicU32,
+    calls: Mutex<Vec<String>>,
+    fail_create_container: bool,
+    /// The VM died: every call fails, as over a broken connection.
+    dead: std::sync::atomic::AtomicBool,
+}
+
+impl FakeAgent {
+    fn call(&self, what: impl Into<String>) {
+        self.calls.lock().unwrap().push(what.into());
+    }
+    fn key(cid: &str, eid: &str) -> (String, String) {
+        (cid.to_string(), eid.to_string())
+    }
+    fn add(&self, cid: &str, eid: &str) -> u32 {
+        self.procs
+            .lock()
+            .unwrap()
+            .insert(Self::key(cid, eid), FakeProc::default());
+        100 + self.next_pid.fetch_add(1, Ordering::SeqCst)
+    }
+    /// The test plays the guest: output, then exit.
+    fn output(&self, cid: &str, eid: &str, data: &[u8]) {
+        if let Some(p) = self.procs.lock().unwrap().get_mut(&Self::key(cid, eid)) {
+            p.stdout.push_back(data.to_vec());
+        }
+        self.changed.notify_waiters();
+    }
+    fn exit(&self, cid: &str, eid: &str, status: i32) {
+        if let Some(p) = self.procs.lock().unwrap().get_mut(&Self::key(cid, eid)) {
+            p.exit.get_or_insert(status);
+        }
+        self.changed.notify_waiters();
+    }
+    /// Waits until `f` gives an answer for process (cid, eid).
+    async fn until<T>(
+        &self,
+        cid: &str,
+        eid: &str,
+        f: impl Fn(&mut FakeProc) -> Option<T>,
+    ) -> TaskResult<T> {
+        loop {
+            let notified = self.changed.notified();
+            if self.dead.load(Ordering::SeqCst) {
+                return Err(TaskError::internal("agent connection closed"));
+            }
+            {
+                let mut procs = self.procs.lock().unwrap();
+                let p = procs.get_mut(&Self::key(cid, eid)).ok_or_else(|| {
+                    TaskError::not_found(format!("process {cid}/{eid} not found"))
+                })?;
+                if let Some(v) = f(p) {
+                    return Ok(v);
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+#[async_trait]
+impl GuestAgent for FakeAgent {
+    async fn create_sandbox(&self, req: pb::CreateSandboxRequest) -> TaskResult<()> {
+        self.call(format!(
+            "create_sandbox {} {}",
+            req.sandbox_id, req.hostname
+        ));
+        Ok(())
+    }
+    async fn create_container(
+        &self,
+        req: pb::CreateContainerRequest,
+    ) -> TaskResult<pb::CreateContainerResponse> {
+        self.call(format!("create_container {}", req.container_id));
+        if self.fail_create_container {
+            return Err(TaskError::internal(
+                "agent CreateContainer: no such file /bin/nothing",
+            ));
+        }
+        let spec: serde_json::Value = serde_json::from_slice(&req.oci_spec_json).unwrap();
+        assert_eq!(
+            spec.pointer("/root/path").unwrap(),
+            &serde_json::json!(format!(
+                "{}/{}/rootfs",
+                protocol::GUEST_SHARED_DIR,
+                req.container_id
+            ))
+        );
+        Ok(pb::CreateContainerResponse {
+            pid: self.add(&req.container_id, ""),
+            ..Default::default()
+        })
+    }
+    async fn start_container(&self, req: pb::StartContainerRequest) -> TaskResult<()> {
+        self.call(format!("start_container {}", req.container_id));
+        Ok(())
+    }
+    async fn remove_container(&self, req: pb::RemoveContainerRequest) -> TaskResult<()> {
+        self.call(format!("remove_container {}", req.container_id));
+        let keys: Vec<_> = self
+            .procs
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|k| k.0 == req.container_id)
+            .cloned()
+            .collect();
+        for (c, e) in keys {
+            self.exit(&c, &e, 137);
+        }
+        Ok(())
+    }
+    async fn exec_process(
+        &self,
+        req: pb::ExecProcessRequest,
+    ) -> TaskResult<pb::ExecProcessResponse> {
+        self.call(format!("exec_process {} {}", req.container_id, req.exec_id));
+        Ok(pb::ExecProcessResponse {
+            pid: self.add(&req.container_id, &req.exec_id),
+            ..Default::default()
+        })
+    }
+    async fn signal_process(&self, req: pb::SignalProcessRequest) -> TaskResult<()> {
+        self.call(format!(
+            "signal_process {} {:?} {}",
+            req.container_id, req.exec_id, req.signal
+        ));
+        self.exit(&req.container_id, &req.exec_id, 128 + req.signal as i32);
+        Ok(())
+    }
+    async fn wait_process(
+        &self,
+        req: pb::WaitProcessRequest,
+    ) -> TaskResult<pb::WaitProcessResponse> {
+        let status = self
+            .until(&req.container_id, &req.exec_id, |p| p.exit)
+            .await?;
+        Ok(pb::WaitProcessResponse {
+            status,
+            ..Default::default()
+        })
+    }
+    async fn read_stdout(&self, req: pb::ReadStreamRequest) -> TaskResult<pb::ReadStreamResponse> {
+        let data = self
+            .until(&req.container_id, &req.exec_id, |p| {
+                match p.stdout.pop_front() {
+                    Some(d) => Some(d),
+                    None => p.exit.map(|_| Vec::new()),
+                }
+            })
+            .await?;
+        Ok(pb::ReadStreamResponse {
+            data,
+            ..Default::default()
+        })
+    }
+    async fn read_stderr(&self, req: pb::ReadStreamRequest) -> TaskResult<pb::ReadStreamResponse> {
+        self.until(&req.container_id, &req.exec_id, |p| p.exit)
+            .await?;
+        Ok(pb::ReadStreamResponse::default())
+    }
+    async fn write_stdin(
+        &self,
+        req: pb::WriteStreamRequest,
+    ) -> TaskResult<pb::WriteStreamResponse> {
+        Ok(pb::WriteStreamResponse {
+            len: req.data.len() as u32,
+            ..Default::default()
+        })
+    }
+    async fn close_stdin(&self, _req: pb::CloseStdinRequest) -> TaskResult<()> {
+        Ok(())
+    }
+    async fn tty_win_resize(&self, _req: pb::TtyWinResizeRequest) -> TaskResult<()> {
+        Ok(())
+    }
+    async fn pause_container(&self, _req: pb::PauseContainerRequest) -> TaskResult<()> {
+        Ok(())
+    }
+    async fn resume_container(&self, _req: pb::ResumeContainerRequest) -> TaskResult<()> {
+        Ok(())
+    }
+    async fn update_container(&self, _req: pb::UpdateContainerRequest) -> TaskResult<()> {
+        Ok(())
+    }
+    async fn stats_container(
+        &self,
+        _req: pb::StatsContainerRequest,
+    ) -> TaskResult<pb::StatsContainerResponse> {
+        Ok(pb::StatsContainerResponse {
+            memory: MessageField::some(pb::MemoryStats {
+                usage_bytes: 4096,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+    async fn list_processes(
+        &self,
+        _req: pb::ListProcessesRequest,
+    ) -> TaskResult<pb::ListProcessesResponse> {
+        Ok(pb::ListProcessesResponse::default())
+    }
+    async fn get_oom_event(&self, _req: pb::GetOOMEventRequest) -> TaskResult<pb::OOMEvent> {
+        std::future::pending().await
+    }
+}
+
+struct FakeVm {
+    agent: Arc<FakeAgent>,
+    shared: PathBuf,
+    exited: watch::Sender<bool>,
+    shutdowns: Arc<AtomicU32>,
+}
+
+#[async_trait]
+impl SandboxVm for FakeVm {
+    fn agent(&self) -> Arc<dyn GuestAgent> {
+        self.agent.clone()
+    }
+    fn shared_dir(&self) -> &Path {
+        &self.shared
+    }
+    fn shared_storage(&self) -> pb::Storage {
+        pb::Storage::default()
+    }
+    fn exited(&self) -> watch::Receiver<bool> {
+        self.exited.subscribe()
+    }
+    async fn shutdown(self: Box<Self>) -> TaskResult<()> {
+        self.shutdowns.fetch_add(1, Ordering::SeqCst);
+        self.exited.send_replace(true);
+        Ok(())
+    }
+}
+
+struct FakeLauncher {
+    agent: Arc<FakeAgent>,
+    shared: PathBuf,
+    boots: Mutex<Vec<BootRequest>>,
+    shutdowns: Arc<AtomicU32>,
+    /// Sender of the booted VM's "exited" flag, so a test can kill the VM.
+    vm_exited: Mutex<Option<watch::Sender<bool>>>,
+    fail: Option<String>,
+}
+
+#[async_trait]
+impl VmLauncher for FakeLauncher {
+    async fn boot(&self, req: BootRequest) -> TaskResult<Box<dyn SandboxVm>> {
+        self.boots.lock().unwrap().push(req);
+        if let Some(f) = &self.fail {
+            return Err(TaskError::invalid(f.clone()));
+        }
+        let (tx, _) = watch::channel(false);
+        *self.vm_exited.lock().unwrap() = Some(tx.clone());
+        Ok(Box::new(FakeVm {
+            agent: self.agent.clone(),
+            shared: self.shared.clone(),
+            exited: tx,
+            shutdowns: self.shutdowns.clone(),
+        }))
+    }
+}
+
+#[derive(Default)]
+struct FakeMounter {
+    mounted: Mutex<Vec<String>>,
+    unmounted: Mutex<Vec<String>>,
+}
+
+impl HostMounter for FakeMounter {
+    fn mount(&self, plan: &MountPlan) -> TaskResult<()> {
+        self.mounted.lock().unwrap().push(plan.container_id.clone());
+        Ok(())
+    }
+    fn unmount(&self, plan: &MountPlan) -> TaskResult<()> {
+        self.unmounted
+            .lock()
+            .unwrap()
+            .push(plan.container_id.clone());
+        Ok(())
+    }
+}
+
+struct Harness {
+    core: TaskCore,
+    events: EventReceiver,
+    agent: Arc<FakeAgent>,
+    launcher: Arc<FakeLauncher>,
+    mounter: Arc<FakeMounter>,
+    exit: Arc<ExitSignal>,
+    dir: tempfile::TempDir,
+}
+
+fn harness_with(agent: FakeAgent, fail_boot: Option<&str>) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Arc::new(agent);
+    let launcher = Arc::new(FakeLauncher {
+        agent: agent.clone(),
+        shared: dir.path().join("shared"),
+        boots: Mutex::new(Vec::new()),
+        shutdowns: Arc::new(AtomicU32::new(0)),
+        vm_exited: Mutex::new(None),
+        fail: fail_boot.map(str::to_string),
+    });
+    let mounter = Arc::new(FakeMounter::default());
+    let (tx, events) = events::channel();
+    let exit = Arc::new(ExitSignal::default());
+    let backend = Backend {
+        launcher: launcher.clone(),
+        mounter: mounter.clone(),
+    };
+    Harness {
+        core: TaskCore::new(backend, tx, exit.clone()),
+        events,
+        agent,
+        launcher,
+        mounter,
+        exit,
+        dir,
+    }
+}
+
+fn harness() -> Harness {
+    harness_with(FakeAgent::default(), None)
+}
+
+impl Harness {
+    fn bundle(&self, id: &str, spec: serde_json::Value) -> PathBuf {
+        let b = self.dir.path().join("bundles").join(id);
+        std::fs::create_dir_all(b.join("rootfs")).unwrap();
+        std::fs::write(b.join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+        b
+    }
+
+    fn create_req(&self, id: &str, spec: serde_json::Value) -> CreateTaskRequest {
+        CreateTaskRequest {
+            id: id.into(),
+            bundle: self.bundle(id, spec).to_string_lossy().into_owned(),
+            ..Default::default()
+        }
+    }
+
+    async fn next_event(&mut self) -> TaskEvent {
+        tokio::time::timeout(STEP, self.events.recv())
+            .await
+            .expect("an event in time")
+            .expect("channel open")
+    }
+
+    fn no_event(&mut self) {
+        assert!(self.events.try_recv().is_err(), "no further event expected");
+    }
+
+    fn shutdowns(&self) -> u32 {
+        self.launcher.shutdowns.load(Ordering::SeqCst)
+    }
+}
+
+fn spec(hostname: &str) -> serde_json::Value {
+    serde_json::json!({
+        "ociVersion": "1.0.2",
+        "hostname": hostname,
+        "process": {"args": ["sh"], "cwd": "/"},
+        "root": {"path": "rootfs"},
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "network", "path": "/proc/1/ns/net"}]}
+    })
+}
+
+async fn state(
+    core: &TaskCore,
+    id: &str,
+    exec_id: &str,
+) -> TaskResult<containerd_shim::api::StateResponse> {
+    let req = StateRequest {
+        id: id.into(),
+        exec_id: exec_id.into(),
+        ..Default::default()
+    };
+    core.state_of(&req).await
+}
+
+#[tokio::test]
+async fn run_to_exit_publishes_events_in_order_and_drains_output_first() {
+    let mut h = harness();
+    // containerd's side of the stdout FIFO is open before Create.
+    let fifo = h.dir.path().join("stdout");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let mut reader = tokio::net::unix::pipe::OpenOptions::new()
+        .open_receiver(&fifo)
+        .unwrap();
+
+    let mut req = h.create_req("c1", spec("host1"));
+    req.stdout = fifo.to_string_lossy().into_owned();
+    let pid = h.core.create(&req).await.unwrap().pid;
+    assert!(pid > 0);
+    assert_eq!(h.launcher.boots.lock().unwrap()[0].sandbox_id, "c1");
+    assert_eq!(h.agent.calls.lock().unwrap()[0], "create_sandbox c1 host1");
+    assert_eq!(*h.mounter.mounted.lock().unwrap(), vec!["c1"]);
+    match h.next_event().await {
+        TaskEvent::Create(e) => {
+            assert_eq!((e.container_id.as_str(), e.pid), ("c1", pid));
+            assert_eq!(e.io.stdout, req.stdout);
+        }
+        e => panic!("expected TaskCreate, got {e:?}"),
+    }
+    assert_eq!(
+        state(&h.core, "c1", "").await.unwrap().status.enum_value(),
+        Ok(Status::CREATED)
+    );
+
+    let start = StartRequest {
+        id: "c1".into(),
+        ..Default::default()
+    };
+    assert_eq!(h.core.start(&start).await.unwrap().pid, pid);
+    match h.next_event().await {
+        TaskEvent::Start(e) => assert_eq!((e.container_id.as_str(), e.pid), ("c1", pid)),
+        e => panic!("expected TaskStart, got {e:?}"),
+    }
+    assert_eq!(
+        state(&h.core, "c1", "").await.unwrap().status.enum_value(),
+        Ok(Status::RUNNING)
+    );
+
+    // Two waiters at once; both get the status.
+    let wait = WaitRequest {
+        id: "c1".into(),
+        ..Default::default()
+    };
+    let (w1, w2) = (h.core.wait(&wait), h.core.wait(&wait));
+    h.agent.output("c1", "", b"hello ");
+    h.agent.output("c1", "", b"tail");
+    h.agent.exit("c1", "", 3);
+    let (r1, r2) = tokio::time::timeout(STEP, futures::future::join(w1, w2))
+        .await
+        .unwrap();
+    assert_eq!((r1.unwrap().exit_status, r2.unwrap().exit_status), (3, 3));
+    match h.next_event().await {
+        TaskEvent::Exit(e) => {
+            assert_eq!(
+                (e.container_id.as_str(), e.id.as_str(), e.pid, e.exit_status),
+                ("c1", "c1", pid, 3)
+            );
+            assert!(e.exited_at.seconds > 0);
+        }
+        e => panic!("expected TaskExit, got {e:?}"),
+    }
+    // The exit was published only after all output reached the FIFO.
+    let mut got = vec![0u8; 10];
+    reader.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"hello tail");
+    let st = state(&h.core, "c1", "").await.unwrap();
+    assert_eq!(
+        (st.status.enum_value(), st.exit_status),
+        (Ok(Status::STOPPED), 3)
+    );
+
+    let kill = KillRequest {
+        id: "c1".into(),
+        signal: 15,
+        ..Default::default()
+    };
+    assert_eq!(h.core.kill(&kill).await.unwrap_err().code, Code::NOT_FOUND);
+
+    let del = h
+        .core
+        .delete(&DeleteRequest {
+            id: "c1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((del.pid, del.exit_status), (pid, 3));
+    match h.next_event().await {
+        TaskEvent::Delete(e) => assert_eq!(
+            (e.container_id.as_str(), e.exit_status, e.pid),
+            ("c1", 3, pid)
+        ),
+        e => panic!("expected TaskDelete, got {e:?}"),
+    }
+    assert_eq!(*h.mounter.unmounted.lock().unwrap(), vec!["c1"]);
+    assert_eq!(h.shutdowns(), 1, "the last container's delete stops the VM");
+    assert!(h
+        .agent
+        .calls
+        .lock()
+        .unwrap()
+        .contains(&"remove_container c1".to_string()));
+    h.no_event();
+
+    h.core.shutdown(&ShutdownRequest::default()).await.unwrap();
+    tokio::time::timeout(STEP, h.exit.wait())
+        .await
+        .expect("shutdown signals the shim to exit");
+}
+
+#[tokio::test]
+async fn exec_and_kill_report_their_own_ids_and_statuses() {
+    let mut h = harness();
+    let req = h.create_req("c1", spec("h"));
+    let init_pid = h.core.create(&req).await.unwrap().pid;
+    h.core
+        .start(&StartRequest {
+            id: "c1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    h.next_event().await;
+    h.next_event().await;
+
+    let process = serde_json::json!({"args": ["echo", "x"], "cwd": "/"});
+    let exec = ExecProcessRequest {
+        id: "c1".into(),
+        exec_id: "e1".into(),
+        spec: MessageField::some(Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+            value: serde_json::to_vec(&process).unwrap(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    h.core.exec(&exec).await.unwrap();
+    assert_eq!(
+        h.core.exec(&exec).await.unwrap_err().code,
+        Code::ALREADY_EXISTS
+    );
+    match h.next_event().await {
+        TaskEvent::ExecAdded(e) => {
+            assert_eq!((e.container_id.as_str(), e.exec_id.as_str()), ("c1", "e1"))
+        }
+        e => panic!("expected TaskExecAdded, got {e:?}"),
+    }
+    assert_eq!(
+        state(&h.core, "c1", "e1")
+            .await
+            .unwrap()
+            .status
+            .enum_value(),
+        Ok(Status::CREATED)
+    );
+    let epid = h
+        .core
+        .start(&StartRequest {
+            id: "c1".into(),
+            exec_id: "e1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .pid;
+    assert_ne!(epid, init_pid);
+    match h.next_event().await {
+        TaskEvent::ExecStarted(e) => assert_eq!((e.exec_id.as_str(), e.pid), ("e1", epid)),
+        e => panic!("expected TaskExecStarted, got {e:?}"),
+    }
+    h.agent.exit("c1", "e1", 4);
+    match h.next_event().await {
+        TaskEvent::Exit(e) => assert_eq!(
+            (e.container_id.as_str(), e.id.as_str(), e.pid, e.exit_status),
+            ("c1", "e1", epid, 4)
+        ),
+        e => panic!("expected TaskExit of the exec, got {e:?}"),
+    }
+    let d = h
+        .core
+        .delete(&DeleteRequest {
+            id: "c1".into(),
+            exec_id: "e1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(d.exit_status, 4);
+    h.no_event();
+    assert_eq!(h.shutdowns(), 0, "deleting an exec keeps the VM");
+
+    // A running init cannot be deleted; SIGKILL ends it with 137.
+    let err = h
+        .core
+        .delete(&DeleteRequest {
+            id: "c1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, Code::FAILED_PRECONDITION);
+    h.core
+        .kill(&KillRequest {
+            id: "c1".into(),
+            signal: 9,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    match h.next_event().await {
+        TaskEvent::Exit(e) => assert_eq!((e.id.as_str(), e.exit_status), ("c1", 137)),
+        e => panic!("expected TaskExit, got {e:?}"),
+    }
+    let stats = h
+        .core
+        .stats(&StatsRequest {
+            id: "c1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(stats.stats.type_url, kata_shim::metrics::METRICS_TYPE_URL);
+    let m =
+        containerd_shim::protos::cgroups_v2::metrics::Metrics::parse_from_bytes(&stats.stats.value)
+            .unwrap();
+    assert_eq!(m.memory.usage, 4096);
+    h.core
+        .delete(&DeleteRequest {
+            id: "c1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(h.shutdowns(), 1);
+}
+
+#[tokio::test]
+async fn containers_of_one_pod_share_the_vm() {
+    let mut h = harness();
+    let mut pod = spec("pod");
+    pod["annotations"] = serde_json::json!({"io.kubernetes.cri.sandbox-id": "sb1"});
+    h.core
+        .create(&h.create_req("sb1", pod.clone()))
+        .await
+        .unwrap();
+    h.core.create(&h.create_req("app", pod)).await.unwrap();
+    assert_eq!(h.launcher.boots.lock().unwrap().len(), 1, "one VM per pod");
+    assert_eq!(h.launcher.boots.lock().unwrap()[0].sandbox_id, "sb1");
+    h.next_event().await;
+    h.next_event().await;
+    h.core
+        .delete(&DeleteRequest {
+            id: "app".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(h.shutdowns(), 0);
+    h.core.shutdown(&ShutdownRequest::default()).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), h.exit.wait())
+            .await
+            .is_err(),
+        "Shutdown with a container left must not exit the shim"
+    );
+    h.core
+        .delete(&DeleteRequest {
+            id: "sb1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(h.shutdowns(), 1);
+}
+
+#[tokio::test]
+async fn vm_death_exits_every_task_with_255_and_delete_cleans_up() {
+    let mut h = harness();
+    let pid = h
+        .core
+        .create(&h.create_req("c1", spec("h")))
+        .await
+        .unwrap()
+        .pid;
+    h.core
+        .start(&StartRequest {
+            id: "c1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    h.next_event().await;
+    h.next_event().await;
+    let tx = h.launcher.vm_exited.lock().unwrap().clone().unwrap();
+    h.agent.dead.store(true, Ordering::SeqCst);
+    h.agent.changed.notify_waiters();
+    tx.send_replace(true);
+    match h.next_event().await {
+        TaskEvent::Exit(e) => assert_eq!((e.id.as_str(), e.pid, e.exit_status), ("c1", pid, 255)),
+        e => panic!("expected TaskExit, got {e:?}"),
+    }
+    let w = h
+        .core
+        .wait(&WaitRequest {
+            id: "c1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(w.exit_status, 255);
+    let d = h
+        .core
+        .delete(&DeleteRequest {
+            id: "c1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(d.exit_status, 255);
+    assert!(!h
+        .agent
+        .calls
+        .lock()
+        .unwrap()
+        .contains(&"remove_container c1".to_string()));
+    assert_eq!(*h.mounter.unmounted.lock().unwrap(), vec!["c1"]);
+    assert_eq!(h.shutdowns(), 1);
+    // The waiter's own report (its agent call failed too) must not publish a second exit.
+    match h.events.try_recv() {
+        Ok(TaskEvent::Delete(_)) => {}
+        other => panic!("expected only TaskDelete, got {other:?}"),
+    }
+    h.no_event();
+}
+
+#[tokio::test]
+async fn failed_boot_names_the_cause_and_leaves_nothing() {
+    let mut h = harness_with(
+        FakeAgent::default(),
+        Some("kernel /nonexistent/vmlinux: not found"),
+    );
+    let err = h
+        .core
+        .create(&h.create_req("c1", spec("h")))
+        .await
+        .unwrap_err();
+    assert!(err.message.contains("/nonexistent/vmlinux"), "{err}");
+    assert!(h.mounter.mounted.lock().unwrap().is_empty());
+    h.no_event();
+    // A failed Create leaves the shim ready to exit.
+    h.core.shutdown(&ShutdownRequest::default()).await.unwrap();
+    tokio::time::timeout(STEP, h.exit.wait()).await.unwrap();
+}
+
+#[tokio::test]
+async fn failed_container_create_unmounts_and_stops_the_vm() {
+    let agent = FakeAgent {
+        fail_create_container: true,
+        ..Default::default()
+    };
+    let mut h = harness_with(agent, None);
+    let err = h
+        .core
+        .create(&h.create_req("c1", spec("h")))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message.contains("/bin/nothing") && err.message.contains("c1"),
+        "{err}"
+    );
+    assert_eq!(*h.mounter.unmounted.lock().unwrap(), vec!["c1"]);
+    assert_eq!(h.shutdowns(), 1);
+    h.no_event();
+    assert_eq!(
+        state(&h.core, "c1", "").await.unwrap_err().code,
+        Code::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn spec_without_process_fails_before_booting() {
+    let mut h = harness();
+    let mut s = spec("h");
+    s.as_object_mut().unwrap().remove("process");
+    let err = h.core.create(&h.create_req("c1", s)).await.unwrap_err();
+    assert!(err.message.contains("no process"), "{err}");
+    assert!(h.launcher.boots.lock().unwrap().is_empty());
+    h.no_event();
+}
+
+#[tokio::test]
+async fn runtime_options_config_path_reaches_the_launcher() {
+    let mut h = harness();
+    // runtimeoptions.v1.Options { type_name = 1, config_path = 2 }
+    let mut value = vec![0x12, 9];
+    value.extend_from_slice(b"/x/k.toml");
+    let mut req = h.create_req("c1", spec("h"));
+    req.options = MessageField::some(Any {
+        type_url: "runtimeoptions.v1.Options".into(),
+        value,
+        ..Default::default()
+    });
+    h.core.create(&req).await.unwrap();
+    assert_eq!(
+        h.launcher.boots.lock().unwrap()[0].config_path.as_deref(),
+        Some(Path::new("/x/k.toml"))
+    );
+    h.next_event().await;
+}
