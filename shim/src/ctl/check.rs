@@ -1,0 +1,640 @@
+//! `kata-ctl check`: can this host run VM sandboxes, and is containerd routed to us?
+//!
+//! Every decision reuses the runtime's own code (accelerator and vsock choice, QEMU version
+//! parsing, config loading), so `check` says exactly what the shim would do.
+
+use std::path::{Path, PathBuf};
+
+use tokio::process::Command;
+
+use crate::config::{Arch, Config, SharedFs};
+use crate::hypervisor::accel::{self, Accel};
+use crate::hypervisor::host;
+use crate::hypervisor::qemu::vsock_device::{self, VsockKind, VHOST_VSOCK_DEV};
+
+/// Oldest QEMU the command lines are written and tested for.
+pub const MIN_QEMU: (u32, u32) = (7, 2);
+/// The runtime type containerd maps to this shim's binary name.
+pub const RUNTIME_TYPE: &str = "io.containerd.kata.v2";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    /// Works, but not the way a user wants in production (e.g. TCG instead of KVM).
+    Warn,
+    Fail,
+}
+
+impl Status {
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Warn => "warn",
+            Status::Fail => "FAIL",
+        }
+    }
+}
+
+/// One line of the report.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    pub what: &'static str,
+    pub status: Status,
+    pub detail: String,
+    /// How to fix it, for Warn and Fail.
+    pub fix: Option<String>,
+}
+
+impl Finding {
+    fn ok(what: &'static str, detail: impl Into<String>) -> Self {
+        Finding {
+            what,
+            status: Status::Ok,
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+    fn warn(what: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
+        Finding {
+            what,
+            status: Status::Warn,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+    fn fail(what: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
+        Finding {
+            what,
+            status: Status::Fail,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+}
+
+/// What `check` looks at besides the runtime configuration.
+#[derive(Debug, Clone)]
+pub struct CheckInputs {
+    /// Filesystem root for /dev and /sys (tests point it elsewhere).
+    pub root: PathBuf,
+    /// containerd's configuration file.
+    pub containerd_config: PathBuf,
+}
+
+impl Default for CheckInputs {
+    fn default() -> Self {
+        CheckInputs {
+            root: PathBuf::from("/"),
+            containerd_config: PathBuf::from("/etc/containerd/config.toml"),
+        }
+    }
+}
+
+/// Runs every check against `config` (already loaded and validated by the caller).
+pub async fn run(config: &Config, inputs: &CheckInputs) -> Vec<Finding> {
+    let q = &config.hypervisor;
+    let mut out = vec![
+        check_accel(config, &inputs.root),
+        check_vsock(config, &inputs.root),
+    ];
+    out.extend(check_qemu(config).await);
+    if q.shared_fs == SharedFs::VirtioFs {
+        out.push(check_virtiofsd(config).await);
+    }
+    out.push(check_kernel(config));
+    out.push(check_initrd(config));
+    out.push(check_containerd_binary().await);
+    out.extend(check_containerd_config(&inputs.containerd_config));
+    out
+}
+
+fn check_accel(config: &Config, root: &Path) -> Finding {
+    let q = &config.hypervisor;
+    let choice = accel::choose(q.accel, q.arch(), Arch::host(), root);
+    match choice.accel {
+        Accel::Kvm => Finding::ok("accelerator", format!("KVM ({})", choice.reason)),
+        Accel::Tcg => Finding::warn(
+            "accelerator",
+            format!("TCG software emulation, VMs are slow ({})", choice.reason),
+            "run on a host with a working KVM (kvm_intel or kvm_amd loaded; nested \
+             virtualization enabled on a cloud VM); a kvm_pvm-only host cannot boot a stock guest",
+        ),
+    }
+}
+
+fn check_vsock(config: &Config, root: &Path) -> Finding {
+    let q = &config.hypervisor;
+    let dev = root.join(VHOST_VSOCK_DEV.trim_start_matches('/'));
+    match vsock_device::choose(q.vsock, &dev) {
+        Err(e) => Finding::fail(
+            "vsock",
+            e.to_string(),
+            "set [hypervisor.qemu] vsock = \"auto\"",
+        ),
+        Ok((VsockKind::Vhost, why)) => Finding::ok("vsock", why),
+        Ok((VsockKind::VhostUser, why)) => {
+            let daemon = &q.vhost_user_vsock_daemon;
+            if is_executable(daemon) {
+                Finding::ok("vsock", format!("{why}; daemon {}", daemon.display()))
+            } else {
+                Finding::fail(
+                    "vsock",
+                    format!(
+                        "{why}, but {} (from {}) is not an executable file",
+                        daemon.display(),
+                        config.origin("hypervisor.qemu", "vhost_user_vsock_daemon")
+                    ),
+                    "`make install` (installs vhost-device-vsock 0.3.0), or load the vhost_vsock \
+                     kernel module so /dev/vhost-vsock exists",
+                )
+            }
+        }
+    }
+}
+
+/// QEMU device names the configured machine needs.
+pub fn required_devices(config: &Config) -> Vec<&'static str> {
+    let q = &config.hypervisor;
+    let mmio = q.machine_type.uses_mmio();
+    let dev =
+        |mmio_name: &'static str, pci_name: &'static str| if mmio { mmio_name } else { pci_name };
+    let mut need = Vec::new();
+    match vsock_device::choose(q.vsock, Path::new(VHOST_VSOCK_DEV)) {
+        Ok((VsockKind::Vhost, _)) => need.push(dev("vhost-vsock-device", "vhost-vsock-pci")),
+        _ => need.push(dev("vhost-user-vsock-device", "vhost-user-vsock-pci")),
+    }
+    match q.shared_fs {
+        SharedFs::VirtioFs => need.push(dev("vhost-user-fs-device", "vhost-user-fs-pci")),
+        SharedFs::Virtio9p => need.push(dev("virtio-9p-device", "virtio-9p-pci")),
+        SharedFs::None => {}
+    }
+    need
+}
+
+async fn check_qemu(config: &Config) -> Vec<Finding> {
+    let q = &config.hypervisor;
+    let origin = config.origin("hypervisor.qemu", "path");
+    if !is_executable(&q.path) {
+        return vec![Finding::fail(
+            "qemu",
+            format!("{} (from {origin}) is not an executable file", q.path.display()),
+            "install QEMU (Debian: apt-get install qemu-system-x86 qemu-system-arm) or fix the path",
+        )];
+    }
+    let mut out = Vec::new();
+    match host::qemu_version(&q.path).await {
+        Ok(v) if v >= MIN_QEMU => out.push(Finding::ok(
+            "qemu",
+            format!("{} version {}.{}", q.path.display(), v.0, v.1),
+        )),
+        Ok(v) => out.push(Finding::fail(
+            "qemu",
+            format!(
+                "{} is version {}.{}; at least {}.{} is needed",
+                q.path.display(),
+                v.0,
+                v.1,
+                MIN_QEMU.0,
+                MIN_QEMU.1
+            ),
+            "install a newer QEMU",
+        )),
+        Err(e) => out.push(Finding::fail(
+            "qemu",
+            format!("{}: {e}", q.path.display()),
+            "check that the QEMU binary runs",
+        )),
+    }
+    let devices = help_output(
+        &q.path,
+        &["-machine", q.machine_type.as_str(), "-device", "help"],
+    )
+    .await;
+    let machines = help_output(&q.path, &["-machine", "help"]).await;
+    let missing: Vec<&str> = required_devices(config)
+        .into_iter()
+        .filter(|d| !devices.contains(&format!("\"{d}\"")))
+        .collect();
+    let machine_ok = machines
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(q.machine_type.as_str()));
+    if !machine_ok {
+        out.push(Finding::fail(
+            "qemu machine",
+            format!(
+                "{} does not offer machine type {}",
+                q.path.display(),
+                q.machine_type
+            ),
+            "pick a machine_type this QEMU supports (microvm or q35 on x86_64, virt on aarch64)",
+        ));
+    } else if !missing.is_empty() {
+        out.push(Finding::fail(
+            "qemu devices",
+            format!(
+                "{} lacks devices {missing:?} for {}",
+                q.path.display(),
+                q.machine_type
+            ),
+            "install a QEMU build with vhost-user and virtio-fs support (Debian's has them)",
+        ));
+    } else {
+        out.push(Finding::ok(
+            "qemu devices",
+            format!(
+                "machine {} with {:?}",
+                q.machine_type,
+                required_devices(config)
+            ),
+        ));
+    }
+    out
+}
+
+async fn help_output(qemu: &Path, args: &[&str]) -> String {
+    match Command::new(qemu).args(args).output().await {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).to_string(),
+        Err(_) => String::new(),
+    }
+}
+
+async fn check_virtiofsd(config: &Config) -> Finding {
+    let q = &config.hypervisor;
+    let fix = "`make install` (installs virtiofsd), Debian: apt-get install virtiofsd, or set \
+               shared_fs = \"virtio-9p\"";
+    if !is_executable(&q.virtio_fs_daemon) {
+        return Finding::fail(
+            "virtiofsd",
+            format!(
+                "{} (from {}) is not an executable file",
+                q.virtio_fs_daemon.display(),
+                config.origin("hypervisor.qemu", "virtio_fs_daemon")
+            ),
+            fix,
+        );
+    }
+    match Command::new(&q.virtio_fs_daemon)
+        .arg("--version")
+        .output()
+        .await
+    {
+        Ok(o) if o.status.success() => Finding::ok(
+            "virtiofsd",
+            String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        ),
+        Ok(o) => Finding::fail(
+            "virtiofsd",
+            format!(
+                "{} --version failed: {}",
+                q.virtio_fs_daemon.display(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            fix,
+        ),
+        Err(e) => Finding::fail(
+            "virtiofsd",
+            format!("{}: {e}", q.virtio_fs_daemon.display()),
+            fix,
+        ),
+    }
+}
+
+/// The architecture a kernel image was built for, from its header.
+pub fn kernel_arch(head: &[u8]) -> Option<Arch> {
+    const ELF_MAGIC: &[u8] = b"\x7fELF";
+    const EM_X86_64: u16 = 62;
+    const EM_AARCH64: u16 = 183;
+    if head.starts_with(ELF_MAGIC) && head.len() >= 20 {
+        return match u16::from_le_bytes([head[18], head[19]]) {
+            EM_X86_64 => Some(Arch::X86_64),
+            EM_AARCH64 => Some(Arch::Aarch64),
+            _ => None,
+        };
+    }
+    // arm64 Image: "ARM\x64" at offset 56 (Documentation/arm64/booting.rst).
+    if head.len() >= 60 && &head[56..60] == b"ARM\x64" {
+        return Some(Arch::Aarch64);
+    }
+    // x86 bzImage: "HdrS" at offset 0x202 (Documentation/x86/boot.rst).
+    if head.len() >= 0x206 && &head[0x202..0x206] == b"HdrS" {
+        return Some(Arch::X86_64);
+    }
+    None
+}
+
+fn read_head(path: &Path, len: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; len];
+    let n = f.read(&mut buf)?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+fn check_kernel(config: &Config) -> Finding {
+    let q = &config.hypervisor;
+    let origin = config.origin("hypervisor.qemu", "kernel");
+    let want = q.arch();
+    match read_head(&q.kernel, 4096) {
+        Err(e) => Finding::fail(
+            "guest kernel",
+            format!("{} (from {origin}): {e}", q.kernel.display()),
+            "`make guest` then `make install`, or point kernel at a built guest kernel",
+        ),
+        Ok(head) => match kernel_arch(&head) {
+            Some(a) if a == want => Finding::ok(
+                "guest kernel",
+                format!("{} ({})", q.kernel.display(), a.name()),
+            ),
+            Some(a) => Finding::fail(
+                "guest kernel",
+                format!(
+                    "{} is an {} kernel but machine_type {} needs {}",
+                    q.kernel.display(),
+                    a.name(),
+                    q.machine_type,
+                    want.name()
+                ),
+                "use the kernel built for the guest arch (build/guest/<arch>/)",
+            ),
+            None => Finding::fail(
+                "guest kernel",
+                format!(
+                    "{} is not a kernel image this runtime can boot",
+                    q.kernel.display()
+                ),
+                "use vmlinux (x86_64, PVH) or Image (arm64) from `make guest`",
+            ),
+        },
+    }
+}
+
+/// What an initrd file looks like from its first bytes.
+pub fn initrd_format(head: &[u8]) -> Option<&'static str> {
+    if head.starts_with(b"070701") || head.starts_with(b"070702") {
+        Some("cpio")
+    } else if head.starts_with(&[0x1f, 0x8b]) {
+        Some("gzip")
+    } else if head.starts_with(&[0x02, 0x21, 0x4c, 0x18])
+        || head.starts_with(&[0x04, 0x22, 0x4d, 0x18])
+    {
+        Some("lz4")
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Some("zstd")
+    } else {
+        None
+    }
+}
+
+fn check_initrd(config: &Config) -> Finding {
+    let q = &config.hypervisor;
+    let origin = config.origin("hypervisor.qemu", "initrd");
+    match read_head(&q.initrd, 16) {
+        Err(e) => Finding::fail(
+            "guest initrd",
+            format!("{} (from {origin}): {e}", q.initrd.display()),
+            "`make guest` then `make install`, or point initrd at a built initrd",
+        ),
+        Ok(head) => match initrd_format(&head) {
+            Some(f) => {
+                let size = std::fs::metadata(&q.initrd).map(|m| m.len()).unwrap_or(0);
+                Finding::ok(
+                    "guest initrd",
+                    format!("{} ({f}, {} KiB)", q.initrd.display(), size / 1024),
+                )
+            }
+            None => Finding::fail(
+                "guest initrd",
+                format!(
+                    "{} is not a cpio archive (plain or compressed)",
+                    q.initrd.display()
+                ),
+                "use initrd.img from `make guest`",
+            ),
+        },
+    }
+}
+
+async fn check_containerd_binary() -> Finding {
+    match Command::new("containerd").arg("--version").output().await {
+        Ok(o) if o.status.success() => Finding::ok(
+            "containerd",
+            String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        ),
+        _ => Finding::fail(
+            "containerd",
+            "containerd is not on PATH",
+            "install containerd 1.6 or newer (Debian: apt-get install containerd)",
+        ),
+    }
+}
+
+/// What a containerd configuration routes to this runtime.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ContainerdRouting {
+    /// Runtime handler names (CRI `runtimes.<name>`) whose runtime_type is ours.
+    pub handlers: Vec<String>,
+    /// The untrusted-workload runtime (annotation `io.kubernetes.cri.untrusted-workload`) is ours.
+    pub untrusted: bool,
+}
+
+/// Reads the CRI plugin's runtime table of a containerd config (v2: containerd 1.x, v3: 2.x).
+pub fn containerd_routing(text: &str) -> Result<ContainerdRouting, String> {
+    let doc: toml::Value = text
+        .parse()
+        .map_err(|e: toml::de::Error| e.message().to_string())?;
+    let mut routing = ContainerdRouting::default();
+    let plugins = doc.get("plugins");
+    for plugin in ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime"] {
+        let Some(ctrd) = plugins
+            .and_then(|p| p.get(plugin))
+            .and_then(|p| p.get("containerd"))
+        else {
+            continue;
+        };
+        if let Some(runtimes) = ctrd.get("runtimes").and_then(|r| r.as_table()) {
+            for (name, rt) in runtimes {
+                if rt.get("runtime_type").and_then(|t| t.as_str()) == Some(RUNTIME_TYPE) {
+                    routing.handlers.push(name.clone());
+                }
+            }
+        }
+        let untrusted = ctrd
+            .get("untrusted_workload_runtime")
+            .and_then(|u| u.get("runtime_type"))
+            .and_then(|t| t.as_str());
+        // containerd 2.x dropped untrusted_workload_runtime and routes the annotation to a
+        // runtime handler named "untrusted".
+        if untrusted == Some(RUNTIME_TYPE) || routing.handlers.iter().any(|h| h == "untrusted") {
+            routing.untrusted = true;
+        }
+    }
+    routing.handlers.sort();
+    Ok(routing)
+}
+
+const CONTAINERD_SNIPPET: &str = "add to containerd's config and restart it:\n\
+    [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.kata]\n  runtime_type = \"io.containerd.kata.v2\"\n\
+    [plugins.\"io.containerd.grpc.v1.cri\".containerd.untrusted_workload_runtime]\n  runtime_type = \"io.containerd.kata.v2\"";
+
+fn check_containerd_config(path: &Path) -> Vec<Finding> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            return vec![Finding::fail(
+                "containerd config",
+                format!("{}: {e}", path.display()),
+                format!("write a config (`containerd config default`), then {CONTAINERD_SNIPPET}"),
+            )]
+        }
+    };
+    let routing = match containerd_routing(&text) {
+        Ok(r) => r,
+        Err(e) => {
+            return vec![Finding::fail(
+                "containerd config",
+                format!("{}: not valid TOML: {e}", path.display()),
+                "fix the file's syntax",
+            )]
+        }
+    };
+    let mut out = Vec::new();
+    if routing.handlers.iter().any(|h| h == "kata") {
+        out.push(Finding::ok(
+            "containerd kata",
+            format!(
+                "{}: runtime handler(s) {:?} use {RUNTIME_TYPE}",
+                path.display(),
+                routing.handlers
+            ),
+        ));
+    } else {
+        out.push(Finding::fail(
+            "containerd kata",
+            format!(
+                "{}: no runtime handler \"kata\" with runtime_type {RUNTIME_TYPE} (found {:?})",
+                path.display(),
+                routing.handlers
+            ),
+            CONTAINERD_SNIPPET,
+        ));
+    }
+    if routing.untrusted {
+        out.push(Finding::ok(
+            "containerd untrusted",
+            "untrusted workloads run in VMs",
+        ));
+    } else {
+        out.push(Finding::fail(
+            "containerd untrusted",
+            format!(
+                "{}: pods annotated io.kubernetes.cri.untrusted-workload are not routed to {RUNTIME_TYPE}",
+                path.display()
+            ),
+            CONTAINERD_SNIPPET,
+        ));
+    }
+    out
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MachineType;
+
+    #[test]
+    fn kernel_arch_reads_elf_image_and_bzimage_headers() {
+        let mut elf = vec![0u8; 64];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[18..20].copy_from_slice(&62u16.to_le_bytes());
+        assert_eq!(kernel_arch(&elf), Some(Arch::X86_64));
+        elf[18..20].copy_from_slice(&183u16.to_le_bytes());
+        assert_eq!(kernel_arch(&elf), Some(Arch::Aarch64));
+        let mut image = vec![0u8; 64];
+        image[56..60].copy_from_slice(b"ARM\x64");
+        assert_eq!(kernel_arch(&image), Some(Arch::Aarch64));
+        let mut bz = vec![0u8; 0x300];
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        assert_eq!(kernel_arch(&bz), Some(Arch::X86_64));
+        assert_eq!(kernel_arch(b"hello"), None);
+    }
+
+    #[test]
+    fn initrd_format_recognises_cpio_and_compression() {
+        assert_eq!(initrd_format(b"070701000000"), Some("cpio"));
+        assert_eq!(initrd_format(&[0x1f, 0x8b, 8, 0]), Some("gzip"));
+        assert_eq!(initrd_format(&[0x02, 0x21, 0x4c, 0x18]), Some("lz4"));
+        assert_eq!(initrd_format(b"PK\x03\x04"), None);
+    }
+
+    #[test]
+    fn containerd_routing_finds_kata_handler_and_untrusted_runtime() {
+        let v2 = r#"
+version = 2
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata]
+  runtime_type = "io.containerd.kata.v2"
+[plugins."io.containerd.grpc.v1.cri".containerd.untrusted_workload_runtime]
+  runtime_type = "io.containerd.kata.v2"
+"#;
+        let r = containerd_routing(v2).expect("valid toml");
+        assert_eq!(r.handlers, vec!["kata".to_string()]);
+        assert!(r.untrusted);
+
+        let v3 = r#"
+version = 3
+[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.untrusted]
+  runtime_type = "io.containerd.kata.v2"
+"#;
+        let r = containerd_routing(v3).expect("valid toml");
+        assert_eq!(r.handlers, vec!["untrusted".to_string()]);
+        assert!(r.untrusted);
+
+        let none = containerd_routing("version = 2\n").expect("valid toml");
+        assert_eq!(none, ContainerdRouting::default());
+        assert!(containerd_routing("[[[").is_err());
+    }
+
+    #[test]
+    fn containerd_config_findings_fail_with_a_fix_when_not_routed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("config.toml");
+        std::fs::write(&p, "version = 2\n").expect("write");
+        let f = check_containerd_config(&p);
+        assert_eq!(f.len(), 2);
+        assert!(f.iter().all(|f| f.status == Status::Fail));
+        assert!(f[0]
+            .fix
+            .as_deref()
+            .unwrap_or_default()
+            .contains("runtimes.kata"));
+        let missing = check_containerd_config(&dir.path().join("nope.toml"));
+        assert_eq!(missing[0].status, Status::Fail);
+        assert!(missing[0].detail.contains("nope.toml"));
+    }
+
+    #[test]
+    fn required_devices_follow_machine_type_and_shared_fs() {
+        let mut c = Config::defaults_for(Arch::X86_64);
+        c.hypervisor.vsock = crate::config::VsockMode::VhostUser;
+        c.hypervisor.machine_type = MachineType::Microvm;
+        assert_eq!(
+            required_devices(&c),
+            vec!["vhost-user-vsock-device", "vhost-user-fs-device"]
+        );
+        c.hypervisor.machine_type = MachineType::Q35;
+        c.hypervisor.shared_fs = SharedFs::Virtio9p;
+        assert_eq!(
+            required_devices(&c),
+            vec!["vhost-user-vsock-pci", "virtio-9p-pci"]
+        );
+    }
+}

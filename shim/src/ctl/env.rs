@@ -1,0 +1,208 @@
+//! `kata-ctl env`: the effective configuration, each value with where it came from, and the
+//! decisions the runtime derives from the host (accelerator, vsock transport).
+
+use std::path::Path;
+
+use crate::config::{Arch, Config, DEFAULT_CONFIG_PATHS, ENV_CONFIG_FILE};
+use crate::hypervisor::accel;
+use crate::hypervisor::host;
+use crate::hypervisor::qemu::vsock_device::{self, VHOST_VSOCK_DEV};
+
+/// One effective setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub section: &'static str,
+    pub key: &'static str,
+    pub value: String,
+    /// "file" when the configuration file sets it, else the default it fell back to.
+    pub origin: String,
+}
+
+fn quoted(p: &Path) -> String {
+    format!("{:?}", p.display().to_string())
+}
+
+fn list(v: &[String]) -> String {
+    format!("{v:?}")
+}
+
+/// Every key of the configuration with its effective value.
+pub fn values(c: &Config) -> Vec<(&'static str, &'static str, String)> {
+    let q = &c.hypervisor;
+    let a = &c.agent;
+    let r = &c.runtime;
+    const QEMU: &str = "hypervisor.qemu";
+    const AGENT: &str = "agent.kata";
+    const RUNTIME: &str = "runtime";
+    vec![
+        (QEMU, "path", quoted(&q.path)),
+        (QEMU, "kernel", quoted(&q.kernel)),
+        (QEMU, "initrd", quoted(&q.initrd)),
+        (
+            QEMU,
+            "machine_type",
+            format!("{:?}", q.machine_type.as_str()),
+        ),
+        (QEMU, "kernel_params", format!("{:?}", q.kernel_params)),
+        (QEMU, "default_vcpus", q.default_vcpus.to_string()),
+        (QEMU, "default_maxvcpus", q.default_maxvcpus.to_string()),
+        (QEMU, "default_memory", q.default_memory.to_string()),
+        (QEMU, "memory_slots", q.memory_slots.to_string()),
+        (QEMU, "shared_fs", format!("{:?}", q.shared_fs.as_str())),
+        (QEMU, "virtio_fs_daemon", quoted(&q.virtio_fs_daemon)),
+        (
+            QEMU,
+            "virtio_fs_cache",
+            format!("{:?}", q.virtio_fs_cache.as_str()),
+        ),
+        (QEMU, "virtio_fs_extra_args", list(&q.virtio_fs_extra_args)),
+        (QEMU, "enable_debug", q.enable_debug.to_string()),
+        (QEMU, "accel", format!("{:?}", q.accel.as_str())),
+        (QEMU, "vsock", format!("{:?}", q.vsock.as_str())),
+        (
+            QEMU,
+            "vhost_user_vsock_daemon",
+            quoted(&q.vhost_user_vsock_daemon),
+        ),
+        (AGENT, "dial_timeout", a.dial_timeout.as_secs().to_string()),
+        (AGENT, "enable_debug", a.enable_debug.to_string()),
+        (
+            AGENT,
+            "debug_console_enabled",
+            a.debug_console_enabled.to_string(),
+        ),
+        (RUNTIME, "enable_debug", r.enable_debug.to_string()),
+        (
+            RUNTIME,
+            "sandbox_cgroup_only",
+            r.sandbox_cgroup_only.to_string(),
+        ),
+        (
+            RUNTIME,
+            "internetworking_model",
+            format!("{:?}", r.internetworking_model.as_str()),
+        ),
+        (RUNTIME, "enable_annotations", list(&r.enable_annotations)),
+        (
+            RUNTIME,
+            "static_sandbox_resource_mgmt",
+            r.static_sandbox_resource_mgmt.to_string(),
+        ),
+    ]
+}
+
+/// Whether the TOML text sets `[section] key` (section written dotted, e.g. "hypervisor.qemu").
+pub fn file_sets(doc: &toml::Value, section: &str, key: &str) -> bool {
+    let mut node = Some(doc);
+    for part in section.split('.') {
+        node = node.and_then(|n| n.get(part));
+    }
+    node.and_then(|n| n.get(key)).is_some()
+}
+
+/// The effective settings of `config`, read from `file_text`, with their origins.
+pub fn entries(config: &Config, file_text: &str) -> Vec<Entry> {
+    let doc: toml::Value = file_text
+        .parse()
+        .unwrap_or(toml::Value::Table(Default::default()));
+    let default_origin = format!("default for {}", config.hypervisor.arch().name());
+    values(config)
+        .into_iter()
+        .map(|(section, key, value)| Entry {
+            section,
+            key,
+            value,
+            origin: if file_sets(&doc, section, key) {
+                "file".to_string()
+            } else {
+                default_origin.clone()
+            },
+        })
+        .collect()
+}
+
+/// Why this configuration file was the one chosen (the runtime's lookup order).
+pub fn file_reason(explicit: bool) -> String {
+    if explicit {
+        "given with --config".to_string()
+    } else if std::env::var_os(ENV_CONFIG_FILE).is_some_and(|v| !v.is_empty()) {
+        format!("from ${ENV_CONFIG_FILE}")
+    } else {
+        format!("first existing of {}", DEFAULT_CONFIG_PATHS.join(", "))
+    }
+}
+
+/// The whole report as text.
+pub fn render(config: &Config, path: &Path, file_text: &str, explicit: bool) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "# configuration file: {} ({})\n",
+        path.display(),
+        file_reason(explicit)
+    ));
+    let mut section = "";
+    for e in entries(config, file_text) {
+        if e.section != section {
+            section = e.section;
+            out.push_str(&format!("\n[{section}]\n"));
+        }
+        out.push_str(&format!("{} = {}    # {}\n", e.key, e.value, e.origin));
+    }
+    let q = &config.hypervisor;
+    let accel = accel::choose(q.accel, q.arch(), Arch::host(), Path::new("/"));
+    out.push_str("\n# derived from this host\n");
+    out.push_str(&format!(
+        "# accelerator: {:?} ({})\n",
+        accel.accel, accel.reason
+    ));
+    match vsock_device::choose(q.vsock, Path::new(VHOST_VSOCK_DEV)) {
+        Ok((kind, why)) => out.push_str(&format!("# vsock: {kind:?} ({why})\n")),
+        Err(e) => out.push_str(&format!("# vsock: unusable: {e}\n")),
+    }
+    match host::tsc_khz() {
+        Some(k) => out.push_str(&format!("# host TSC: {k} kHz (passed to microvm guests)\n")),
+        None => out.push_str("# host TSC: unknown\n"),
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_say_file_or_default() {
+        let text = "[hypervisor.qemu]\ndefault_memory = 1024\n[agent.kata]\ndial_timeout = 5\n";
+        let (config, _) = Config::parse_str_for_host(text, Path::new("/tmp/t.toml"), Arch::X86_64)
+            .expect("valid config");
+        let e = entries(&config, text);
+        let get = |s: &str, k: &str| {
+            e.iter()
+                .find(|e| e.section == s && e.key == k)
+                .cloned()
+                .expect("entry present")
+        };
+        let mem = get("hypervisor.qemu", "default_memory");
+        assert_eq!((mem.value.as_str(), mem.origin.as_str()), ("1024", "file"));
+        let dial = get("agent.kata", "dial_timeout");
+        assert_eq!((dial.value.as_str(), dial.origin.as_str()), ("5", "file"));
+        let vcpus = get("hypervisor.qemu", "default_vcpus");
+        assert_eq!(vcpus.origin, "default for x86_64");
+        // Every key appears once.
+        let mut keys: Vec<(&str, &str)> = e.iter().map(|e| (e.section, e.key)).collect();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), e.len());
+    }
+
+    #[test]
+    fn render_names_the_file_and_host_decisions() {
+        let text = "[hypervisor.qemu]\naccel = \"tcg\"\n";
+        let (config, _) = Config::parse_str_for_host(text, Path::new("/x/c.toml"), Arch::X86_64)
+            .expect("valid config");
+        let r = render(&config, Path::new("/x/c.toml"), text, true);
+        assert!(r.contains("# configuration file: /x/c.toml (given with --config)"));
+        assert!(r.contains("accel = \"tcg\"    # file"));
+        assert!(r.contains("# accelerator: Tcg (accel=tcg: TCG as configured)"));
+    }
+}

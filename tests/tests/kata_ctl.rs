@@ -1,0 +1,109 @@
+//! kata-ctl against this host and the built guest: `check` passes for a containerd config that
+//! routes to us and fails (exit 1, with a fix) for one that does not; `env` shows every value
+//! with its origin.
+
+use kata_e2e::*;
+use std::process::Command;
+
+fn kata_ctl(args: &[&str]) -> std::process::Output {
+    let bin = top_dir().join("target/release/kata-ctl");
+    require_built(&[bin.clone(), top_dir().join("build/configuration-qemu.toml")]);
+    Command::new(bin)
+        .args(args)
+        .output()
+        .expect("running kata-ctl")
+}
+
+fn write_containerd_config(name: &str, body: &str) -> String {
+    let dir = top_dir().join("build/e2e");
+    std::fs::create_dir_all(&dir).expect("mkdir build/e2e");
+    let p = dir.join(name);
+    std::fs::write(&p, body).expect("writing containerd config");
+    p.to_string_lossy().to_string()
+}
+
+#[test]
+fn check_passes_on_a_routed_host_and_names_fixes_otherwise() {
+    let cfg = top_dir()
+        .join("build/configuration-qemu.toml")
+        .to_string_lossy()
+        .to_string();
+    let routed = write_containerd_config(
+        "containerd-routed.toml",
+        "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.kata]\n  runtime_type = \"io.containerd.kata.v2\"\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.untrusted_workload_runtime]\n  runtime_type = \"io.containerd.kata.v2\"\n",
+    );
+    let out = kata_ctl(&["--config", &cfg, "check", "--containerd-config", &routed]);
+    let report = text(&out.stdout);
+    println!("{report}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "check should pass here:\n{report}"
+    );
+    for what in [
+        "accelerator",
+        "vsock",
+        "qemu",
+        "guest kernel",
+        "guest initrd",
+        "containerd kata",
+    ] {
+        assert!(
+            report.contains(&format!("] {what}:")),
+            "report has a line for {what}"
+        );
+    }
+
+    let unrouted = write_containerd_config("containerd-unrouted.toml", "version = 2\n");
+    let out = kata_ctl(&["--config", &cfg, "check", "--containerd-config", &unrouted]);
+    let report = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "check should fail:\n{report}");
+    assert!(report.contains("[FAIL] containerd kata"), "{report}");
+    assert!(
+        report.contains("runtimes.kata]"),
+        "the fix shows the snippet: {report}"
+    );
+}
+
+#[test]
+fn env_lists_every_value_with_its_origin() {
+    let cfg = top_dir()
+        .join("build/configuration-qemu.toml")
+        .to_string_lossy()
+        .to_string();
+    let out = kata_ctl(&["--config", &cfg, "env"]);
+    assert!(out.status.success(), "kata-ctl env: {}", text(&out.stderr));
+    let env = text(&out.stdout);
+    assert!(
+        env.contains(&format!("# configuration file: {cfg}")),
+        "{env}"
+    );
+    assert!(
+        env.contains("[hypervisor.qemu]")
+            && env.contains("[agent.kata]")
+            && env.contains("[runtime]")
+    );
+    assert!(env.contains("# accelerator: "), "{env}");
+    let kernel_line = env
+        .lines()
+        .find(|l| l.starts_with("kernel = "))
+        .expect("kernel line");
+    assert!(
+        kernel_line.contains("build/guest/") && kernel_line.ends_with("# file"),
+        "{kernel_line}"
+    );
+}
+
+#[test]
+fn bad_config_is_named() {
+    let bad = top_dir().join("build/e2e/kata-ctl-bad.toml");
+    std::fs::create_dir_all(bad.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&bad, "[hypervisor.qemu]\ndefault_vcpus = \"many\"\n").expect("write");
+    let out = kata_ctl(&["--config", &bad.to_string_lossy(), "check"]);
+    let report = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        report.contains("kata-ctl-bad.toml") && report.contains("default_vcpus"),
+        "{report}"
+    );
+}
