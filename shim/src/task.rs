@@ -562,7 +562,16 @@ impl TaskCore {
                 ..Default::default()
             })
             .await
-            .map_err(|e| e.context(format_args!("signalling {:?}", req.id)))
+            .map_err(|e| e.context(format_args!("signalling {:?}", req.id)))?;
+        // A container killed before Start has no waiter yet: its exit must still be seen.
+        let mut st = self.state();
+        if let Ok(c) = container_mut(&mut st, &req.id) {
+            if c.is_init(&req.exec_id) && !c.init.waited {
+                let cid = c.id.clone();
+                self.spawn_waiter(agent, &cid, &mut c.init);
+            }
+        }
+        Ok(())
     }
 
     pub async fn delete(&self, req: &DeleteRequest) -> TaskResult<DeleteResponse> {
