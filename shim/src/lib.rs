@@ -6,3 +6,18 @@ pub mod config;
 pub mod hypervisor;
 pub mod vm;
 pub mod vsock;
+
+// Task layer: the containerd-facing shim (Task API, containers, stdio, host mounts).
+pub mod backend;
+pub mod container;
+pub mod error;
+pub mod events;
+pub mod metrics;
+pub mod process;
+pub mod rootfs;
+pub mod sandbox;
+pub mod service;
+pub mod spec;
+pub mod stdio;
+pub mod task;
+pub mod vm_backend;
