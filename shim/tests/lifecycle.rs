@@ -45,6 +45,7 @@ struct FakeAgent {
     fail_create_container: bool,
     /// The VM died: every call fails, as over a broken connection.
     dead: std::sync::atomic::AtomicBool,
+    stdin: Mutex<Vec<u8>>,
 }
 
 impl FakeAgent {
@@ -205,12 +206,18 @@ impl GuestAgent for FakeAgent {
         &self,
         req: pb::WriteStreamRequest,
     ) -> TaskResult<pb::WriteStreamResponse> {
+        self.stdin.lock().unwrap().extend_from_slice(&req.data);
         Ok(pb::WriteStreamResponse {
             len: req.data.len() as u32,
             ..Default::default()
         })
     }
-    async fn close_stdin(&self, _req: pb::CloseStdinRequest) -> TaskResult<()> {
+    async fn close_stdin(&self, req: pb::CloseStdinRequest) -> TaskResult<()> {
+        self.call(format!(
+            "close_stdin {} {:?}",
+            req.container_id, req.exec_id
+        ));
+        self.changed.notify_waiters();
         Ok(())
     }
     async fn tty_win_resize(&self, _req: pb::TtyWinResizeRequest) -> TaskResult<()> {
@@ -835,4 +842,65 @@ async fn runtime_options_config_path_reaches_the_launcher() {
         Some(Path::new("/x/k.toml"))
     );
     h.next_event().await;
+}
+
+impl Harness {
+    /// Waits until the fake agent saw CloseStdin.
+    async fn stdin_closed(&self) {
+        let agent = self.agent.clone();
+        let closed = async move {
+            loop {
+                let notified = agent.changed.notified();
+                if agent
+                    .calls
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|c| c.starts_with("close_stdin"))
+                {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(STEP, closed)
+            .await
+            .expect("CloseStdin in time");
+    }
+}
+
+#[tokio::test]
+async fn stdin_fifo_is_forwarded_then_closed() {
+    let h = harness();
+    let fifo = h.dir.path().join("stdin");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let mut req = h.create_req("c1", spec("h"));
+    req.stdin = fifo.to_string_lossy().into_owned();
+    h.core.create(&req).await.unwrap();
+    // containerd's writer appears after Create, writes and closes.
+    let path = fifo.clone();
+    tokio::task::spawn_blocking(move || std::fs::write(path, b"input data"))
+        .await
+        .unwrap()
+        .unwrap();
+    h.stdin_closed().await;
+    assert_eq!(&*h.agent.stdin.lock().unwrap(), b"input data");
+}
+
+#[tokio::test]
+async fn close_io_without_a_stdin_writer_still_closes_stdin() {
+    let h = harness();
+    let fifo = h.dir.path().join("stdin");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let mut req = h.create_req("c1", spec("h"));
+    req.stdin = fifo.to_string_lossy().into_owned();
+    h.core.create(&req).await.unwrap();
+    let close = containerd_shim::api::CloseIORequest {
+        id: "c1".into(),
+        stdin: true,
+        ..Default::default()
+    };
+    h.core.close_io(&close).await.unwrap();
+    h.stdin_closed().await;
+    assert!(h.agent.stdin.lock().unwrap().is_empty());
 }
