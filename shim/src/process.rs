@@ -85,26 +85,35 @@ impl Process {
 pub struct ExitHandle(watch::Sender<Option<Exit>>);
 
 impl ExitHandle {
-    /// Sets the exit if none was set yet; returns the exit now recorded and whether this
-    /// call set it (only the first caller publishes TaskExit).
-    pub fn set(&self, status: u32) -> (Exit, bool) {
-        let mut first = false;
+    /// Sets the exit if none was set yet and returns the exit now recorded. `on_first` runs
+    /// only for the call that set it, before any waiter can see the exit (so TaskExit is
+    /// queued before a `wait` caller can go on to Delete).
+    pub fn set_then(&self, status: u32, on_first: impl FnOnce(Exit)) -> Exit {
+        let mut on_first = Some(on_first);
         self.0.send_if_modified(|cur| {
-            if cur.is_none() {
-                *cur = Some(Exit {
-                    status,
-                    at: SystemTime::now(),
-                });
-                first = true;
-                true
-            } else {
-                false
+            if cur.is_some() {
+                return false;
             }
+            let exit = Exit {
+                status,
+                at: SystemTime::now(),
+            };
+            *cur = Some(exit);
+            if let Some(f) = on_first.take() {
+                f(exit);
+            }
+            true
         });
-        let exit = self.0.borrow().unwrap_or(Exit {
+        self.0.borrow().unwrap_or(Exit {
             status,
             at: SystemTime::now(),
-        });
+        })
+    }
+
+    /// [`Self::set_then`] without a callback; returns whether this call set the exit.
+    pub fn set(&self, status: u32) -> (Exit, bool) {
+        let mut first = false;
+        let exit = self.set_then(status, |_| first = true);
         (exit, first)
     }
 

@@ -915,8 +915,7 @@ fn publish_exit(
     event_id: &str,
     pid: u32,
 ) {
-    let (exit, first) = handle.set(status);
-    if first {
+    handle.set_then(status, |exit| {
         events::send(
             events,
             TaskEvent::Exit(TaskExit {
@@ -928,7 +927,7 @@ fn publish_exit(
                 ..Default::default()
             }),
         );
-    }
+    });
 }
 
 /// When the VM dies, every process of the sandbox exits with 255.
