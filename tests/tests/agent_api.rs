@@ -1,0 +1,483 @@
+//! The agent API end to end: the real guest (kernel + initrd whose /init is kata-agent) booted
+//! through the shim's `Vm::boot` (QEMU, vsock, shared fs), driven RPC by RPC with no
+//! containerd in between: containers from a busybox rootfs, stdio, execs, signals, exit codes,
+//! stats, pause/resume, bad input answered with errors while the agent keeps serving, destroy.
+//!
+//! Uses build/configuration-qemu.toml from `make guest`. For agent development
+//! KATA_RS_TEST_CONFIG, KATA_RS_TEST_INITRD and KATA_RS_TEST_KERNEL override the config and guest.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kata_e2e::*;
+use kata_shim::agent::Agent;
+use kata_shim::config::Config;
+use kata_shim::vm::Vm;
+use protocol::agent::*;
+use serde_json::json;
+
+const BUSYBOX: &str = "/bin/busybox";
+/// WaitProcess / ReadStdout block until the guest process acts; bound them in the test.
+const STEP: Duration = Duration::from_secs(60);
+
+fn config() -> Config {
+    let path = std::env::var_os("KATA_RS_TEST_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| top_dir().join("build/configuration-qemu.toml"));
+    require_built(std::slice::from_ref(&path));
+    let mut config =
+        Config::from_file(&path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
+    if let Some(p) = std::env::var_os("KATA_RS_TEST_INITRD") {
+        config.hypervisor.initrd = PathBuf::from(p);
+    }
+    if let Some(p) = std::env::var_os("KATA_RS_TEST_KERNEL") {
+        config.hypervisor.kernel = PathBuf::from(p);
+    }
+    require_built(&[
+        config.hypervisor.kernel.clone(),
+        config.hypervisor.initrd.clone(),
+    ]);
+    config
+}
+
+/// A busybox rootfs at <shared>/<cid>/rootfs (the guest sees it under GUEST_SHARED_DIR).
+fn make_rootfs(shared: &Path, cid: &str) -> String {
+    let root = shared.join(cid).join("rootfs");
+    for d in ["bin", "dev", "proc", "sys", "tmp", "etc"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy(BUSYBOX, root.join("bin/busybox")).expect("busybox-static is installed");
+    for applet in [
+        "sh", "echo", "cat", "sleep", "hostname", "tty", "ls", "id", "true",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    format!("{}/{cid}/rootfs", protocol::GUEST_SHARED_DIR)
+}
+
+fn spec(root: &str, args: &[&str]) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "ociVersion": "1.0.2",
+        "hostname": "agent-test",
+        "process": {
+            "args": args,
+            "cwd": "/",
+            "env": ["PATH=/bin"],
+            "user": {"uid": 0, "gid": 0},
+            "capabilities": {
+                "bounding": ["CAP_KILL", "CAP_CHOWN", "CAP_SETUID", "CAP_SETGID"],
+                "effective": ["CAP_KILL", "CAP_CHOWN", "CAP_SETUID", "CAP_SETGID"],
+                "permitted": ["CAP_KILL", "CAP_CHOWN", "CAP_SETUID", "CAP_SETGID"]
+            },
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": true
+        },
+        "root": {"path": root, "readonly": false},
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+             "options": ["nosuid", "noexec", "nodev", "ro"]}
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"},
+                           {"type": "mount"}, {"type": "network"}],
+            "resources": {"pids": {"limit": 64}, "memory": {"limit": 134217728}},
+            "maskedPaths": ["/proc/kcore", "/proc/keys"],
+            "readonlyPaths": ["/proc/sys"]
+        }
+    }))
+    .unwrap()
+}
+
+async fn read_all(agent: &Agent, cid: &str, exec: &str, stderr: bool) -> String {
+    let mut out = Vec::new();
+    loop {
+        let req = ReadStreamRequest {
+            container_id: cid.into(),
+            exec_id: exec.into(),
+            len: 4096,
+            ..Default::default()
+        };
+        let call = async {
+            if stderr {
+                agent.read_stderr(req).await
+            } else {
+                agent.read_stdout(req).await
+            }
+        };
+        let resp = tokio::time::timeout(STEP, call)
+            .await
+            .expect("read timed out")
+            .expect("read failed");
+        if resp.data.is_empty() {
+            return String::from_utf8_lossy(&out).into_owned();
+        }
+        out.extend_from_slice(&resp.data);
+    }
+}
+
+async fn wait(agent: &Agent, cid: &str, exec: &str) -> i32 {
+    let req = WaitProcessRequest {
+        container_id: cid.into(),
+        exec_id: exec.into(),
+        ..Default::default()
+    };
+    tokio::time::timeout(STEP, agent.wait_process(req))
+        .await
+        .expect("WaitProcess timed out")
+        .expect("WaitProcess failed")
+        .status
+}
+
+async fn create(agent: &Agent, cid: &str, spec: Vec<u8>) -> Result<u32, String> {
+    agent
+        .create_container(CreateContainerRequest {
+            container_id: cid.into(),
+            oci_spec_json: spec,
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.pid)
+        .map_err(|e| e.to_string())
+}
+
+async fn start(agent: &Agent, cid: &str) {
+    agent
+        .start_container(StartContainerRequest {
+            container_id: cid.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("StartContainer {cid}: {e}"));
+}
+
+async fn exec(
+    agent: &Agent,
+    cid: &str,
+    eid: &str,
+    args: &[&str],
+    tty: bool,
+) -> Result<u32, String> {
+    let process = json!({"args": args, "cwd": "/", "env": ["PATH=/bin"], "terminal": tty,
+                         "user": {"uid": 0, "gid": 0}});
+    agent
+        .exec_process(ExecProcessRequest {
+            container_id: cid.into(),
+            exec_id: eid.into(),
+            process_json: serde_json::to_vec(&process).unwrap(),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.pid)
+        .map_err(|e| e.to_string())
+}
+
+async fn signal(agent: &Agent, cid: &str, eid: &str, sig: u32) {
+    agent
+        .signal_process(SignalProcessRequest {
+            container_id: cid.into(),
+            exec_id: eid.into(),
+            signal: sig,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("SignalProcess {cid}/{eid}: {e}"));
+}
+
+async fn remove(agent: &Agent, cid: &str) {
+    agent
+        .remove_container(RemoveContainerRequest {
+            container_id: cid.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RemoveContainer {cid}: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_api_end_to_end() {
+    let config = config();
+    let sandbox_id = unique_id("agentapi");
+    let vm = Vm::boot(&config, &sandbox_id)
+        .await
+        .unwrap_or_else(|e| panic!("booting the VM: {e}"));
+    let result = tokio::time::timeout(Duration::from_secs(300), drive(&vm, &sandbox_id)).await;
+    let console = std::fs::read_to_string(vm.console_log()).unwrap_or_default();
+    let down = vm.shutdown().await;
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("{e}\nguest console:\n{console}"),
+        Err(_) => panic!("agent API test timed out\nguest console:\n{console}"),
+    }
+    down.expect("shutting the VM down");
+    let left = wait_clean(&sandbox_id, Duration::from_secs(15));
+    assert!(left.is_empty(), "sandbox left things behind: {left:#?}");
+}
+
+async fn drive(vm: &Vm, sandbox_id: &str) -> Result<(), String> {
+    let agent = vm.agent().with_timeout(STEP);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    agent
+        .create_sandbox(CreateSandboxRequest {
+            sandbox_id: sandbox_id.into(),
+            hostname: "agent-sandbox".into(),
+            storages: vec![vm.shared_storage()],
+            host_time_sec: now.as_secs() as i64,
+            host_time_nsec: now.subsec_nanos() as i64,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("CreateSandbox: {e}"))?;
+
+    let details = agent
+        .get_guest_details(GuestDetailsRequest::new())
+        .await
+        .map_err(|e| format!("GetGuestDetails: {e}"))?;
+    println!(
+        "guest: kernel {} arch {}; agent listening at {} ms of guest uptime; agent RSS {} KiB",
+        details.kernel_release,
+        details.arch,
+        details.listen_uptime_ms,
+        details.agent_rss_bytes / 1024
+    );
+    assert!(details.listen_uptime_ms > 0);
+    assert!(details.agent_rss_bytes > 0);
+    assert!(
+        details.agent_rss_bytes < 10 << 20,
+        "agent RSS {} bytes is over the 10 MiB budget",
+        details.agent_rss_bytes
+    );
+
+    // 1. A short-lived container: stdout, stdin, stderr, exit code.
+    let root1 = make_rootfs(vm.shared_dir(), "c1");
+    let pid = create(
+        &agent,
+        "c1",
+        spec(
+            &root1,
+            &["sh", "-c", "echo hello; cat; echo oops >&2; exit 3"],
+        ),
+    )
+    .await
+    .map_err(|e| format!("CreateContainer c1: {e}"))?;
+    assert!(pid > 0);
+    start(&agent, "c1").await;
+    let n = agent
+        .write_stdin(WriteStreamRequest {
+            container_id: "c1".into(),
+            data: b"from-stdin\n".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("WriteStdin: {e}"))?;
+    assert_eq!(n.len, 11);
+    agent
+        .close_stdin(CloseStdinRequest {
+            container_id: "c1".into(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("CloseStdin: {e}"))?;
+    assert_eq!(
+        read_all(&agent, "c1", "", false).await,
+        "hello\nfrom-stdin\n"
+    );
+    assert_eq!(read_all(&agent, "c1", "", true).await, "oops\n");
+    assert_eq!(wait(&agent, "c1", "").await, 3);
+    assert_eq!(
+        wait(&agent, "c1", "c1").await,
+        3,
+        "exec id == container id is the init"
+    );
+    remove(&agent, "c1").await;
+
+    // 2. A long-lived container: execs, tty, signals, stats, pause/resume.
+    let root2 = make_rootfs(vm.shared_dir(), "c2");
+    create(&agent, "c2", spec(&root2, &["sleep", "1000"]))
+        .await
+        .map_err(|e| format!("CreateContainer c2: {e}"))?;
+    start(&agent, "c2").await;
+
+    exec(
+        &agent,
+        "c2",
+        "e1",
+        &["sh", "-c", "echo exec-out; hostname"],
+        false,
+    )
+    .await
+    .map_err(|e| format!("ExecProcess e1: {e}"))?;
+    assert_eq!(
+        read_all(&agent, "c2", "e1", false).await,
+        "exec-out\nagent-test\n"
+    );
+    assert_eq!(wait(&agent, "c2", "e1").await, 0);
+
+    exec(
+        &agent,
+        "c2",
+        "tty1",
+        &["sh", "-c", "test -t 0 && test -t 1 && echo tty-ok"],
+        true,
+    )
+    .await
+    .map_err(|e| format!("ExecProcess tty1: {e}"))?;
+    let tty_out = read_all(&agent, "c2", "tty1", false).await;
+    assert_eq!(
+        tty_out, "tty-ok\r\n",
+        "a tty process sees a terminal on stdin and stdout"
+    );
+    assert_eq!(read_all(&agent, "c2", "tty1", true).await, "");
+    assert_eq!(wait(&agent, "c2", "tty1").await, 0);
+
+    exec(&agent, "c2", "e2", &["sleep", "1000"], false)
+        .await
+        .map_err(|e| format!("ExecProcess e2: {e}"))?;
+    signal(&agent, "c2", "e2", 15).await;
+    assert_eq!(wait(&agent, "c2", "e2").await, 128 + 15);
+
+    let stats = agent
+        .stats_container(StatsContainerRequest {
+            container_id: "c2".into(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("StatsContainer: {e}"))?;
+    println!(
+        "c2 stats: cpu {} us, memory {} / {} bytes, pids {} / {}",
+        stats.cpu.usage_usec,
+        stats.memory.usage_bytes,
+        stats.memory.limit_bytes,
+        stats.pids.current,
+        stats.pids.limit
+    );
+    assert!(stats.pids.current >= 1);
+    assert_eq!(stats.pids.limit, 64);
+    assert_eq!(stats.memory.limit_bytes, 134217728);
+    assert!(stats.memory.usage_bytes > 0);
+    assert!(stats.cpu.usage_usec > 0);
+
+    let procs = agent
+        .list_processes(ListProcessesRequest {
+            container_id: "c2".into(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("ListProcesses: {e}"))?;
+    assert!(!procs.processes.is_empty());
+
+    agent
+        .pause_container(PauseContainerRequest {
+            container_id: "c2".into(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("PauseContainer: {e}"))?;
+    agent
+        .resume_container(ResumeContainerRequest {
+            container_id: "c2".into(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("ResumeContainer: {e}"))?;
+
+    // 3. Bad input: each answered with an error naming the cause; the agent keeps serving.
+    let e = create(&agent, "../x", spec(&root2, &["true"]))
+        .await
+        .unwrap_err();
+    assert!(e.contains("invalid container id"), "{e}");
+    let e = create(&agent, "c2", spec(&root2, &["true"]))
+        .await
+        .unwrap_err();
+    assert!(e.contains("already exists"), "{e}");
+    let e = create(&agent, "c3", b"{\"ociVersion\":\"1.0.2\"}".to_vec())
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("no process") || e.contains("invalid OCI spec"),
+        "{e}"
+    );
+    let e = create(&agent, "c3", b"not json".to_vec())
+        .await
+        .unwrap_err();
+    assert!(e.contains("invalid OCI spec"), "{e}");
+    let e = create(
+        &agent,
+        "c3",
+        spec("/run/kata-containers/shared/containers/nope", &["true"]),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.contains("does not exist"), "{e}");
+    let e = exec(&agent, "c2", "bad", &["/bin/nosuch"], false)
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("/bin/nosuch") && e.contains("No such file"),
+        "{e}"
+    );
+    let e = exec(&agent, "nope", "x", &["true"], false)
+        .await
+        .unwrap_err();
+    assert!(e.contains("not found"), "{e}");
+    let e = agent
+        .wait_process(WaitProcessRequest {
+            container_id: "c2".into(),
+            exec_id: "missing".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not found"), "{e}");
+    let e = agent
+        .copy_file(CopyFileRequest {
+            path: "/etc/passwd".into(),
+            file_size: 1,
+            data: b"x".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("/run/kata-containers"), "{e}");
+    let health = agent
+        .check(CheckRequest::new())
+        .await
+        .map_err(|e| format!("Check after bad input: {e}"))?;
+    assert_eq!(
+        health.status.enum_value_or_default(),
+        health_check_response::ServingStatus::SERVING
+    );
+
+    // 4. The init killed by a signal reports 128 + n; removal cleans up.
+    signal(&agent, "c2", "", 9).await;
+    assert_eq!(wait(&agent, "c2", "").await, 128 + 9);
+    remove(&agent, "c2").await;
+    let e = agent
+        .stats_container(StatsContainerRequest {
+            container_id: "c2".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not found"), "{e}");
+    let details = agent
+        .get_guest_details(GuestDetailsRequest::new())
+        .await
+        .map_err(|e| format!("GetGuestDetails: {e}"))?;
+    println!(
+        "agent RSS after the run: {} KiB",
+        details.agent_rss_bytes / 1024
+    );
+    Ok(())
+}
