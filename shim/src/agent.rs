@@ -13,7 +13,7 @@ use crate::vsock::{DialError, Dialer, VsockStream};
 /// Timeout of an ordinary request (creating a container under TCG can take a few seconds).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pause between two attempts to reach an agent that is not listening yet.
-const DIAL_RETRY_INTERVAL: Duration = Duration::from_millis(50);
+const DIAL_RETRY_INTERVAL: Duration = Duration::from_millis(20);
 /// Timeout of the Check that confirms a fresh connection.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 

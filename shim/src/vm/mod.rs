@@ -428,6 +428,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn cleanup_kills_only_our_leftovers_and_removes_the_dir() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("s1");
+        std::fs::create_dir(&dir).expect("dir");
+        let paths = SandboxPaths::new(&dir);
+        // A leftover "QEMU": its command line names the sandbox dir.
+        let mut ours = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("sleep 100")
+            .arg(&dir)
+            .spawn()
+            .expect("spawn");
+        std::fs::write(paths.pidfile("qemu"), format!("{}\n", ours.id())).expect("pidfile");
+        // A stranger that reused a recorded pid: must survive.
+        let mut stranger = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .expect("spawn");
+        std::fs::write(paths.pidfile("virtiofsd"), format!("{}\n", stranger.id()))
+            .expect("pidfile");
+        cleanup_dir(&dir).await.expect("cleanup");
+        assert!(!dir.exists());
+        let status = ours.wait().expect("wait");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+        assert!(
+            stranger.try_wait().expect("try_wait").is_none(),
+            "stranger killed"
+        );
+        stranger.kill().expect("kill");
+        stranger.wait().expect("reap");
+        // A second cleanup of a gone dir is fine.
+        cleanup_dir(&dir).await.expect("idempotent");
+    }
+
+    #[tokio::test]
     async fn boot_with_missing_kernel_names_it_and_leaves_nothing() {
         let root = tempfile::tempdir().expect("tempdir");
         let mut c = Config::default();
