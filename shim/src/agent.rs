@@ -186,3 +186,166 @@ rpc! {
     mem_hotplug_by_probe(MemHotplugByProbeRequest) -> Empty, "MemHotplugByProbe", true;
     copy_file(CopyFileRequest) -> Empty, "CopyFile", true;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    use protocol::agent_ttrpc::{create_agent_service, AgentService};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::{UnixListener, UnixStream};
+    use ttrpc::r#async::TtrpcContext;
+
+    struct Fake;
+
+    #[async_trait::async_trait]
+    impl AgentService for Fake {
+        async fn check(
+            &self,
+            _ctx: &TtrpcContext,
+            _req: CheckRequest,
+        ) -> ttrpc::Result<HealthCheckResponse> {
+            Ok(HealthCheckResponse::new())
+        }
+        async fn get_guest_details(
+            &self,
+            _ctx: &TtrpcContext,
+            _req: GuestDetailsRequest,
+        ) -> ttrpc::Result<GuestDetailsResponse> {
+            // Slower than the client's timeout in the test.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            Ok(GuestDetailsResponse::new())
+        }
+        async fn wait_process(
+            &self,
+            _ctx: &TtrpcContext,
+            _req: WaitProcessRequest,
+        ) -> ttrpc::Result<WaitProcessResponse> {
+            // Longer than the client's timeout: WaitProcess must not be cut short.
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let mut r = WaitProcessResponse::new();
+            r.status = 7;
+            Ok(r)
+        }
+    }
+
+    /// A ttrpc server with the fake agent on a unix socket.
+    async fn serve_ttrpc(dir: &Path) -> (ttrpc::r#async::Server, PathBuf) {
+        let path = dir.join("ttrpc.sock");
+        let mut server = ttrpc::r#async::Server::new()
+            .bind(&format!("unix://{}", path.display()))
+            .expect("bind")
+            .register_service(create_agent_service(Arc::new(Fake)));
+        server.start().await.expect("start");
+        (server, path)
+    }
+
+    /// A fake hybrid-vsock endpoint in front of the ttrpc socket.
+    fn serve_hybrid(listener: UnixListener, ttrpc: PathBuf) {
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let ttrpc = ttrpc.clone();
+                tokio::spawn(async move {
+                    let mut r = BufReader::new(s);
+                    let mut line = String::new();
+                    if r.read_line(&mut line).await.is_err() {
+                        return;
+                    }
+                    let mut s = r.into_inner();
+                    if s.write_all(b"OK 1\n").await.is_err() {
+                        return;
+                    }
+                    if let Ok(mut t) = UnixStream::connect(&ttrpc).await {
+                        let _ = tokio::io::copy_bidirectional(&mut s, &mut t).await;
+                    }
+                });
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn timeouts_apply_to_bounded_calls_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_server, path) = serve_ttrpc(dir.path()).await;
+        let stream = UnixStream::connect(&path).await.expect("connect");
+        let agent =
+            Agent::from_stream(VsockStream::Unix(stream)).with_timeout(Duration::from_millis(200));
+        agent.check(CheckRequest::new()).await.expect("check");
+
+        let err = agent
+            .get_guest_details(GuestDetailsRequest::new())
+            .await
+            .expect_err("times out");
+        assert!(
+            matches!(
+                err,
+                AgentError::Timeout {
+                    rpc: "GetGuestDetails",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        let r = agent
+            .wait_process(WaitProcessRequest::new())
+            .await
+            .expect("WaitProcess has no timeout");
+        assert_eq!(r.status, 7);
+
+        // An RPC the agent does not implement: its status comes through, naming the RPC.
+        let err = agent
+            .create_container(CreateContainerRequest::new())
+            .await
+            .expect_err("not implemented");
+        assert_eq!(
+            err.status().map(|s| s.code()),
+            Some(ttrpc::Code::NOT_FOUND),
+            "{err}"
+        );
+        assert!(
+            err.to_string().starts_with("agent CreateContainer: "),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn connect_retries_until_the_guest_listens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_server, ttrpc_path) = serve_ttrpc(dir.path()).await;
+        let uds = dir.path().join("vsock.sock");
+        let dialer = Dialer::Hybrid {
+            uds_path: uds.clone(),
+        };
+        // The guest starts listening a little later than the first dial.
+        let late = uds.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            serve_hybrid(UnixListener::bind(&late).expect("bind"), ttrpc_path);
+        });
+        let agent = Agent::connect(&dialer, Duration::from_secs(5))
+            .await
+            .expect("connects once the guest listens");
+        agent.check(CheckRequest::new()).await.expect("check");
+    }
+
+    #[tokio::test]
+    async fn connect_gives_up_at_the_deadline() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dialer = Dialer::Hybrid {
+            uds_path: dir.path().join("never.sock"),
+        };
+        let started = Instant::now();
+        let err = Agent::connect(&dialer, Duration::from_millis(300))
+            .await
+            .expect_err("nobody listens");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let msg = err.to_string();
+        assert!(
+            msg.contains("not reachable within 300ms") && msg.contains("never.sock"),
+            "{msg}"
+        );
+    }
+}
