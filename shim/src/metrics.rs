@@ -47,7 +47,8 @@ pub fn to_metrics(s: &StatsContainerResponse) -> Metrics {
             ..Default::default()
         });
     }
-    if let Some(io) = s.io.as_ref() {
+    // An all-zero entry would read as a device that did no I/O; leave it out.
+    if let Some(io) = s.io.as_ref().filter(|io| **io != Default::default()) {
         m.io = MessageField::some(IOStat {
             usage: vec![IOEntry {
                 rbytes: io.read_bytes,

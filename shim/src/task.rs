@@ -742,7 +742,9 @@ impl TaskCore {
                     cp.close_stdin();
                     true
                 }
-                _ => false,
+                // Exited (or exiting: its waiter holds the copiers) or never started: the
+                // guest has no stdin left to close.
+                _ => p.exit().is_some() || p.waited || p.phase == Phase::Created,
             };
             (c.agent_exec_id(&req.exec_id), handled)
         };
