@@ -74,15 +74,8 @@ pub fn check_spec(spec: &Spec) -> Result<(PathBuf, OciProcess)> {
             root_path.display()
         )));
     }
-    if spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.seccomp().as_ref())
-        .is_some()
-    {
-        return Err(AgentError::Unimplemented(
-            "linux.seccomp is not supported by this agent yet".into(),
-        ));
+    if let Some(sc) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        crate::seccomp::compile(sc).map_err(AgentError::InvalidArgument)?;
     }
     Ok((root_path, process))
 }

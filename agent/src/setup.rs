@@ -91,6 +91,12 @@ pub fn process(p: &Process, seccomp_spec: Option<&LinuxSeccomp>) -> Result<Prepa
         .unwrap_or(DEFAULT_PATH);
     let exe = resolve_executable(arg0, path_var, p.cwd())?;
 
+    let seccomp = seccomp_spec.map(seccomp::compile).transpose()?;
+    let nnp = p.no_new_privileges().unwrap_or(false);
+    if let (Some(prog), false) = (&seccomp, nnp) {
+        // Without no_new_privs the kernel wants CAP_SYS_ADMIN: install while still root.
+        seccomp::install(prog)?;
+    }
     let caps = p.capabilities().as_ref();
     if let Some(c) = caps {
         drop_bounding(c)?;
@@ -112,10 +118,11 @@ pub fn process(p: &Process, seccomp_spec: Option<&LinuxSeccomp>) -> Result<Prepa
         set_caps(c)?;
     }
     unistd::chdir(p.cwd()).map_err(|e| format!("chdir {}: {e}", p.cwd().display()))?;
-    if p.no_new_privileges().unwrap_or(false) {
+    if nnp {
         nix::sys::prctl::set_no_new_privs().map_err(|e| format!("PR_SET_NO_NEW_PRIVS: {e}"))?;
     }
-    let seccomp = seccomp_spec.map(seccomp::compile).transpose()?;
+    // With no_new_privs the filter goes last, just before execve.
+    let seccomp = seccomp.filter(|_| nnp);
     Ok(Prepared {
         path: cstring(&exe.to_string_lossy(), "executable path")?,
         display: arg0.clone(),

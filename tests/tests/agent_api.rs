@@ -48,7 +48,7 @@ fn make_rootfs(shared: &Path, cid: &str) -> String {
     }
     std::fs::copy(BUSYBOX, root.join("bin/busybox")).expect("busybox-static is installed");
     for applet in [
-        "sh", "echo", "cat", "sleep", "hostname", "tty", "ls", "id", "true",
+        "sh", "echo", "cat", "sleep", "hostname", "tty", "ls", "id", "true", "mkdir",
     ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
@@ -301,7 +301,14 @@ async fn drive(vm: &Vm, sandbox_id: &str) -> Result<(), String> {
 
     // 2. A long-lived container: execs, tty, signals, stats, pause/resume.
     let root2 = make_rootfs(vm.shared_dir(), "c2");
-    create(&agent, "c2", spec(&root2, &["sleep", "1000"]))
+    // c2 forbids mkdir through seccomp (an OCI profile with a per-syscall errno).
+    let mut c2_spec: serde_json::Value =
+        serde_json::from_slice(&spec(&root2, &["sleep", "1000"])).unwrap();
+    c2_spec["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+    });
+    create(&agent, "c2", serde_json::to_vec(&c2_spec).unwrap())
         .await
         .map_err(|e| format!("CreateContainer c2: {e}"))?;
     start(&agent, "c2").await;
