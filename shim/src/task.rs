@@ -189,7 +189,11 @@ impl TaskCore {
             annotations: spec::annotations(spec),
             config_path: runtime_config_path(req.options.as_ref()),
         };
-        let sb = Sandbox::boot(&self.backend, boot, spec::hostname(spec)).await?;
+        // A VM needs some hostname; without one in the spec, the sandbox id says which it is.
+        let hostname = Some(spec::hostname(spec))
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| boot.sandbox_id.clone());
+        let sb = Sandbox::boot(&self.backend, boot, hostname).await?;
         tokio::spawn(watch_vm_death(
             self.state.clone(),
             self.events.clone(),

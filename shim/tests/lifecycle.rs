@@ -825,6 +825,16 @@ async fn spec_without_process_fails_before_booting() {
 }
 
 #[tokio::test]
+async fn without_a_spec_hostname_the_vm_is_named_after_the_sandbox() {
+    let mut h = harness();
+    let mut s = spec("");
+    s.as_object_mut().unwrap().remove("hostname");
+    h.core.create(&h.create_req("c9", s)).await.unwrap();
+    assert_eq!(h.agent.calls.lock().unwrap()[0], "create_sandbox c9 c9");
+    h.next_event().await;
+}
+
+#[tokio::test]
 async fn runtime_options_config_path_reaches_the_launcher() {
     let mut h = harness();
     // runtimeoptions.v1.Options { type_name = 1, config_path = 2 }
