@@ -18,7 +18,7 @@ use crate::backend::GuestAgent;
 use crate::error::{TaskError, TaskResult};
 
 /// Bytes asked for per ReadStdout/ReadStderr and sent per WriteStdin.
-const CHUNK: usize = 32 * 1024;
+const CHUNK: usize = 128 * 1024;
 
 /// containerd's stdio for one process; empty strings mean "not connected".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
