@@ -206,3 +206,21 @@ mod tests {
         assert!(r.contains("# accelerator: Tcg (accel=tcg: TCG as configured)"));
     }
 }
+
+#[cfg(test)]
+mod doc_tests {
+    use super::*;
+
+    /// docs/configuration.md's table must list every key with the code's default, so the
+    /// reference cannot drift from the runtime.
+    #[test]
+    fn configuration_reference_lists_every_key_with_its_default() {
+        let doc_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
+        let doc = std::fs::read_to_string(&doc_path).expect("docs/configuration.md is readable");
+        let defaults = Config::defaults_for(Arch::X86_64);
+        for (section, key, value) in values(&defaults) {
+            let row = format!("| {section} | {key} | {value} |");
+            assert!(doc.contains(&row), "{} lacks the row starting {row:?}", doc_path.display());
+        }
+    }
+}
