@@ -110,3 +110,32 @@ impl Shim for Service {
         TaskService::new(Arc::new(TaskCore::new(backend, tx, self.exit.clone())))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn containers_naming_a_sandbox_share_its_shim() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path();
+        std::fs::write(
+            bundle.join("config.json"),
+            r#"{"annotations": {"io.kubernetes.cri.sandbox-id": "pod-1"}}"#,
+        )
+        .unwrap();
+        assert_eq!(grouping(bundle, "app"), "pod-1");
+        std::fs::write(bundle.join("config.json"), r#"{"process": {}}"#).unwrap();
+        assert_eq!(
+            grouping(bundle, "app"),
+            "app",
+            "no annotation: a sandbox of its own"
+        );
+        std::fs::remove_file(bundle.join("config.json")).unwrap();
+        assert_eq!(
+            grouping(bundle, "app"),
+            "app",
+            "no spec: a sandbox of its own"
+        );
+    }
+}
