@@ -5,6 +5,7 @@
 //! agent port", however it does it (QEMU + helper daemons; cloud-hypervisor has vsock built in).
 
 pub mod accel;
+pub mod clh;
 pub mod host;
 pub mod layout;
 pub mod process;
