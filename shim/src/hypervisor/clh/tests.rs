@@ -682,12 +682,25 @@ async fn virtio_9p_is_rejected_with_its_key() {
     assert_eq!(hv.pid(), None);
 }
 
+/// Unmounts what a test mounted under the sandbox dir, also when an assertion failed.
+struct UnmountOnDrop(PathBuf);
+
+impl Drop for UnmountOnDrop {
+    fn drop(&mut self) {
+        let errors = crate::vm::mounts::unmount_all_under(&self.0);
+        if !errors.is_empty() && !std::thread::panicking() {
+            panic!("unmount under {}: {errors:?}", self.0.display());
+        }
+    }
+}
+
 /// virtio-fs: virtiofsd (a fake recording its arguments; the test binds its socket) starts
 /// alongside the VMM, its socket goes into vm.create, and stop ends both. Mounts the shared
 /// dir onto itself like the real start does (needs root, as the shim does).
 #[tokio::test]
 async fn virtio_fs_starts_virtiofsd_and_hands_its_socket_to_the_vmm() {
     let env = Env::new();
+    let _unmount = UnmountOnDrop(env.paths.dir().to_path_buf());
     let (config, mut clh) = env.config(env.script("cloud-hypervisor", SLEEPER));
     clh.shared_fs = SharedFs::VirtioFs;
     clh.virtio_fs_daemon = env.script(
@@ -697,23 +710,15 @@ async fn virtio_fs_starts_virtiofsd_and_hands_its_socket_to_the_vmm() {
     let _fs_socket = UnixListener::bind(env.paths.virtiofsd_socket()).expect("bind");
     let api = env.fake_api(vec![]);
     let mut hv = env.backend(&config, clh, quick());
-    let started = hv.start().await;
-    let result = async {
-        started?;
-        let fs_args = read_when_written(&env.file("fs-args")).await;
-        let body = api
-            .requests()
-            .into_iter()
-            .find(|r| r.path.ends_with("vm.create"))
-            .and_then(|r| r.body)
-            .expect("vm.create");
-        Ok::<_, HypervisorError>((fs_args, body))
-    }
-    .await;
+    hv.start().await.expect("start");
+    let fs_args = read_when_written(&env.file("fs-args")).await;
+    let body = api
+        .requests()
+        .into_iter()
+        .find(|r| r.path.ends_with("vm.create"))
+        .and_then(|r| r.body)
+        .expect("vm.create");
     hv.stop(Duration::ZERO).await.expect("stop");
-    let errors = crate::vm::mounts::unmount_all_under(env.paths.dir());
-    assert!(errors.is_empty(), "{errors:?}");
-    let (fs_args, body) = result.expect("start");
 
     assert!(
         fs_args
