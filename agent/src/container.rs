@@ -56,6 +56,30 @@ fn console_size(p: &OciProcess) -> Option<(u16, u16)> {
     })
 }
 
+/// Pipes, or (terminal) placeholders until the process passes back its pty master.
+fn make_stdio(p: &OciProcess) -> Result<(spawn::ChildStdio, Option<stdio::AgentStdio>)> {
+    let r = if p.terminal().unwrap_or(false) {
+        stdio::null_child().map(|c| (c, None))
+    } else {
+        stdio::pipes().map(|(c, a)| (c, Some(a)))
+    };
+    r.map_err(|e| internal(format!("creating stdio: {e}")))
+}
+
+fn finish_stdio(
+    pipes: Option<stdio::AgentStdio>,
+    pty: Option<OwnedFd>,
+    size: Option<(u16, u16)>,
+) -> Result<stdio::AgentStdio> {
+    match (pipes, pty) {
+        (Some(s), _) => Ok(s),
+        (None, Some(master)) => {
+            stdio::from_pty(master, size).map_err(|e| internal(format!("pty stdio: {e}")))
+        }
+        (None, None) => Err(internal("terminal process without a pty")),
+    }
+}
+
 /// Checks the parts of a spec the agent depends on, naming what is wrong.
 pub fn check_spec(spec: &Spec) -> Result<(PathBuf, OciProcess)> {
     let process = spec
@@ -128,9 +152,8 @@ impl Container {
         if let Some(res) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
             cgroup::apply(cg, res).map_err(AgentError::InvalidArgument)?;
         }
-        let terminal = process.terminal().unwrap_or(false);
-        let (child_stdio, agent_stdio) = stdio::create(terminal, console_size(&process))
-            .map_err(|e| internal(format!("creating stdio: {e}")))?;
+        let size = console_size(&process);
+        let (child_stdio, agent_stdio) = make_stdio(&process)?;
         let req = SpawnRequest {
             seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
             kind: SpawnKind::Init {
@@ -145,12 +168,13 @@ impl Container {
         let start = spawned
             .start
             .ok_or_else(|| internal("init spawned without a start pipe"))?;
+        let stdio = finish_stdio(agent_stdio, spawned.pty, size)?;
         Ok((
             Process {
                 exec_id: String::new(),
                 pid: spawned.pid,
                 exit: spawned.exit,
-                stdio: agent_stdio,
+                stdio,
             },
             (start, spawned.report),
         ))
@@ -201,9 +225,8 @@ impl Container {
                 self.id
             )));
         }
-        let terminal = process.terminal().unwrap_or(false);
-        let (child_stdio, agent_stdio) = stdio::create(terminal, console_size(&process))
-            .map_err(|e| internal(format!("creating stdio: {e}")))?;
+        let size = console_size(&process);
+        let (child_stdio, agent_stdio) = make_stdio(&process)?;
         let req = SpawnRequest {
             kind: SpawnKind::Exec {
                 init_pid: self.init.pid,
@@ -212,18 +235,19 @@ impl Container {
             cgroup: Some(self.cgroup.clone()),
             seccomp: self.spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
         };
-        let spawned = blocking(move || {
+        let (pid, exit, pty) = blocking(move || {
             let s = spawn::spawn(&req, child_stdio)?;
-            let (pid, exit) = (s.pid, s.exit);
-            s.report.wait_exec().map(|()| (pid, exit))
+            let (pid, exit, pty) = (s.pid, s.exit, s.pty);
+            s.report.wait_exec().map(|()| (pid, exit, pty))
         })
         .await?
         .map_err(|e| AgentError::FailedPrecondition(e.to_string()))?;
+        let stdio = finish_stdio(agent_stdio, pty, size)?;
         let p = Arc::new(Process {
             exec_id: exec_id.to_string(),
-            pid: spawned.0,
-            exit: spawned.1,
-            stdio: agent_stdio,
+            pid,
+            exit,
+            stdio,
         });
         let mut execs = lock(&self.execs);
         if execs.contains_key(exec_id) {

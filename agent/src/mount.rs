@@ -160,7 +160,7 @@ fn mnt(
 
 /// Builds the container's root filesystem and switches into it. Runs in the container init's
 /// fresh mount namespace, before any user or capability change.
-pub fn setup_rootfs(spec: &Spec, root: &Path, terminal: bool) -> Result<(), String> {
+pub fn setup_rootfs(spec: &Spec, root: &Path) -> Result<(), String> {
     if !root.is_dir() {
         return Err(format!("rootfs {} does not exist", root.display()));
     }
@@ -193,7 +193,7 @@ pub fn setup_rootfs(spec: &Spec, root: &Path, terminal: bool) -> Result<(), Stri
         }
         mount_one(root, m)?;
     }
-    setup_dev(root, spec, dev_is_tmpfs, terminal)?;
+    setup_dev(root, spec, dev_is_tmpfs)?;
     switch_root(root)?;
     if propagation != (MsFlags::MS_PRIVATE | MsFlags::MS_REC) {
         mnt(None, Path::new("/"), None, propagation, None)?;
@@ -296,7 +296,7 @@ fn create_target(target: &Path, dir: bool) -> Result<(), String> {
     }
 }
 
-fn setup_dev(root: &Path, spec: &Spec, dev_is_tmpfs: bool, terminal: bool) -> Result<(), String> {
+fn setup_dev(root: &Path, spec: &Spec, dev_is_tmpfs: bool) -> Result<(), String> {
     let dev = root.join("dev");
     if !dev.is_dir() {
         return Ok(());
@@ -333,14 +333,6 @@ fn setup_dev(root: &Path, spec: &Spec, dev_is_tmpfs: bool, terminal: bool) -> Re
             .flatten()
         {
             make_device(root, d)?;
-        }
-    }
-    if terminal {
-        // /dev/console is the container's own pty slave.
-        if let Ok(slave) = fs::read_link("/proc/self/fd/0") {
-            let target = dev.join("console");
-            create_target(&target, false)?;
-            mnt(Some(&slave), &target, None, MsFlags::MS_BIND, None)?;
         }
     }
     Ok(())

@@ -3,9 +3,11 @@
 //! cwd, no_new_privileges, seccomp and finally execve.
 use std::collections::HashSet;
 use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use caps::{CapSet, Capability as Cap, CapsHashSet};
+use nix::fcntl::OFlag;
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
 use nix::unistd::{self, Gid, Uid};
 use oci_spec::runtime::{
@@ -29,19 +31,78 @@ fn cstring(s: &str, what: &str) -> Result<CString, String> {
     CString::new(s).map_err(|_| format!("{what} {s:?} contains a NUL byte"))
 }
 
-/// New session; for a terminal, fd 0 (the pty slave) becomes the controlling terminal.
-pub fn session(terminal: bool) -> Result<(), String> {
-    unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
-    if terminal {
-        // SAFETY: TIOCSCTTY on fd 0 with arg 0; no memory is passed.
-        if unsafe { libc::ioctl(0, libc::TIOCSCTTY as _, 0) } < 0 {
+/// Opens a pty in the devpts of the current mount namespace, makes its slave fds 0/1/2 and
+/// the controlling terminal, and returns the master (to be passed to the agent). A container
+/// init also gets the slave bound on /dev/console.
+pub fn terminal(is_init: bool, size: Option<(u16, u16)>) -> Result<OwnedFd, String> {
+    let open = |p: &str| {
+        nix::fcntl::open(
+            p,
+            OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+    };
+    let master = open("/dev/ptmx")
+        .or_else(|_| open("/dev/pts/ptmx"))
+        .map_err(|e| format!("opening /dev/ptmx in the container (is /dev/pts mounted?): {e}"))?;
+    // SAFETY: open returned a fresh fd that nothing else owns.
+    let master = unsafe { OwnedFd::from_raw_fd(master) };
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads an int; TIOCGPTPEER returns a new fd.
+    let slave = unsafe {
+        if libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK as _, &unlock) < 0 {
             return Err(format!(
-                "making the pty the controlling terminal: {}",
+                "unlocking the pty: {}",
                 std::io::Error::last_os_error()
             ));
         }
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER as _,
+            libc::O_RDWR | libc::O_NOCTTY,
+        )
+    };
+    if slave < 0 {
+        return Err(format!(
+            "opening the pty slave: {}",
+            std::io::Error::last_os_error()
+        ));
     }
-    Ok(())
+    // SAFETY: TIOCGPTPEER returned a fresh fd.
+    let slave = unsafe { OwnedFd::from_raw_fd(slave) };
+    if let Some((rows, cols)) = size {
+        // Before exec, so the process never sees a 0x0 terminal.
+        crate::stdio::set_winsize(&master, rows, cols)
+            .map_err(|e| format!("setting the terminal size: {e}"))?;
+    }
+    for fd in 0..3 {
+        unistd::dup2(slave.as_raw_fd(), fd).map_err(|e| format!("dup2 pty slave: {e}"))?;
+    }
+    // SAFETY: TIOCSCTTY on fd 0 with arg 0; no memory is passed.
+    if unsafe { libc::ioctl(0, libc::TIOCSCTTY as _, 0) } < 0 {
+        return Err(format!(
+            "making the pty the controlling terminal: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    if is_init && Path::new("/dev").is_dir() {
+        if let Ok(name) = std::fs::read_link(format!("/proc/self/fd/{}", slave.as_raw_fd())) {
+            let console = Path::new("/dev/console");
+            if !console.exists() {
+                std::fs::File::create(console)
+                    .map_err(|e| format!("creating /dev/console: {e}"))?;
+            }
+            nix::mount::mount(
+                Some(&name),
+                console,
+                None::<&str>,
+                nix::mount::MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| format!("binding {} on /dev/console: {e}", name.display()))?;
+        }
+    }
+    Ok(master)
 }
 
 /// Settings of the whole container, applied once by its init: hostname, sysctl.

@@ -11,7 +11,7 @@
 //! reports `READY`, waits for the start byte (init only) and execs. Any failure is reported as
 //! `ERR <message>`; EOF after READY means the exec succeeded.
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -19,6 +19,7 @@ use std::process::{Command, Stdio};
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::sched::CloneFlags;
+use nix::sys::socket;
 use nix::unistd::{self, ForkResult};
 use oci_spec::runtime::{LinuxNamespaceType, LinuxSeccomp, Process, Spec};
 use serde::{Deserialize, Serialize};
@@ -74,18 +75,68 @@ pub struct Spawned {
     pub report: Report,
     /// Write end of the start pipe (init only).
     pub start: Option<OwnedFd>,
+    /// Master of the pty the process created in its own devpts (terminal processes).
+    pub pty: Option<OwnedFd>,
 }
 
-pub struct Report(BufReader<File>);
+/// The agent's end of the report socket: text lines, plus the pty master passed with
+/// SCM_RIGHTS for terminal processes.
+pub struct Report {
+    sock: OwnedFd,
+    buf: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
 
 impl Report {
+    fn new(sock: OwnedFd) -> Self {
+        Report {
+            sock,
+            buf: Vec::new(),
+            fds: Vec::new(),
+        }
+    }
+
     /// Next report line, or None at EOF.
     fn line(&mut self) -> Result<Option<String>, SpawnError> {
-        let mut s = String::new();
-        match self.0.read_line(&mut s) {
-            Ok(0) => Ok(None),
-            Ok(_) => Ok(Some(s.trim_end().to_string())),
-            Err(e) => Err(SpawnError::Setup(format!("reading the spawn report: {e}"))),
+        loop {
+            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                return Ok(Some(String::from_utf8_lossy(&line).trim_end().to_string()));
+            }
+            let mut chunk = [0u8; 512];
+            let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+            let mut iov = [std::io::IoSliceMut::new(&mut chunk)];
+            let msg = match socket::recvmsg::<()>(
+                self.sock.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                socket::MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(m) => m,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(SpawnError::Setup(format!("reading the spawn report: {e}"))),
+            };
+            let n = msg.bytes;
+            if let Ok(cmsgs) = msg.cmsgs() {
+                for c in cmsgs {
+                    if let socket::ControlMessageOwned::ScmRights(fds) = c {
+                        // SAFETY: the kernel just installed these fds for us.
+                        self.fds.extend(
+                            fds.into_iter()
+                                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                        );
+                    }
+                }
+            }
+            if n == 0 {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                let rest = String::from_utf8_lossy(&self.buf).trim_end().to_string();
+                self.buf.clear();
+                return Ok(Some(rest));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
         }
     }
 
@@ -113,7 +164,13 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
 pub fn spawn(req: &SpawnRequest, stdio: ChildStdio) -> Result<Spawned, SpawnError> {
     let is_init = matches!(req.kind, SpawnKind::Init { .. });
     let (setup_r, setup_w) = pipe()?;
-    let (report_r, report_w) = pipe()?;
+    let (report_r, report_w) = socket::socketpair(
+        socket::AddressFamily::Unix,
+        socket::SockType::Stream,
+        None,
+        socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| SpawnError::Helper(e.into()))?;
     let (start_r, start_w) = if is_init {
         let (r, w) = pipe()?;
         (Some(r), Some(w))
@@ -168,7 +225,7 @@ pub fn spawn(req: &SpawnRequest, stdio: ChildStdio) -> Result<Spawned, SpawnErro
     let _ = setup_w.write_all(&json);
     drop(setup_w);
 
-    let mut report = Report(BufReader::new(File::from(report_r)));
+    let mut report = Report::new(report_r);
     let pid = match report.line()? {
         Some(l) if l.starts_with("PID ") => l[4..]
             .parse::<i32>()
@@ -180,7 +237,17 @@ pub fn spawn(req: &SpawnRequest, stdio: ChildStdio) -> Result<Spawned, SpawnErro
     let kill = || {
         let _ = nix::sys::signal::kill(unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
     };
-    match report.line() {
+    let mut pty = None;
+    let ready = loop {
+        match report.line() {
+            Ok(Some(l)) if l == "PTY" => match report.fds.pop() {
+                Some(fd) => pty = Some(fd),
+                None => break Ok(Some("ERR the pty master was not passed".to_string())),
+            },
+            other => break other,
+        }
+    };
+    match ready {
         Ok(Some(l)) if l == "READY" => {}
         Ok(Some(l)) => {
             kill();
@@ -195,11 +262,16 @@ pub fn spawn(req: &SpawnRequest, stdio: ChildStdio) -> Result<Spawned, SpawnErro
             return Err(e);
         }
     }
+    if pty.is_none() && req.process.terminal().unwrap_or(false) {
+        kill();
+        return Err(SpawnError::Setup("the terminal process sent no pty".into()));
+    }
     Ok(Spawned {
         pid,
         exit,
         report,
         start: start_w,
+        pty,
     })
 }
 
@@ -325,7 +397,7 @@ fn join_namespaces(init_pid: i32) -> Result<(), String> {
 /// The forked child: set everything up, report READY, wait for the start byte, exec.
 /// Returns only on failure, with the message.
 fn child_main(req: &SpawnRequest, report: &mut File) -> String {
-    match child_setup(req) {
+    match child_setup(req, report) {
         Ok(prepared) => {
             if writeln!(report, "READY").is_err() {
                 return "writing the report failed".into();
@@ -346,17 +418,36 @@ fn child_main(req: &SpawnRequest, report: &mut File) -> String {
     }
 }
 
-fn child_setup(req: &SpawnRequest) -> Result<setup::Prepared, String> {
+fn child_setup(req: &SpawnRequest, report: &mut File) -> Result<setup::Prepared, String> {
     let terminal = req.process.terminal().unwrap_or(false);
-    setup::session(terminal)?;
+    nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+    let is_init = matches!(req.kind, SpawnKind::Init { .. });
     if let SpawnKind::Init { spec } = &req.kind {
         let root = spec
             .root()
             .as_ref()
             .map(|r| r.path().clone())
             .ok_or("spec has no root")?;
-        mount::setup_rootfs(spec, Path::new(&root), terminal)?;
+        mount::setup_rootfs(spec, Path::new(&root))?;
         setup::container_wide(spec)?;
+    }
+    if terminal {
+        // The pty comes from the container's own devpts, so ttyname() works inside it.
+        let size = req.process.console_size().map(|b| {
+            (
+                b.height().min(u16::MAX as u64) as u16,
+                b.width().min(u16::MAX as u64) as u16,
+            )
+        });
+        let master = setup::terminal(is_init, size)?;
+        socket::sendmsg::<()>(
+            report.as_raw_fd(),
+            &[std::io::IoSlice::new(b"PTY\n")],
+            &[socket::ControlMessage::ScmRights(&[master.as_raw_fd()])],
+            socket::MsgFlags::empty(),
+            None,
+        )
+        .map_err(|e| format!("passing the pty master: {e}"))?;
     }
     setup::process(&req.process, req.seccomp.as_ref())
 }

@@ -4,7 +4,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::pty::{openpty, Winsize};
+use nix::pty::Winsize;
 use nix::unistd;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Mutex;
@@ -132,7 +132,7 @@ impl AgentStdio {
     }
 }
 
-fn set_winsize(fd: &impl AsFd, rows: u16, cols: u16) -> io::Result<()> {
+pub fn set_winsize(fd: &impl AsFd, rows: u16, cols: u16) -> io::Result<()> {
     let ws = Winsize {
         ws_row: rows,
         ws_col: cols,
@@ -150,48 +150,52 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unistd::pipe2(OFlag::O_CLOEXEC)?)
 }
 
-/// Creates the stdio of a new process: the child's ends and the agent's.
-pub fn create(terminal: bool, size: Option<(u16, u16)>) -> io::Result<(ChildStdio, AgentStdio)> {
-    if terminal {
-        let pty = openpty(None, None)?;
-        for fd in [&pty.master, &pty.slave] {
-            fcntl(
-                fd.as_raw_fd(),
-                FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-            )?;
-        }
-        if let Some((rows, cols)) = size {
-            set_winsize(&pty.master, rows, cols)?;
-        }
-        let child = ChildStdio {
-            stdin: pty.slave.try_clone()?,
-            stdout: pty.slave.try_clone()?,
-            stderr: pty.slave,
-        };
-        let agent = AgentStdio {
-            stdin: InStream::new(pty.master.try_clone()?)?,
-            pty: Some(pty.master.try_clone()?),
-            stdout: OutStream::new(pty.master)?,
-            stderr: OutStream::closed(),
-        };
-        Ok((child, agent))
-    } else {
-        let (in_r, in_w) = pipe()?;
-        let (out_r, out_w) = pipe()?;
-        let (err_r, err_w) = pipe()?;
-        let child = ChildStdio {
-            stdin: in_r,
-            stdout: out_w,
-            stderr: err_w,
-        };
-        let agent = AgentStdio {
-            stdin: InStream::new(in_w)?,
-            stdout: OutStream::new(out_r)?,
-            stderr: OutStream::new(err_r)?,
-            pty: None,
-        };
-        Ok((child, agent))
+/// Pipes for a process without a terminal: the child's ends and the agent's.
+pub fn pipes() -> io::Result<(ChildStdio, AgentStdio)> {
+    let (in_r, in_w) = pipe()?;
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let child = ChildStdio {
+        stdin: in_r,
+        stdout: out_w,
+        stderr: err_w,
+    };
+    let agent = AgentStdio {
+        stdin: InStream::new(in_w)?,
+        stdout: OutStream::new(out_r)?,
+        stderr: OutStream::new(err_r)?,
+        pty: None,
+    };
+    Ok((child, agent))
+}
+
+/// Placeholder stdio for a terminal process until it opens its own pty in the container.
+pub fn null_child() -> io::Result<ChildStdio> {
+    let null = || -> io::Result<OwnedFd> {
+        Ok(std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")?
+            .into())
+    };
+    Ok(ChildStdio {
+        stdin: null()?,
+        stdout: null()?,
+        stderr: null()?,
+    })
+}
+
+/// The agent side of a terminal process: the pty master for stdin, stdout and resizes.
+pub fn from_pty(master: OwnedFd, size: Option<(u16, u16)>) -> io::Result<AgentStdio> {
+    if let Some((rows, cols)) = size {
+        set_winsize(&master, rows, cols)?;
     }
+    Ok(AgentStdio {
+        stdin: InStream::new(master.try_clone()?)?,
+        pty: Some(master.try_clone()?),
+        stdout: OutStream::new(master)?,
+        stderr: OutStream::closed(),
+    })
 }
 
 #[cfg(test)]
@@ -200,7 +204,7 @@ mod tests {
 
     #[tokio::test]
     async fn pipes_round_trip_and_eof() {
-        let (child, agent) = create(false, None).unwrap();
+        let (child, agent) = pipes().unwrap();
         agent.stdin.write(b"hello").await.unwrap();
         let mut buf = [0u8; 5];
         assert_eq!(unistd::read(child.stdin.as_raw_fd(), &mut buf).unwrap(), 5);
