@@ -25,13 +25,20 @@ pub fn forward_agent_logs(dialer: Dialer, sandbox_id: String) -> JoinHandle<()> 
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         };
-        let mut lines = BufReader::new(stream).lines();
+        // Lines are re-emitted even if the guest writes invalid UTF-8.
+        let mut reader = BufReader::new(stream);
+        let mut line = Vec::new();
         loop {
-            match lines.next_line().await {
-                Ok(Some(line)) => {
-                    tracing::info!(target: "agent", sandbox = %sandbox_id, "{line}")
+            line.clear();
+            match reader.read_until(b'\n', &mut line).await {
+                Ok(0) => break,
+                Ok(_) => {
+                    let text = String::from_utf8_lossy(&line);
+                    let text = text.trim_end();
+                    if !text.is_empty() {
+                        tracing::info!(target: "agent", sandbox = %sandbox_id, "{text}");
+                    }
                 }
-                Ok(None) => break,
                 Err(e) => {
                     tracing::debug!(sandbox = %sandbox_id, "agent log stream: {e}");
                     break;
