@@ -12,6 +12,7 @@ pub mod backend;
 pub mod container;
 pub mod error;
 pub mod events;
+pub mod logging;
 pub mod metrics;
 pub mod process;
 pub mod rootfs;

@@ -38,21 +38,6 @@ pub fn grouping(bundle: &Path, container_id: &str) -> String {
         .unwrap_or_else(|| container_id.to_string())
 }
 
-/// Sends tracing output to containerd's log FIFO (`log` in the bundle, the shim's cwd).
-fn init_tracing(debug: bool) {
-    let Ok(file) = std::fs::OpenOptions::new().write(true).open("log") else {
-        return;
-    };
-    let default = if debug { "debug" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false)
-        .with_writer(std::sync::Mutex::new(file))
-        .try_init();
-}
-
 #[async_trait]
 impl Shim for Service {
     type T = TaskService;
@@ -100,7 +85,7 @@ impl Shim for Service {
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
-        init_tracing(self.debug);
+        crate::logging::init(self.debug);
         let (tx, rx) = events::channel();
         tokio::spawn(events::run_publisher(rx, publisher, self.namespace.clone()));
         let backend = Backend {

@@ -103,6 +103,9 @@ impl VmLauncher for QemuLauncher {
             tracing::warn!("{}: {w}", loaded.path.display());
         }
         let mut cfg = loaded.config;
+        if cfg.runtime.enable_debug {
+            crate::logging::enable_debug();
+        }
         let overrides = config::annotation_overrides(&cfg, &req.annotations)
             .map_err(|e| TaskError::invalid(format!("annotations: {e}")))?;
         for key in &overrides.ignored {
