@@ -792,3 +792,54 @@ fn vcpus_and_memory() {
     let cpus = vm_config(&c, String::new(), &paths, 1).cpus.expect("cpus");
     assert_eq!(cpus.max_vcpus, 2);
 }
+
+/// configs/configuration-clh.toml documents exactly the keys of [`ClhConfig`], each with its
+/// default value, so the file and the code cannot drift apart.
+#[test]
+fn documented_config_file_matches_the_defaults() {
+    let text = include_str!("../../../../configs/configuration-clh.toml");
+    let file: toml::Value = toml::from_str(text).expect("valid TOML");
+    let section = file["hypervisor"]["clh"]
+        .as_table()
+        .expect("[hypervisor.clh]");
+    let d = ClhConfig::default();
+    let path = |p: &Path| toml::Value::String(p.display().to_string());
+    let int = |n: u32| toml::Value::Integer(n.into());
+    let expected: Vec<(&str, toml::Value)> = vec![
+        ("path", path(&d.path)),
+        ("kernel", path(&d.kernel)),
+        ("initrd", path(&d.initrd)),
+        (
+            "kernel_params",
+            toml::Value::String(d.kernel_params.clone()),
+        ),
+        ("default_vcpus", int(d.default_vcpus)),
+        ("default_maxvcpus", int(d.default_maxvcpus)),
+        ("default_memory", int(d.default_memory)),
+        ("shared_fs", toml::Value::String(d.shared_fs.to_string())),
+        ("virtio_fs_daemon", path(&d.virtio_fs_daemon)),
+        (
+            "virtio_fs_cache",
+            toml::Value::String(d.virtio_fs_cache.to_string()),
+        ),
+        (
+            "virtio_fs_extra_args",
+            toml::Value::Array(
+                d.virtio_fs_extra_args
+                    .iter()
+                    .map(|a| toml::Value::String(a.clone()))
+                    .collect(),
+            ),
+        ),
+        ("enable_debug", toml::Value::Boolean(d.enable_debug)),
+    ];
+    for (key, value) in &expected {
+        assert_eq!(section.get(*key), Some(value), "[hypervisor.clh] {key}");
+    }
+    let mut documented: Vec<&str> = section.keys().map(String::as_str).collect();
+    let mut known: Vec<&str> = expected.iter().map(|(k, _)| *k).collect();
+    documented.sort_unstable();
+    known.sort_unstable();
+    assert_eq!(documented, known);
+    assert_eq!(d.path, Path::new(DEFAULT_PATH));
+}
