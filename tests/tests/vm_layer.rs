@@ -19,9 +19,21 @@ const BUSYBOX: &str = "/bin/busybox";
 const STEP: Duration = Duration::from_secs(60);
 
 fn config() -> Config {
-    let path = std::env::var_os("KATA_RS_TEST_CONFIG")
+    config_from("KATA_RS_TEST_CONFIG", "build/configuration-qemu.toml")
+}
+
+/// The arm64 guest (QEMU `virt`; TCG on an x86 host).
+fn config_aarch64() -> Config {
+    config_from(
+        "KATA_RS_TEST_CONFIG_AARCH64",
+        "build/configuration-qemu-aarch64.toml",
+    )
+}
+
+fn config_from(env: &str, default: &str) -> Config {
+    let path = std::env::var_os(env)
         .map(PathBuf::from)
-        .unwrap_or_else(|| top_dir().join("build/configuration-qemu.toml"));
+        .unwrap_or_else(|| top_dir().join(default));
     require_built(std::slice::from_ref(&path));
     let config =
         Config::from_file(&path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
@@ -43,7 +55,16 @@ fn run(cmd: &str, args: &[&str]) {
 /// Boots, mounts a busybox rootfs under the shared dir after boot, runs `cat` on a file of it
 /// in the guest, shuts down and checks nothing is left.
 async fn shared_fs_roundtrip(machine: MachineType, fs: SharedFs) {
-    let mut config = config();
+    let mut config = if machine == MachineType::Virt {
+        config_aarch64()
+    } else {
+        config()
+    };
+    let busybox = if machine == MachineType::Virt {
+        shell_var("BUSYBOX_ARM64").expect("BUSYBOX_ARM64 in scripts/lib.sh")
+    } else {
+        BUSYBOX.to_string()
+    };
     config.hypervisor.machine_type = machine;
     config.hypervisor.shared_fs = fs;
     let id = unique_id(&format!("vm-{machine}-{fs}"));
@@ -60,7 +81,8 @@ async fn shared_fs_roundtrip(machine: MachineType, fs: SharedFs) {
     // The rootfs is prepared elsewhere and bind-mounted in only now, as the shim does.
     let src = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir_all(src.path().join("bin")).expect("bin");
-    std::fs::copy(BUSYBOX, src.path().join("bin/busybox")).expect("busybox-static is installed");
+    std::fs::copy(&busybox, src.path().join("bin/busybox"))
+        .unwrap_or_else(|e| panic!("{busybox} (busybox-static, setup-host.sh): {e}"));
     let marker = format!("mounted after boot: {id}\n");
     std::fs::write(src.path().join("hello"), &marker).expect("hello");
     let rootfs = vm.shared_dir().join("c1/rootfs");
@@ -144,6 +166,16 @@ async fn q35_virtio_fs() {
 #[tokio::test]
 async fn q35_virtio_9p() {
     shared_fs_roundtrip(MachineType::Q35, SharedFs::Virtio9p).await;
+}
+
+#[tokio::test]
+async fn arm64_virt_virtio_fs() {
+    shared_fs_roundtrip(MachineType::Virt, SharedFs::VirtioFs).await;
+}
+
+#[tokio::test]
+async fn arm64_virt_virtio_9p() {
+    shared_fs_roundtrip(MachineType::Virt, SharedFs::Virtio9p).await;
 }
 
 fn qemu_pid(dir: &Path) -> i32 {
