@@ -524,25 +524,17 @@ async fn wait_for_api(
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(HypervisorError::io(
-                format!(
-                    "cloud-hypervisor API not answering within {timeout:?}{}",
-                    tail_suffix(&log_tail(vmm.log(), LOG_TAIL_LINES))
-                ),
-                std::io::Error::other(last),
+                format!("cloud-hypervisor API not answering within {timeout:?}"),
+                std::io::Error::other(format!(
+                    "{last}{}",
+                    super::tail_suffix(&log_tail(vmm.log(), LOG_TAIL_LINES))
+                )),
             ));
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(5)) => {}
             _ = exited.changed() => {}
         }
-    }
-}
-
-fn tail_suffix(tail: &str) -> String {
-    if tail.trim().is_empty() {
-        String::new()
-    } else {
-        format!(" (last output:\n{})", tail.trim_end())
     }
 }
 

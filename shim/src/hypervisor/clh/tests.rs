@@ -499,6 +499,31 @@ async fn waits_for_a_late_api_socket_that_first_refuses() {
     env.assert_clean(hv.pid());
 }
 
+/// The API socket exists but never accepts a connection: a named timeout, quoting the
+/// connect error and the VMM's log.
+#[tokio::test]
+async fn api_refusing_connections_until_the_deadline_is_a_named_timeout() {
+    let env = Env::new();
+    let (config, clh) = env.config(env.script(
+        "cloud-hypervisor",
+        "echo 'cloud-hypervisor: stuck before listen' >&2\nexec sleep 600",
+    ));
+    std::fs::write(api_socket(&env.paths), b"").expect("placeholder");
+    let timeouts = ClhTimeouts {
+        api_socket: Duration::from_millis(300),
+        ..quick()
+    };
+    let mut hv = env.backend(&config, clh, timeouts);
+    let msg = hv.start().await.expect_err("must fail").to_string();
+    assert!(
+        msg.contains("cloud-hypervisor API not answering within 300ms"),
+        "{msg}"
+    );
+    assert!(msg.contains("GET /api/v1/vmm.ping: connect"), "{msg}");
+    assert!(msg.contains("stuck before listen"), "{msg}");
+    env.assert_clean(hv.pid());
+}
+
 #[tokio::test]
 async fn vmm_ignoring_shutdown_is_killed_after_the_grace_period() {
     let env = Env::new();
