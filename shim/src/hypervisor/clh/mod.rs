@@ -544,8 +544,9 @@ impl Hypervisor for Clh {
         "clh"
     }
 
-    /// Unlike the trait requires, a failed start already cleaned up after itself (the
-    /// caller's `stop` then finds nothing to do).
+    /// Beyond what the trait asks, a failed start has already cleaned up after itself
+    /// (process killed and reaped, sockets and pid files removed); the caller's `stop` then
+    /// finds nothing to do.
     async fn start(&mut self) -> Result<(), HypervisorError> {
         let r = self.start_inner().await;
         if r.is_err() {
