@@ -220,7 +220,11 @@ mod doc_tests {
         let defaults = Config::defaults_for(Arch::X86_64);
         for (section, key, value) in values(&defaults) {
             let row = format!("| {section} | {key} | {value} |");
-            assert!(doc.contains(&row), "{} lacks the row starting {row:?}", doc_path.display());
+            assert!(
+                doc.contains(&row),
+                "{} lacks the row starting {row:?}",
+                doc_path.display()
+            );
         }
     }
 }
