@@ -323,14 +323,22 @@ fn helper(report: &mut File) -> Result<(), String> {
         SpawnKind::Init { spec } => unshare_for(spec)?,
         SpawnKind::Exec { init_pid } => join_namespaces(*init_pid)?,
     }
+    // The child waits until the parent reported its pid, so `PID` is always the first line.
+    let (sync_r, sync_w) =
+        unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("creating a pipe: {e}"))?;
     // SAFETY: this process is single-threaded (fresh exec, no runtime started).
     match unsafe { unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Parent { child } => {
             writeln!(report, "PID {}", child.as_raw())
                 .map_err(|e| format!("writing the report: {e}"))?;
+            drop(sync_w);
             Ok(())
         }
         ForkResult::Child => {
+            drop(sync_w);
+            let mut b = [0u8; 1];
+            // Returns 0 (EOF) once the parent wrote the pid and closed its end.
+            let _ = File::from(sync_r).read(&mut b);
             let err = child_main(&req, report);
             let _ = writeln!(report, "ERR {}", one_line(&err));
             std::process::exit(1)

@@ -423,6 +423,26 @@ async fn drive(vm: &Vm, sandbox_id: &str) -> Result<(), String> {
         .await
         .map_err(|e| format!("ResumeContainer: {e}"))?;
 
+    // 2b. OOM: a container over its memory limit is OOM-killed and GetOOMEvent names it.
+    let root_o = make_rootfs(vm.shared_dir(), "oom1");
+    let mut o_spec: serde_json::Value = serde_json::from_slice(&spec(
+        &root_o,
+        &["sh", "-c", "a=x; while true; do a=$a$a; done"],
+    ))
+    .unwrap();
+    o_spec["linux"]["resources"]["memory"] = json!({"limit": 16 << 20});
+    create(&agent, "oom1", serde_json::to_vec(&o_spec).unwrap())
+        .await
+        .map_err(|e| format!("CreateContainer oom1: {e}"))?;
+    start(&agent, "oom1").await;
+    let oom = tokio::time::timeout(STEP, agent.get_oom_event(GetOOMEventRequest::new()))
+        .await
+        .map_err(|_| "GetOOMEvent timed out".to_string())?
+        .map_err(|e| format!("GetOOMEvent: {e}"))?;
+    assert_eq!(oom.container_id, "oom1");
+    assert_eq!(wait(&agent, "oom1", "").await, 128 + 9);
+    remove(&agent, "oom1").await;
+
     // 3. Bad input: each answered with an error naming the cause; the agent keeps serving.
     let e = create(&agent, "../x", spec(&root2, &["true"]))
         .await
