@@ -258,3 +258,33 @@ async fn dead_shim_leftovers_are_cleaned_from_pid_files() {
     assert!(left.is_empty(), "left behind: {left:?}");
     assert!(!dir.exists());
 }
+
+#[tokio::test]
+async fn pause_holds_agent_requests_until_resume() {
+    let config = config();
+    let id = unique_id("vm-pause");
+    let vm = Vm::boot(&config, &id).await.expect("boot");
+    vm.pause().await.expect("pause");
+    // Sent while paused, the request would wedge vhost-user vsock: it must wait instead.
+    let agent = vm.agent().clone();
+    let pending = tokio::spawn(async move { agent.check(CheckRequest::new()).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!pending.is_finished(), "a paused VM answered");
+    vm.resume().await.expect("resume");
+    tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .expect("answered after resume")
+        .expect("join")
+        .expect("Check");
+    vm.agent()
+        .with_timeout(Duration::from_secs(10))
+        .check(CheckRequest::new())
+        .await
+        .expect("Check after resume");
+
+    // A VM left paused still shuts down completely.
+    vm.pause().await.expect("pause again");
+    vm.shutdown().await.expect("shutdown while paused");
+    let left = wait_clean(&id, Duration::from_secs(5));
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

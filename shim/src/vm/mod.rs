@@ -68,6 +68,8 @@ pub struct Vm {
     paths: SandboxPaths,
     hypervisor: Box<dyn Hypervisor>,
     agent: Agent,
+    /// Closes the agent's gate while the VM is paused.
+    paused: watch::Sender<bool>,
     exited: watch::Receiver<bool>,
     shared_dir: PathBuf,
     console_log: PathBuf,
@@ -137,6 +139,8 @@ impl Vm {
         let mut hv: Box<dyn Hypervisor> = Box::new(Qemu::new(config, sandbox_id, paths.clone()));
         match boot_in(config, sandbox_id, &paths, hv.as_mut()).await {
             Ok(agent) => {
+                let (paused, gate) = watch::channel(false);
+                let agent = agent.gated(gate);
                 let boot_time = started.elapsed();
                 tracing::info!(sandbox = %sandbox_id, "VM ready: agent answered {boot_time:?} after boot started");
                 let log_task = hv
@@ -150,6 +154,7 @@ impl Vm {
                     paths,
                     hypervisor: hv,
                     agent,
+                    paused,
                     log_task,
                     boot_time,
                 })
@@ -195,19 +200,29 @@ impl Vm {
         self.exited.clone()
     }
 
+    /// Pauses the VM (QMP stop). Agent requests made meanwhile wait for [`Vm::resume`].
     pub async fn pause(&self) -> Result<(), VmError> {
-        Ok(self.hypervisor.pause().await?)
+        self.paused.send_replace(true);
+        let r = self.hypervisor.pause().await;
+        if r.is_err() {
+            self.paused.send_replace(false);
+        }
+        Ok(r?)
     }
 
     pub async fn resume(&self) -> Result<(), VmError> {
-        Ok(self.hypervisor.resume().await?)
+        self.hypervisor.resume().await?;
+        self.paused.send_replace(false);
+        Ok(())
     }
 
     /// DestroySandbox (best effort), stop the VM and its helpers, unmount what is under the
     /// sandbox dir and remove it.
     pub async fn shutdown(mut self) -> Result<(), VmError> {
         let mut grace = Duration::ZERO;
-        if !*self.exited.borrow() {
+        // A paused VM gets no DestroySandbox (it could not answer): it is stopped directly.
+        let paused = *self.paused.borrow();
+        if !paused && !*self.exited.borrow() {
             let agent = self.agent.with_timeout(DESTROY_TIMEOUT);
             match agent.destroy_sandbox(DestroySandboxRequest::new()).await {
                 Ok(_) => grace = EXIT_GRACE,
