@@ -91,7 +91,8 @@ pub fn check_spec(spec: &Spec) -> Result<(PathBuf, OciProcess)> {
         .root()
         .as_ref()
         .ok_or_else(|| AgentError::InvalidArgument("spec has no root".into()))?;
-    let root_path = validate::absolute_path(&root.path().to_string_lossy())?;
+    // Every rootfs the host can give lives under the run dir (shared fs or a storage).
+    let root_path = validate::path_under(&root.path().to_string_lossy(), protocol::GUEST_RUN_DIR)?;
     if !root_path.is_dir() {
         return Err(AgentError::InvalidArgument(format!(
             "rootfs {} does not exist",
@@ -175,6 +176,7 @@ impl Container {
                 pid: spawned.pid,
                 exit: spawned.exit,
                 stdio,
+                waited: Default::default(),
             },
             (start, spawned.report),
         ))
@@ -248,6 +250,7 @@ impl Container {
             pid,
             exit,
             stdio,
+            waited: Default::default(),
         });
         let mut execs = lock(&self.execs);
         if execs.contains_key(exec_id) {
@@ -272,6 +275,15 @@ impl Container {
                 self.id
             ))
         })
+    }
+
+    /// Drops a finished exec (its fds and map entry), so long-lived containers with many
+    /// execs (health checks) do not accumulate them.
+    pub fn forget_if_finished(&self, exec_id: &str) {
+        let mut execs = lock(&self.execs);
+        if execs.get(exec_id).is_some_and(|p| p.finished()) {
+            execs.remove(exec_id);
+        }
     }
 
     pub fn signal_all(&self, sig: nix::sys::signal::Signal) {

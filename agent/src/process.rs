@@ -1,4 +1,6 @@
 //! One process of a container (its init or an exec): pid, exit status and stdio.
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::reaper::{self, ExitReceiver};
 use crate::stdio::AgentStdio;
 
@@ -7,12 +9,24 @@ pub struct Process {
     pub pid: i32,
     pub exit: ExitReceiver,
     pub stdio: AgentStdio,
+    /// Someone got the exit status through WaitProcess.
+    pub waited: AtomicBool,
 }
 
 impl Process {
     /// Blocks until the process exited; returns its status (code, or 128 + signal).
     pub async fn wait(&self) -> i32 {
-        reaper::wait(self.exit.clone()).await.unwrap_or(255)
+        let status = reaper::wait(self.exit.clone()).await.unwrap_or(255);
+        self.waited.store(true, Ordering::Relaxed);
+        status
+    }
+
+    /// Exited, waited for, and both outputs read to EOF: nobody can need it any more.
+    pub fn finished(&self) -> bool {
+        self.exited().is_some()
+            && self.waited.load(Ordering::Relaxed)
+            && self.stdio.stdout.at_eof()
+            && self.stdio.stderr.at_eof()
     }
 
     pub fn exited(&self) -> Option<i32> {

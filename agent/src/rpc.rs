@@ -298,9 +298,11 @@ impl AgentService for Agent {
     ) -> R<WaitProcessResponse> {
         let r = async {
             ids(&req.container_id, &req.exec_id)?;
-            let p = self.sandbox.get(&req.container_id)?.process(&req.exec_id)?;
+            let c = self.sandbox.get(&req.container_id)?;
+            let status = c.process(&req.exec_id)?.wait().await;
+            c.forget_if_finished(&req.exec_id);
             Ok(WaitProcessResponse {
-                status: p.wait().await,
+                status,
                 ..Default::default()
             })
         }

@@ -2,6 +2,7 @@
 //! Reads and writes are asynchronous (non-blocking fds on tokio's reactor).
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::pty::Winsize;
@@ -29,12 +30,14 @@ fn async_fd(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
 /// A readable stream; empty data means EOF.
 pub struct OutStream {
     fd: Mutex<Option<AsyncFd<OwnedFd>>>,
+    eof: AtomicBool,
 }
 
 impl OutStream {
     fn new(fd: OwnedFd) -> io::Result<Self> {
         Ok(Self {
             fd: Mutex::new(Some(async_fd(fd)?)),
+            eof: AtomicBool::new(false),
         })
     }
 
@@ -42,7 +45,13 @@ impl OutStream {
     fn closed() -> Self {
         Self {
             fd: Mutex::new(None),
+            eof: AtomicBool::new(true),
         }
+    }
+
+    /// Whether a reader already got EOF.
+    pub fn at_eof(&self) -> bool {
+        self.eof.load(Ordering::Relaxed)
     }
 
     pub async fn read(&self, len: usize) -> io::Result<Vec<u8>> {
@@ -59,6 +68,7 @@ impl OutStream {
                 Ok(Ok(n)) => {
                     if n == 0 {
                         *guard = None; // EOF: release the fd
+                        self.eof.store(true, Ordering::Relaxed);
                     }
                     buf.truncate(n);
                     return Ok(buf);
@@ -66,6 +76,7 @@ impl OutStream {
                 // A pty master reports EIO once every slave fd is closed: that is its EOF.
                 Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => {
                     *guard = None;
+                    self.eof.store(true, Ordering::Relaxed);
                     return Ok(Vec::new());
                 }
                 Ok(Err(e)) => return Err(e),

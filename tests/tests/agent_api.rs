@@ -363,6 +363,39 @@ async fn drive(vm: &Vm, sandbox_id: &str) -> Result<(), String> {
     );
     assert_eq!(wait(&agent, "c2", "e1").await, 0);
 
+    // seccomp: mkdir fails with the profile's errno (EPERM), in an exec like in the init.
+    exec(
+        &agent,
+        "c2",
+        "sc",
+        &["sh", "-c", "mkdir /tmp/x || echo denied"],
+        false,
+    )
+    .await
+    .map_err(|e| format!("ExecProcess sc: {e}"))?;
+    assert_eq!(read_all(&agent, "c2", "sc", false).await, "denied\n");
+    let err = read_all(&agent, "c2", "sc", true).await;
+    assert!(
+        err.contains("Operation not permitted"),
+        "mkdir said {err:?}"
+    );
+    assert_eq!(wait(&agent, "c2", "sc").await, 0);
+    // Exited, waited and drained: the agent forgot it, and the id can be used again.
+    let e = agent
+        .wait_process(WaitProcessRequest {
+            container_id: "c2".into(),
+            exec_id: "sc".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not found"), "{e}");
+    exec(&agent, "c2", "sc", &["true"], false)
+        .await
+        .map_err(|e| format!("ExecProcess sc again: {e}"))?;
+    assert_eq!(wait(&agent, "c2", "sc").await, 0);
+
     // The pty comes from the container's devpts: ttyname() resolves inside the container.
     exec(&agent, "c2", "tty1", &["tty"], true)
         .await
@@ -463,6 +496,10 @@ async fn drive(vm: &Vm, sandbox_id: &str) -> Result<(), String> {
         .await
         .unwrap_err();
     assert!(e.contains("invalid OCI spec"), "{e}");
+    let e = create(&agent, "c3", spec("/", &["true"]))
+        .await
+        .unwrap_err();
+    assert!(e.contains("must lie under /run/kata-containers"), "{e}");
     let e = create(
         &agent,
         "c3",
