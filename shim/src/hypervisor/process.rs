@@ -117,12 +117,14 @@ impl Process {
         *self.exited.borrow()
     }
 
-    /// "exit status: 1", "signal: 9 (SIGKILL)", or "unknown".
+    /// "exit status: 1", "signal: 9 (SIGKILL)", or "unknown status".
     pub fn status_text(&self) -> String {
-        match self.status.lock().ok().and_then(|g| *g) {
-            Some(s) => s.to_string(),
-            None => "unknown status".into(),
-        }
+        self.status_reader().text()
+    }
+
+    /// A handle that reads the exit status without holding the `Process`.
+    pub fn status_reader(&self) -> StatusReader {
+        StatusReader(self.status.clone())
     }
 
     /// Waits up to `timeout` for the process to exit; true if it did.
@@ -156,6 +158,19 @@ impl Process {
         self.signal(Signal::SIGKILL);
         if !self.wait_timeout(Duration::from_secs(5)).await {
             tracing::warn!(name = %self.name, pid = self.pid, "still running 5s after SIGKILL");
+        }
+    }
+}
+
+/// Reads the exit status of a [`Process`] once it exited.
+#[derive(Debug, Clone)]
+pub struct StatusReader(Arc<Mutex<Option<ExitStatus>>>);
+
+impl StatusReader {
+    pub fn text(&self) -> String {
+        match self.0.lock().ok().and_then(|g| *g) {
+            Some(s) => s.to_string(),
+            None => "unknown status".into(),
         }
     }
 }

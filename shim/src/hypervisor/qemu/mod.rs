@@ -7,6 +7,8 @@ pub mod vsock_device;
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,7 +19,7 @@ use self::cmdline::{FsDevice, VsockDevice};
 use self::vsock_device::{VsockKind, VHOST_VSOCK_DEV};
 use super::accel::{self, Accel};
 use super::process::{wait_for_socket, Process};
-use super::{host, require_file, virtiofsd, Hypervisor, HypervisorError, SandboxPaths};
+use super::{host, log_tail, require_file, virtiofsd, Hypervisor, HypervisorError, SandboxPaths};
 use crate::config::{Arch, Config, MachineType, SharedFs};
 use crate::vsock::Dialer;
 
@@ -38,6 +40,8 @@ pub struct Qemu {
     dialer: Option<Dialer>,
     exited_tx: watch::Sender<bool>,
     exited_rx: watch::Receiver<bool>,
+    /// Set once stop() runs: an exit after that is expected and not worth a warning.
+    stopping: Arc<AtomicBool>,
 }
 
 impl Qemu {
@@ -53,6 +57,7 @@ impl Qemu {
             dialer: None,
             exited_tx,
             exited_rx,
+            stopping: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -218,8 +223,20 @@ impl Qemu {
         // QEMU has its own copy of the CID fd now (if any); ours closes when _cid_fd drops.
         let mut qemu_exited = qemu.exited();
         let tx = self.exited_tx.clone();
+        let (stopping, status, id) = (self.stopping.clone(), qemu.status_reader(), self.id.clone());
+        let (console, qemu_log) = (self.paths.console_log(), self.paths.log("qemu"));
         tokio::spawn(async move {
             let _ = qemu_exited.wait_for(|e| *e).await;
+            if !stopping.load(Ordering::SeqCst) {
+                // The VM died on its own: say why where the operator looks (the shim's log).
+                tracing::warn!(
+                    sandbox = %id,
+                    "QEMU exited unexpectedly ({}); QEMU output:\n{}\nguest console:\n{}",
+                    status.text(),
+                    log_tail(&qemu_log, 10),
+                    log_tail(&console, 30)
+                );
+            }
             let _ = tx.send(true);
         });
         let waited = wait_for_socket(&qemu, &self.paths.qmp_socket(), QMP_SOCKET_TIMEOUT).await;
@@ -251,6 +268,7 @@ impl Hypervisor for Qemu {
     }
 
     async fn stop(&mut self, grace: Duration) -> Result<(), HypervisorError> {
+        self.stopping.store(true, Ordering::SeqCst);
         if let Some(q) = &self.qemu {
             if !q.wait_timeout(grace).await {
                 match qmp::run_once(&self.paths.qmp_socket(), "quit", qmp::QMP_TIMEOUT).await {
