@@ -6,6 +6,7 @@ mod guest;
 mod init;
 mod logging;
 mod mount;
+mod netlink;
 mod process;
 mod reaper;
 mod rpc;

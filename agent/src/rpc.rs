@@ -364,25 +364,39 @@ impl AgentService for Agent {
         logged("TtyWinResize", r)
     }
 
-    async fn update_interface(&self, _: &TtrpcContext, _: UpdateInterfaceRequest) -> R<Interface> {
-        Err(
-            AgentError::Unimplemented("UpdateInterface is not supported by this agent yet".into())
-                .into(),
-        )
+    async fn update_interface(
+        &self,
+        _: &TtrpcContext,
+        req: UpdateInterfaceRequest,
+    ) -> R<Interface> {
+        let r = match req.interface.into_option() {
+            None => Err(AgentError::InvalidArgument("no interface given".into())),
+            Some(iface) => blocking_net(move |nl| nl.update_interface(&iface)).await,
+        };
+        logged("UpdateInterface", r)
     }
 
-    async fn update_routes(&self, _: &TtrpcContext, _: UpdateRoutesRequest) -> R<Routes> {
-        Err(
-            AgentError::Unimplemented("UpdateRoutes is not supported by this agent yet".into())
-                .into(),
-        )
+    async fn update_routes(&self, _: &TtrpcContext, req: UpdateRoutesRequest) -> R<Routes> {
+        let routes = req.routes.into_option().unwrap_or_default().routes;
+        let r = blocking_net(move |nl| nl.update_routes(&routes))
+            .await
+            .map(|routes| Routes {
+                routes,
+                ..Default::default()
+            });
+        logged("UpdateRoutes", r)
     }
 
-    async fn add_arp_neighbors(&self, _: &TtrpcContext, _: AddARPNeighborsRequest) -> R<Empty> {
-        Err(
-            AgentError::Unimplemented("AddARPNeighbors is not supported by this agent yet".into())
-                .into(),
-        )
+    async fn add_arp_neighbors(&self, _: &TtrpcContext, req: AddARPNeighborsRequest) -> R<Empty> {
+        let r = blocking_net(move |nl| {
+            for n in &req.neighbors {
+                nl.add_neighbor(n)?;
+            }
+            Ok(())
+        })
+        .await
+        .map(|()| Empty::new());
+        logged("AddARPNeighbors", r)
     }
 
     async fn online_cpu_mem(&self, _: &TtrpcContext, req: OnlineCPUMemRequest) -> R<Empty> {
@@ -412,6 +426,19 @@ impl AgentService for Agent {
             .map(|()| Empty::new());
         logged("CopyFile", r)
     }
+}
+
+/// Runs a netlink job on the blocking pool (netlink calls are synchronous).
+async fn blocking_net<T: Send + 'static>(
+    f: impl FnOnce(&mut crate::netlink::Netlink) -> Result<T, String> + Send + 'static,
+) -> Result<T, AgentError> {
+    tokio::task::spawn_blocking(move || {
+        let mut nl = crate::netlink::Netlink::open()
+            .map_err(|e| AgentError::Internal(format!("opening a netlink socket: {e}")))?;
+        f(&mut nl).map_err(AgentError::InvalidArgument)
+    })
+    .await
+    .map_err(internal)?
 }
 
 impl Agent {

@@ -48,7 +48,7 @@ fn make_rootfs(shared: &Path, cid: &str) -> String {
     }
     std::fs::copy(BUSYBOX, root.join("bin/busybox")).expect("busybox-static is installed");
     for applet in [
-        "sh", "echo", "cat", "sleep", "hostname", "tty", "ls", "id", "true", "mkdir",
+        "sh", "echo", "cat", "sleep", "hostname", "tty", "ls", "id", "true", "mkdir", "ip",
     ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
@@ -475,6 +475,82 @@ async fn drive(vm: &Vm, sandbox_id: &str) -> Result<(), String> {
     assert_eq!(oom.container_id, "oom1");
     assert_eq!(wait(&agent, "oom1", "").await, 128 + 9);
     remove(&agent, "oom1").await;
+
+    // 2c. Networking (netlink): the guest has only `lo`; containers share the guest netns.
+    let iface = agent
+        .update_interface(UpdateInterfaceRequest {
+            interface: Some(Interface {
+                name: "lo".into(),
+                ip_addresses: vec![
+                    IPAddress {
+                        address: "127.0.0.1".into(),
+                        prefix_len: 8,
+                        ..Default::default()
+                    },
+                    IPAddress {
+                        address: "10.9.8.7".into(),
+                        prefix_len: 32,
+                        ..Default::default()
+                    },
+                ],
+                mtu: 60000,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("UpdateInterface: {e}"))?;
+    assert_eq!(iface.mtu, 60000);
+    agent
+        .update_routes(UpdateRoutesRequest {
+            routes: Some(Routes {
+                routes: vec![Route {
+                    dest: "10.10.0.0/16".into(),
+                    device: "lo".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("UpdateRoutes: {e}"))?;
+    exec(
+        &agent,
+        "c2",
+        "net",
+        &["sh", "-c", "ip addr show lo; ip route"],
+        false,
+    )
+    .await
+    .map_err(|e| format!("ExecProcess net: {e}"))?;
+    let net = read_all(&agent, "c2", "net", false).await;
+    assert!(
+        net.contains("inet 10.9.8.7/32") && net.contains("mtu 60000"),
+        "{net}"
+    );
+    assert!(net.contains("10.10.0.0/16 dev lo"), "{net}");
+    assert_eq!(wait(&agent, "c2", "net").await, 0);
+    let e = agent
+        .add_arp_neighbors(AddARPNeighborsRequest {
+            neighbors: vec![ARPNeighbor {
+                to_ip: Some(IPAddress {
+                    address: "10.9.8.1".into(),
+                    ..Default::default()
+                })
+                .into(),
+                device: "nosuch0".into(),
+                ll_addr: "02:00:00:00:00:01".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nosuch0"), "{e}");
 
     // 3. Bad input: each answered with an error naming the cause; the agent keeps serving.
     let e = create(&agent, "../x", spec(&root2, &["true"]))
