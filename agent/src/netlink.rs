@@ -85,9 +85,7 @@ impl Msg {
 }
 
 fn pad(b: &mut Vec<u8>) {
-    while b.len() % 4 != 0 {
-        b.push(0);
-    }
+    b.resize(b.len().next_multiple_of(4), 0);
 }
 
 fn u16_at(b: &[u8], i: usize) -> u16 {
