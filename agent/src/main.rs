@@ -1,6 +1,7 @@
 //! kata-agent: PID 1 of the guest. Sets up the guest, then serves the agent API on vsock.
 mod cgroup;
 mod container;
+mod debug_console;
 mod error;
 mod guest;
 mod init;
@@ -72,7 +73,9 @@ async fn serve(pid1: bool, opts: init::Options) -> anyhow::Result<()> {
         }
     }
     if opts.debug_console {
-        warn!("agent.debug_console is set but the debug console is not implemented");
+        if let Err(e) = debug_console::serve(protocol::DEBUG_CONSOLE_PORT).await {
+            warn!("debug console port {}: {e}", protocol::DEBUG_CONSOLE_PORT);
+        }
     }
     if let Err(e) = logging::serve(protocol::AGENT_LOG_PORT).await {
         warn!("log port {}: {e}", protocol::AGENT_LOG_PORT);

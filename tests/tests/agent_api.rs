@@ -432,6 +432,24 @@ async fn drive(vm: &Vm, sandbox_id: &str) -> Result<(), String> {
     assert!(stats.memory.usage_bytes > 0);
     assert!(stats.cpu.usage_usec > 0);
 
+    agent
+        .update_container(UpdateContainerRequest {
+            container_id: "c2".into(),
+            resources_json: br#"{"pids":{"limit":32},"cpu":{"quota":50000,"period":100000}}"#
+                .to_vec(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("UpdateContainer: {e}"))?;
+    let stats = agent
+        .stats_container(StatsContainerRequest {
+            container_id: "c2".into(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("StatsContainer: {e}"))?;
+    assert_eq!(stats.pids.limit, 32, "UpdateContainer applied pids.max");
+
     let procs = agent
         .list_processes(ListProcessesRequest {
             container_id: "c2".into(),
