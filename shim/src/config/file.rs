@@ -11,8 +11,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    one_of, AccelMode, Arch, Config, ConfigError, InterNetworkingModel, MachineType, SharedFs,
-    VirtioFsCache, VsockMode, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB,
+    one_of, AccelMode, Arch, Backend, Config, ConfigError, InterNetworkingModel, MachineType,
+    SharedFs, VirtioFsCache, VsockMode, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB,
 };
 
 #[derive(Deserialize, Default)]
@@ -28,6 +28,8 @@ struct RawFile {
 #[derive(Deserialize, Default)]
 struct RawHypervisor {
     qemu: Option<RawQemu>,
+    /// cloud-hypervisor: the keys it shares with QEMU, same names and meaning.
+    clh: Option<RawQemu>,
 }
 
 #[derive(Deserialize, Default)]
@@ -73,6 +75,7 @@ struct RawRuntime {
 }
 
 const QEMU: &str = "hypervisor.qemu";
+const CLH: &str = "hypervisor.clh";
 const AGENT: &str = "agent.kata";
 const RUNTIME: &str = "runtime";
 /// Longest agent dial timeout we accept, seconds.
@@ -93,46 +96,85 @@ pub(super) fn parse(
         message: e.to_string().trim_end().to_string(),
     })?;
 
-    let Some(q) = raw.hypervisor.qemu else {
-        return Err(ConfigError::Unsupported {
-            path: path.to_path_buf(),
-            message: "no [hypervisor.qemu] section: this runtime only drives QEMU so far".into(),
-        });
-    };
+    let (sec, q) =
+        match (raw.hypervisor.qemu, raw.hypervisor.clh) {
+            (Some(q), None) => (QEMU, q),
+            (None, Some(c)) => (CLH, c),
+            (Some(_), Some(_)) => return Err(ConfigError::Unsupported {
+                path: path.to_path_buf(),
+                message:
+                    "both [hypervisor.qemu] and [hypervisor.clh]: a file configures one hypervisor"
+                        .into(),
+            }),
+            (None, None) => {
+                return Err(ConfigError::Unsupported {
+                    path: path.to_path_buf(),
+                    message: "no [hypervisor.qemu] or [hypervisor.clh] section".into(),
+                })
+            }
+        };
+    let clh = sec == CLH;
+    if clh {
+        // QEMU-only keys: harmless in a clh file, but they do nothing there.
+        for (key, set) in [
+            ("machine_type", q.machine_type.is_some()),
+            ("accel", q.accel.is_some()),
+            ("vsock", q.vsock.is_some()),
+            (
+                "vhost_user_vsock_daemon",
+                q.vhost_user_vsock_daemon.is_some(),
+            ),
+            ("memory_slots", q.memory_slots.is_some()),
+        ] {
+            if set {
+                warnings.push(format!(
+                    "{}: [{CLH}] {key} is not used by cloud-hypervisor (ignored)",
+                    path.display()
+                ));
+            }
+        }
+    }
     let v = Validator { path };
 
     // The machine type decides the guest arch, and with it the defaults of every other key.
     let machine_type = match &q.machine_type {
-        Some(s) => Some(v.choice(
-            QEMU,
+        Some(s) if !clh => Some(v.choice(
+            sec,
             "machine_type",
             s,
             MachineType::parse,
             MachineType::ALLOWED,
         )?),
-        None => None,
+        _ => None,
     };
     let arch = machine_type.map(MachineType::arch).unwrap_or(host);
     let mut config = Config::defaults_for(arch);
     config.source = Some(path.to_path_buf());
+    if clh {
+        let mut vmm = PathBuf::from(crate::hypervisor::clh::DEFAULT_PATH);
+        set_path(&v, sec, "path", q.path.clone(), &mut vmm)?;
+        config.backend = Backend::Clh { path: vmm };
+    }
 
     let h = &mut config.hypervisor;
     if let Some(m) = machine_type {
         h.machine_type = m;
     }
-    set_path(&v, QEMU, "path", q.path, &mut h.path)?;
-    set_path(&v, QEMU, "kernel", q.kernel, &mut h.kernel)?;
-    set_path(&v, QEMU, "initrd", q.initrd, &mut h.initrd)?;
+    if !clh {
+        set_path(&v, sec, "path", q.path, &mut h.path)?;
+    }
+    set_path(&v, sec, "kernel", q.kernel, &mut h.kernel)?;
+    set_path(&v, sec, "initrd", q.initrd, &mut h.initrd)?;
     set_path(
         &v,
-        QEMU,
+        sec,
         "virtio_fs_daemon",
         q.virtio_fs_daemon,
         &mut h.virtio_fs_daemon,
     )?;
     set_path(
         &v,
-        QEMU,
+        sec,
         "vhost_user_vsock_daemon",
         q.vhost_user_vsock_daemon,
         &mut h.vhost_user_vsock_daemon,
@@ -141,14 +183,14 @@ pub(super) fn parse(
         h.kernel_params = p;
     }
     if let Some(n) = q.default_vcpus {
-        h.default_vcpus = v.range(QEMU, "default_vcpus", n, 1, MAX_VCPUS.into())?;
+        h.default_vcpus = v.range(sec, "default_vcpus", n, 1, MAX_VCPUS.into())?;
     }
     if let Some(n) = q.default_maxvcpus {
-        h.default_maxvcpus = v.range(QEMU, "default_maxvcpus", n, 0, MAX_VCPUS.into())?;
+        h.default_maxvcpus = v.range(sec, "default_maxvcpus", n, 0, MAX_VCPUS.into())?;
     }
     if h.default_maxvcpus != 0 && h.default_maxvcpus < h.default_vcpus {
         return Err(v.invalid(
-            QEMU,
+            sec,
             "default_maxvcpus",
             h.default_maxvcpus,
             format!(
@@ -159,7 +201,7 @@ pub(super) fn parse(
     }
     if let Some(n) = q.default_memory {
         h.default_memory = v.range(
-            QEMU,
+            sec,
             "default_memory",
             n,
             MIN_MEMORY_MIB.into(),
@@ -167,14 +209,21 @@ pub(super) fn parse(
         )?;
     }
     if let Some(n) = q.memory_slots {
-        h.memory_slots = v.range(QEMU, "memory_slots", n, 0, 256)?;
+        h.memory_slots = v.range(sec, "memory_slots", n, 0, 256)?;
     }
     if let Some(s) = q.shared_fs {
-        h.shared_fs = v.choice(QEMU, "shared_fs", &s, SharedFs::parse, SharedFs::ALLOWED)?;
+        h.shared_fs = if clh {
+            // cloud-hypervisor has no virtio-9p.
+            const CLH_FS: &[&str] = &["virtio-fs", "none"];
+            let parse = |s: &str| SharedFs::parse(s).filter(|f| *f != SharedFs::Virtio9p);
+            v.choice(sec, "shared_fs", &s, parse, CLH_FS)?
+        } else {
+            v.choice(sec, "shared_fs", &s, SharedFs::parse, SharedFs::ALLOWED)?
+        };
     }
     if let Some(s) = q.virtio_fs_cache {
         h.virtio_fs_cache = v.choice(
-            QEMU,
+            sec,
             "virtio_fs_cache",
             &s,
             VirtioFsCache::parse,
@@ -184,7 +233,7 @@ pub(super) fn parse(
     if let Some(args) = q.virtio_fs_extra_args {
         if let Some(bad) = args.iter().find(|a| !a.starts_with('-')) {
             return Err(v.invalid(
-                QEMU,
+                sec,
                 "virtio_fs_extra_args",
                 format!("[.. \"{bad}\" ..]"),
                 "each entry must be one virtiofsd option starting with '-' (e.g. \"--thread-pool-size=1\")",
@@ -196,10 +245,10 @@ pub(super) fn parse(
         h.enable_debug = b;
     }
     if let Some(s) = q.accel {
-        h.accel = v.choice(QEMU, "accel", &s, AccelMode::parse, AccelMode::ALLOWED)?;
+        h.accel = v.choice(sec, "accel", &s, AccelMode::parse, AccelMode::ALLOWED)?;
     }
     if let Some(s) = q.vsock {
-        h.vsock = v.choice(QEMU, "vsock", &s, VsockMode::parse, VsockMode::ALLOWED)?;
+        h.vsock = v.choice(sec, "vsock", &s, VsockMode::parse, VsockMode::ALLOWED)?;
     }
 
     if let Some(a) = raw.agent.kata {

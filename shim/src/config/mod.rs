@@ -151,9 +151,21 @@ string_enum!(
     }
 );
 
+/// Which VMM runs the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// `[hypervisor.qemu]`: QEMU, configured by every key of [`Config::hypervisor`].
+    Qemu,
+    /// `[hypervisor.clh]`: cloud-hypervisor at `path`; the keys it shares with QEMU (kernel,
+    /// initrd, vCPUs, memory, shared fs...) are in [`Config::hypervisor`].
+    Clh { path: PathBuf },
+}
+
 /// The whole runtime configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    pub backend: Backend,
+    /// The hypervisor section's values (for cloud-hypervisor, the keys it shares with QEMU).
     pub hypervisor: QemuConfig,
     pub agent: AgentConfig,
     pub runtime: RuntimeConfig,
@@ -280,6 +292,7 @@ impl Default for Config {
 impl Config {
     pub fn defaults_for(arch: Arch) -> Config {
         Config {
+            backend: Backend::Qemu,
             hypervisor: QemuConfig::defaults_for(arch),
             agent: AgentConfig::default(),
             runtime: RuntimeConfig::default(),

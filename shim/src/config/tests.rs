@@ -180,8 +180,10 @@ fn bad_values_name_file_key_and_allowed_values() {
     let e = q("default_memory = \"lots\"");
     assert!(e.starts_with("/etc/x.toml: "), "{e}");
     assert!(e.contains("default_memory"), "{e}");
-    // A file for another hypervisor.
-    assert!(err("[hypervisor.clh]\npath = \"/x\"\n").contains("no [hypervisor.qemu] section"));
+    // No hypervisor section, or two.
+    assert!(err("[runtime]\n").contains("no [hypervisor.qemu] or [hypervisor.clh] section"));
+    assert!(err("[hypervisor.qemu]\n[hypervisor.clh]\n")
+        .contains("both [hypervisor.qemu] and [hypervisor.clh]"));
 }
 
 #[test]
@@ -373,4 +375,50 @@ fn annotation_overrides_follow_the_allowlist() {
         annotation_overrides(&c, &other).expect("fine"),
         Overrides::default()
     );
+}
+
+#[test]
+fn clh_section_selects_cloud_hypervisor() {
+    let (c, w) = parse(
+        "[hypervisor.clh]\npath = \"/opt/clh\"\nkernel = \"/k/vmlinux\"\ndefault_memory = 256\nmachine_type = \"q35\"\n",
+    )
+    .expect("valid");
+    assert_eq!(
+        c.backend,
+        Backend::Clh {
+            path: PathBuf::from("/opt/clh")
+        }
+    );
+    assert_eq!(c.hypervisor.kernel, PathBuf::from("/k/vmlinux"));
+    assert_eq!(c.hypervisor.default_memory, 256);
+    assert_eq!(
+        w,
+        ["/etc/x.toml: [hypervisor.clh] machine_type is not used by cloud-hypervisor (ignored)"]
+    );
+    // Errors name the clh section; 9p is not offered.
+    assert_eq!(
+        err("[hypervisor.clh]\nshared_fs = \"virtio-9p\"\n"),
+        "/etc/x.toml: [hypervisor.clh] shared_fs = \"virtio-9p\": must be one of \"virtio-fs\", \"none\""
+    );
+    assert!(
+        err("[hypervisor.clh]\ndefault_vcpus = 0\n").contains("[hypervisor.clh] default_vcpus = 0")
+    );
+    // Default binary.
+    let (c, _) = parse("[hypervisor.clh]\n").expect("valid");
+    assert_eq!(
+        c.backend,
+        Backend::Clh {
+            path: PathBuf::from(crate::hypervisor::clh::DEFAULT_PATH)
+        }
+    );
+    let (c, _) = parse("[hypervisor.qemu]\n").expect("valid");
+    assert_eq!(c.backend, Backend::Qemu);
+}
+
+#[test]
+fn shipped_clh_config_is_valid_and_warning_free() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/configuration-clh.toml");
+    let (c, w) = Config::parse_file(&path).expect("shipped clh config parses");
+    assert!(w.is_empty(), "{w:?}");
+    assert!(matches!(c.backend, Backend::Clh { .. }));
 }

@@ -11,7 +11,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::agent::{Agent, AgentError};
-use crate::config::{Config, SharedFs};
+use crate::config::{Backend, Config, SharedFs};
+use crate::hypervisor::clh::{Clh, ClhConfig};
 use crate::hypervisor::layout::{run_root, MAX_SOCKET_PATH};
 use crate::hypervisor::qemu::Qemu;
 use crate::hypervisor::{log_tail, Hypervisor, HypervisorError, SandboxPaths};
@@ -136,7 +137,15 @@ impl Vm {
         }
         create_sandbox_dir(&dir).await?;
 
-        let mut hv: Box<dyn Hypervisor> = Box::new(Qemu::new(config, sandbox_id, paths.clone()));
+        let mut hv: Box<dyn Hypervisor> = match &config.backend {
+            Backend::Qemu => Box::new(Qemu::new(config, sandbox_id, paths.clone())),
+            Backend::Clh { path } => Box::new(Clh::new(
+                config,
+                ClhConfig::from_qemu_like(&config.hypervisor, path.clone()),
+                sandbox_id,
+                paths.clone(),
+            )),
+        };
         match boot_in(config, sandbox_id, &paths, hv.as_mut()).await {
             Ok(agent) => {
                 let (paused, gate) = watch::channel(false);
