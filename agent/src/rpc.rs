@@ -82,7 +82,12 @@ impl AgentService for Agent {
 
     async fn destroy_sandbox(&self, _: &TtrpcContext, _: DestroySandboxRequest) -> R<Empty> {
         info!("destroying the sandbox");
-        self.sandbox.destroy().await;
+        let sandbox = self.sandbox.clone();
+        let _ = detached(async move {
+            sandbox.destroy().await;
+            Ok(())
+        })
+        .await;
         if self.pid1 {
             tokio::spawn(async {
                 tokio::time::sleep(POWER_OFF_GRACE).await;
@@ -131,32 +136,35 @@ impl AgentService for Agent {
         _: &TtrpcContext,
         req: CreateContainerRequest,
     ) -> R<CreateContainerResponse> {
-        let r = self
-            .sandbox
-            .create_container(&req.container_id, &req.oci_spec_json, &req.storages)
-            .await
-            .map(|c| CreateContainerResponse {
-                pid: c.init.pid as u32,
-                ..Default::default()
-            });
+        let sandbox = self.sandbox.clone();
+        let r = detached(async move {
+            sandbox
+                .create_container(&req.container_id, &req.oci_spec_json, &req.storages)
+                .await
+        })
+        .await
+        .map(|c| CreateContainerResponse {
+            pid: c.init.pid as u32,
+            ..Default::default()
+        });
         logged("CreateContainer", r)
     }
 
     async fn start_container(&self, _: &TtrpcContext, req: StartContainerRequest) -> R<Empty> {
-        let r = async {
-            let c = self.sandbox.get(&req.container_id)?;
+        let sandbox = self.sandbox.clone();
+        let r = detached(async move {
+            let c = sandbox.get(&req.container_id)?;
             c.start().await?;
             Ok(Empty::new())
-        }
+        })
         .await;
         logged("StartContainer", r)
     }
 
     async fn remove_container(&self, _: &TtrpcContext, req: RemoveContainerRequest) -> R<Empty> {
         let timeout = (req.timeout_secs > 0).then(|| Duration::from_secs(req.timeout_secs.into()));
-        let r = self
-            .sandbox
-            .remove_container(&req.container_id, timeout)
+        let sandbox = self.sandbox.clone();
+        let r = detached(async move { sandbox.remove_container(&req.container_id, timeout).await })
             .await
             .map(|()| Empty::new());
         logged("RemoveContainer", r)
@@ -250,7 +258,8 @@ impl AgentService for Agent {
         _: &TtrpcContext,
         req: ExecProcessRequest,
     ) -> R<ExecProcessResponse> {
-        let r = async {
+        let sandbox = self.sandbox.clone();
+        let r = detached(async move {
             validate::container_id(&req.container_id)?;
             validate::id("exec id", &req.exec_id)?;
             if req.exec_id == req.container_id {
@@ -259,7 +268,7 @@ impl AgentService for Agent {
                     req.exec_id
                 )));
             }
-            let c = self.sandbox.get(&req.container_id)?;
+            let c = sandbox.get(&req.container_id)?;
             let process: oci_spec::runtime::Process = serde_json::from_slice(&req.process_json)
                 .map_err(|e| AgentError::InvalidArgument(format!("invalid process JSON: {e}")))?;
             let p = c.exec(&req.exec_id, process).await?;
@@ -268,7 +277,7 @@ impl AgentService for Agent {
                 pid: p.pid as u32,
                 ..Default::default()
             })
-        }
+        })
         .await;
         logged("ExecProcess", r)
     }
@@ -426,6 +435,15 @@ impl AgentService for Agent {
             .map(|()| Empty::new());
         logged("CopyFile", r)
     }
+}
+
+/// Runs a state-changing request in its own task: if the host drops the connection (ttrpc then
+/// cancels the handler), the work still completes and the sandbox state stays consistent, so a
+/// later RemoveContainer can clean up.
+async fn detached<T: Send + 'static>(
+    f: impl std::future::Future<Output = Result<T, AgentError>> + Send + 'static,
+) -> Result<T, AgentError> {
+    tokio::spawn(f).await.map_err(internal)?
 }
 
 /// Runs a netlink job on the blocking pool (netlink calls are synchronous).

@@ -163,8 +163,14 @@ pub fn process(p: &Process, seccomp_spec: Option<&LinuxSeccomp>) -> Result<Prepa
         drop_bounding(c)?;
     }
     let user = p.user();
-    // Keep the permitted set across the uid change; effective is re-set below.
-    nix::sys::prctl::set_keepcaps(true).map_err(|e| format!("PR_SET_KEEPCAPS: {e}"))?;
+    if let Some(mask) = user.umask() {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
+            mask as libc::mode_t,
+        ));
+    }
+    // With a capability spec, keep the permitted set across the uid change and set every set
+    // below; without one, the kernel's rules apply (a non-root user ends with none).
+    nix::sys::prctl::set_keepcaps(caps.is_some()).map_err(|e| format!("PR_SET_KEEPCAPS: {e}"))?;
     let gids: Vec<Gid> = user
         .additional_gids()
         .iter()
