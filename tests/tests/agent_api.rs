@@ -3,8 +3,9 @@
 //! containerd in between: containers from a busybox rootfs, stdio, execs, signals, exit codes,
 //! stats, pause/resume, bad input answered with errors while the agent keeps serving, destroy.
 //!
-//! Uses build/configuration-qemu.toml from `make guest`. For agent development
-//! KATA_RS_TEST_CONFIG, KATA_RS_TEST_INITRD and KATA_RS_TEST_KERNEL override the config and guest.
+//! Uses build/configuration-qemu.toml and build/configuration-qemu-aarch64.toml from
+//! `make guest`. For agent development KATA_RS_TEST_{CONFIG,INITRD,KERNEL} (x86_64) and
+//! KATA_RS_TEST_AARCH64_{CONFIG,INITRD,KERNEL} override the config and the guest.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,22 +17,24 @@ use kata_shim::vm::Vm;
 use protocol::agent::*;
 use serde_json::json;
 
+/// busybox-static of the host arch; the arm64 one comes from scripts/lib.sh.
 const BUSYBOX: &str = "/bin/busybox";
 /// WaitProcess / ReadStdout block until the guest process acts; bound them in the test.
 const STEP: Duration = Duration::from_secs(60);
 
-fn config() -> Config {
-    let path = std::env::var_os("KATA_RS_TEST_CONFIG")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| top_dir().join("build/configuration-qemu.toml"));
+/// The runtime config of one guest arch, with development overrides from the environment
+/// (`<prefix>_CONFIG`, `<prefix>_INITRD`, `<prefix>_KERNEL`).
+fn config(default: &str, env_prefix: &str) -> Config {
+    let var = |name: &str| std::env::var_os(format!("{env_prefix}_{name}")).map(PathBuf::from);
+    let path = var("CONFIG").unwrap_or_else(|| top_dir().join(default));
     require_built(std::slice::from_ref(&path));
     let mut config =
         Config::from_file(&path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
-    if let Some(p) = std::env::var_os("KATA_RS_TEST_INITRD") {
-        config.hypervisor.initrd = PathBuf::from(p);
+    if let Some(p) = var("INITRD") {
+        config.hypervisor.initrd = p;
     }
-    if let Some(p) = std::env::var_os("KATA_RS_TEST_KERNEL") {
-        config.hypervisor.kernel = PathBuf::from(p);
+    if let Some(p) = var("KERNEL") {
+        config.hypervisor.kernel = p;
     }
     require_built(&[
         config.hypervisor.kernel.clone(),
@@ -41,12 +44,13 @@ fn config() -> Config {
 }
 
 /// A busybox rootfs at <shared>/<cid>/rootfs (the guest sees it under GUEST_SHARED_DIR).
-fn make_rootfs(shared: &Path, cid: &str) -> String {
+fn make_rootfs(busybox: &Path, shared: &Path, cid: &str) -> String {
     let root = shared.join(cid).join("rootfs");
     for d in ["bin", "dev", "proc", "sys", "tmp", "etc"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
-    std::fs::copy(BUSYBOX, root.join("bin/busybox")).expect("busybox-static is installed");
+    std::fs::copy(busybox, root.join("bin/busybox"))
+        .unwrap_or_else(|e| panic!("copying {}: {e}", busybox.display()));
     for applet in [
         "sh", "echo", "cat", "sleep", "hostname", "tty", "ls", "id", "true", "mkdir", "ip",
     ] {
@@ -202,12 +206,31 @@ async fn remove(agent: &Agent, cid: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_api_end_to_end() {
-    let config = config();
-    let sandbox_id = unique_id("agentapi");
+    let config = config("build/configuration-qemu.toml", "KATA_RS_TEST");
+    run(config, "agentapi", Path::new(BUSYBOX)).await;
+}
+
+/// The same suite against the arm64 guest (QEMU `virt`, TCG on an x86 host).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_api_end_to_end_arm64() {
+    let config = config(
+        "build/configuration-qemu-aarch64.toml",
+        "KATA_RS_TEST_AARCH64",
+    );
+    let busybox = PathBuf::from(
+        shell_var("BUSYBOX_ARM64").unwrap_or_else(|e| panic!("BUSYBOX_ARM64: {e:#}")),
+    );
+    require_built(std::slice::from_ref(&busybox));
+    run(config, "agentapiarm", &busybox).await;
+}
+
+async fn run(config: Config, prefix: &str, busybox: &Path) {
+    let sandbox_id = unique_id(prefix);
     let vm = Vm::boot(&config, &sandbox_id)
         .await
         .unwrap_or_else(|e| panic!("booting the VM: {e}"));
-    let result = tokio::time::timeout(Duration::from_secs(300), drive(&vm, &sandbox_id)).await;
+    let result =
+        tokio::time::timeout(Duration::from_secs(300), drive(&vm, &sandbox_id, busybox)).await;
     let console = std::fs::read_to_string(vm.console_log()).unwrap_or_default();
     let down = vm.shutdown().await;
     match result {
@@ -220,7 +243,7 @@ async fn agent_api_end_to_end() {
     assert!(left.is_empty(), "sandbox left things behind: {left:#?}");
 }
 
-async fn drive(vm: &Vm, sandbox_id: &str) -> Result<(), String> {
+async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> {
     let agent = vm.agent().with_timeout(STEP);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -257,7 +280,7 @@ async fn drive(vm: &Vm, sandbox_id: &str) -> Result<(), String> {
     );
 
     // 1. A short-lived container: stdout, stdin, stderr, exit code.
-    let root1 = make_rootfs(vm.shared_dir(), "c1");
+    let root1 = make_rootfs(busybox, vm.shared_dir(), "c1");
     let pid = create(
         &agent,
         "c1",
@@ -300,7 +323,7 @@ async fn drive(vm: &Vm, sandbox_id: &str) -> Result<(), String> {
     remove(&agent, "c1").await;
 
     // 1b. A terminal container: the init's stdio is a pty from the container's devpts.
-    let root_t = make_rootfs(vm.shared_dir(), "t1");
+    let root_t = make_rootfs(busybox, vm.shared_dir(), "t1");
     let mut t_spec: serde_json::Value =
         serde_json::from_slice(&spec(&root_t, &["sh", "-c", "tty; read x; echo got-$x"])).unwrap();
     t_spec["process"]["terminal"] = json!(true);
@@ -335,7 +358,7 @@ async fn drive(vm: &Vm, sandbox_id: &str) -> Result<(), String> {
     remove(&agent, "t1").await;
 
     // 2. A long-lived container: execs, tty, signals, stats, pause/resume.
-    let root2 = make_rootfs(vm.shared_dir(), "c2");
+    let root2 = make_rootfs(busybox, vm.shared_dir(), "c2");
     // c2 forbids mkdir through seccomp (an OCI profile with a per-syscall errno).
     let mut c2_spec: serde_json::Value =
         serde_json::from_slice(&spec(&root2, &["sleep", "1000"])).unwrap();
@@ -475,7 +498,7 @@ async fn drive(vm: &Vm, sandbox_id: &str) -> Result<(), String> {
         .map_err(|e| format!("ResumeContainer: {e}"))?;
 
     // 2b. OOM: a container over its memory limit is OOM-killed and GetOOMEvent names it.
-    let root_o = make_rootfs(vm.shared_dir(), "oom1");
+    let root_o = make_rootfs(busybox, vm.shared_dir(), "oom1");
     let mut o_spec: serde_json::Value = serde_json::from_slice(&spec(
         &root_o,
         &["sh", "-c", "a=x; while true; do a=$a$a; done"],
