@@ -77,6 +77,7 @@ if [ -z "$src_dir" ]; then
     tmp_src=$(mktemp -d "$cache/.src-$src_key.XXXXXX")
     tar -C "$tmp_src" -xf "$GUEST_KERNEL_TARBALL"
     [ -f "$tmp_src/$GUEST_KERNEL_TREE/Makefile" ] || { rm -rf "$tmp_src"; die "$GUEST_KERNEL_TARBALL has no $GUEST_KERNEL_TREE/"; }
+    chmod 755 "$tmp_src"
     rm -rf "$cache/src-$src_key"
     mv "$tmp_src" "$cache/src-$src_key"
   fi
@@ -120,5 +121,7 @@ rm -rf "$entry"
 chmod 755 "$tmp_entry"
 mv "$tmp_entry" "$entry"
 trap - EXIT
+# Keep the three newest entries of this arch (other checkouts may use other fragments).
+ls -dt "$cache/$arch"-*/ | tail -n +4 | xargs -r rm -rf
 step "kernel $arch: cached $entry ($(du -h --apparent-size "$entry/$image_name" | cut -f1) $image_name)"
 echo "$entry"
