@@ -13,9 +13,12 @@ use std::time::Duration;
 use kata_e2e::*;
 use kata_shim::agent::Agent;
 use kata_shim::config::Config;
+use kata_shim::hypervisor::SandboxPaths;
 use kata_shim::vm::Vm;
+use kata_shim::vsock::Dialer;
 use protocol::agent::*;
 use serde_json::json;
+use tokio::io::AsyncBufReadExt;
 
 /// busybox-static of the host arch; the arm64 one comes from scripts/lib.sh.
 const BUSYBOX: &str = "/bin/busybox";
@@ -277,6 +280,31 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
         details.agent_rss_bytes < 10 << 20,
         "agent RSS {} bytes is over the 10 MiB budget",
         details.agent_rss_bytes
+    );
+
+    // The log stream (vsock port AGENT_LOG_PORT) replays the buffered early lines to a late
+    // reader: the "listening" line was logged long before this connection.
+    let dialer = Dialer::Hybrid {
+        uds_path: SandboxPaths::new(vm.dir()).hybrid_vsock(),
+    };
+    let logs = dialer
+        .dial(protocol::AGENT_LOG_PORT)
+        .await
+        .map_err(|e| format!("dialing the agent log port: {e}"))?;
+    let mut logs = tokio::io::BufReader::new(logs).lines();
+    let found = tokio::time::timeout(STEP, async {
+        while let Ok(Some(line)) = logs.next_line().await {
+            if line.contains("agent listening on vsock") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        found,
+        Ok(true),
+        "the log stream carried the agent's startup line"
     );
 
     // 1. A short-lived container: stdout, stdin, stderr, exit code.
