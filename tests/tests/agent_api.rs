@@ -388,8 +388,41 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
     // 2. A long-lived container: execs, tty, signals, stats, pause/resume.
     let root2 = make_rootfs(busybox, vm.shared_dir(), "c2");
     // c2 forbids mkdir through seccomp (an OCI profile with a per-syscall errno).
+    // CopyFile in two chunks, then bound read-only into c2 as a file mount.
+    let copied = format!("{}/sandbox/copied.txt", protocol::GUEST_RUN_DIR);
+    for (offset, chunk) in [(0i64, &b"copied "[..]), (7, &b"content\n"[..])] {
+        agent
+            .copy_file(CopyFileRequest {
+                path: copied.clone(),
+                file_size: 15,
+                file_mode: 0o644,
+                dir_mode: 0o755,
+                offset,
+                data: chunk.to_vec(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("CopyFile at {offset}: {e}"))?;
+    }
+    agent
+        .set_guest_date_time(SetGuestDateTimeRequest {
+            sec: now.as_secs() as i64,
+            nsec: now.subsec_nanos() as i64,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("SetGuestDateTime: {e}"))?;
+    agent
+        .online_cpu_mem(OnlineCPUMemRequest::new())
+        .await
+        .map_err(|e| format!("OnlineCPUMem: {e}"))?;
+
     let mut c2_spec: serde_json::Value =
         serde_json::from_slice(&spec(&root2, &["sleep", "1000"])).unwrap();
+    c2_spec["mounts"].as_array_mut().unwrap().push(
+        json!({"destination": "/copied", "type": "bind", "source": copied,
+                     "options": ["rbind", "ro"]}),
+    );
     c2_spec["linux"]["seccomp"] = json!({
         "defaultAction": "SCMP_ACT_ALLOW",
         "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
@@ -403,14 +436,18 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
         &agent,
         "c2",
         "e1",
-        &["sh", "-c", "echo exec-out; hostname"],
+        &[
+            "sh",
+            "-c",
+            "echo exec-out; hostname; cat /copied; echo x > /copied || echo ro",
+        ],
         false,
     )
     .await
     .map_err(|e| format!("ExecProcess e1: {e}"))?;
     assert_eq!(
         read_all(&agent, "c2", "e1", false).await,
-        "exec-out\nagent-test\n"
+        "exec-out\nagent-test\ncopied content\nro\n"
     );
     assert_eq!(wait(&agent, "c2", "e1").await, 0);
 
