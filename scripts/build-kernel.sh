@@ -13,11 +13,12 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 
 usage() { die "usage: build-kernel.sh x86_64|aarch64 [--src DIR]"; }
-arch=${1:-}; [ $# -gt 0 ] && shift
+[ $# -gt 0 ] || usage
+arch=$1; shift
 src_dir=
 while [ $# -gt 0 ]; do
   case "$1" in
-    --src) [ $# -ge 2 ] || usage; src_dir=$(cd "$2" && pwd) || die "--src $2: no such directory"; shift 2 ;;
+    --src) [ $# -ge 2 ] || usage; [ -d "$2" ] || die "--src $2: no such directory"; src_dir=$(cd "$2" && pwd); shift 2 ;;
     *) usage ;;
   esac
 done
