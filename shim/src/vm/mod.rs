@@ -491,6 +491,72 @@ mod tests {
         cleanup_dir(&dir).await.expect("idempotent");
     }
 
+    fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).expect("script");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        p
+    }
+
+    /// Processes whose command line names `dir`.
+    fn processes_naming(dir: &Path) -> Vec<String> {
+        let needle = dir.display().to_string();
+        let mut found = Vec::new();
+        for p in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(&needle) {
+                found.push(cmdline);
+            }
+        }
+        found
+    }
+
+    /// A helper daemon dying at start fails the boot with its output, and the other daemon,
+    /// the shared-dir mount and the sandbox dir are all gone afterwards. Needs root (mount).
+    #[tokio::test]
+    async fn failing_daemon_fails_boot_with_its_output_and_leaves_nothing() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let bin = tempfile::tempdir().expect("tempdir");
+        let mut c = Config::default();
+        c.runtime.run_dir = Some(root.path().to_path_buf());
+        c.source = Some("/etc/x.toml".into());
+        let h = &mut c.hypervisor;
+        h.path = "/bin/true".into();
+        h.kernel = script(bin.path(), "vmlinux", "");
+        h.initrd = script(bin.path(), "initrd", "");
+        h.shared_fs = SharedFs::VirtioFs;
+        h.vsock = crate::config::VsockMode::VhostUser;
+        h.virtio_fs_daemon = script(
+            bin.path(),
+            "virtiofsd",
+            "echo 'cannot serve: boom' >&2; exit 3",
+        );
+        // A vsock daemon that comes up fine: it must be stopped when the boot fails.
+        h.vhost_user_vsock_daemon = script(
+            bin.path(),
+            "vsockd",
+            "for a; do case $a in --socket=*) touch \"${a#--socket=}\";; esac; done; sleep 100",
+        );
+        let err = Vm::boot(&c, "s1").await.expect_err("must fail");
+        let msg = err.to_string();
+        assert!(msg.contains("virtiofsd exited (exit status: 3)"), "{msg}");
+        assert!(msg.contains("cannot serve: boom"), "{msg}");
+        let dir = root.path().join("s1");
+        assert!(!dir.exists(), "sandbox dir left behind");
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        assert!(
+            !mounts.contains(&dir.display().to_string()),
+            "mount left behind"
+        );
+        assert!(
+            processes_naming(&dir).is_empty(),
+            "{:?}",
+            processes_naming(&dir)
+        );
+    }
+
     #[tokio::test]
     async fn boot_with_missing_kernel_names_it_and_leaves_nothing() {
         let root = tempfile::tempdir().expect("tempdir");
