@@ -8,7 +8,7 @@ HOST_ARCH := $(shell uname -m)
 GUEST_ARCHES ?= x86_64 aarch64
 PREFIX ?= /usr/local
 
-.PHONY: setup build agent guest demo test unit e2e lint install uninstall clean
+.PHONY: setup build agent guest demo test unit e2e lint bench install uninstall clean
 
 setup:
 	@bash scripts/setup-host.sh
@@ -42,6 +42,10 @@ e2e: build guest
 	cargo test -p kata-e2e -- --test-threads=1 --nocapture
 
 test: lint unit e2e
+
+# Start time against runc and memory per sandbox, measured in one run (never asserted).
+bench: build guest
+	@bash scripts/bench.sh
 
 install: build guest
 	@bash scripts/install.sh install $(PREFIX)
