@@ -422,3 +422,16 @@ fn shipped_clh_config_is_valid_and_warning_free() {
     assert!(w.is_empty(), "{w:?}");
     assert!(matches!(c.backend, Backend::Clh { .. }));
 }
+
+#[test]
+fn load_reads_kata_conf_file_from_the_environment() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let file = write(d.path(), "env.toml", "[hypervisor.qemu]\ndefault_vcpus = 3\n");
+    // No other test reads this variable.
+    std::env::set_var(ENV_CONFIG_FILE, &file);
+    let loaded = load(&LoadRequest::default());
+    std::env::remove_var(ENV_CONFIG_FILE);
+    let loaded = loaded.expect("loads $KATA_CONF_FILE");
+    assert_eq!(loaded.path, file);
+    assert_eq!(loaded.config.hypervisor.default_vcpus, 3);
+}
