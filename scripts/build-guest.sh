@@ -48,10 +48,13 @@ strip_tool() {
   if [ "$1" = "$(uname -m)" ]; then echo strip; else echo "$1-linux-gnu-strip"; fi
 }
 
-# make_initrd GEN_INIT_CPIO AGENT OUT: a cpio with the directories the agent expects, the
-# console node (so PID 1 has stdin/stdout/stderr before devtmpfs is mounted) and /init.
+# make_initrd GEN_INIT_CPIO AGENT BUSYBOX OUT: a cpio with the directories the agent expects,
+# the console node (so PID 1 has stdin/stdout/stderr before devtmpfs is mounted), /init, and a
+# static busybox under /bin: the shell of the debug console (agent.debug_console). Containers
+# never see it: they pivot_root into their own rootfs.
 make_initrd() {
-  local gen=$1 agent=$2 out=$3 spec
+  local gen=$1 agent=$2 busybox=$3 out=$4 spec a
+  [ -x "$busybox" ] || die "busybox $busybox not found (run scripts/setup-host.sh)"
   spec=$(mktemp)
   cleanup+=("$spec")
   cat >"$spec" <<SPEC
@@ -66,7 +69,13 @@ dir /sbin 0755 0 0
 dir /mnt 0755 0 0
 dir /root 0700 0 0
 file /init $agent 0755 0 0
+dir /bin 0755 0 0
+file /bin/busybox $busybox 0755 0 0
 SPEC
+  # Applet names from the host busybox (same Debian version for every arch).
+  for a in $(/bin/busybox --list); do
+    [ "$a" = busybox ] || echo "slink /bin/$a busybox 0777 0 0" >>"$spec"
+  done
   # Timestamps from the agent, so the same agent gives a byte-identical initrd.
   "$gen" -t "$(stat -c %Y "$agent")" "$spec" >"$out" || { rm -f "$spec"; die "gen_init_cpio failed"; }
   rm -f "$spec"
@@ -90,7 +99,7 @@ build_arch() {
   command -v "$strip" >/dev/null || die "$strip not found (run scripts/setup-host.sh)"
   "$strip" --strip-all -o "$tmp/init" "$agent"
   touch -r "$agent" "$tmp/init"
-  make_initrd "$entry/gen_init_cpio" "$tmp/init" "$tmp/initrd.img"
+  make_initrd "$entry/gen_init_cpio" "$tmp/init" "$(guest_busybox "$arch")" "$tmp/initrd.img"
   rm -f "$tmp/init"
   cp "$entry/$image" "$tmp/$image"
   cp "$entry/kernel.config" "$tmp/kernel.config"

@@ -25,8 +25,8 @@ applets=$(/bin/busybox --list)
 manifests=()
 for arch in amd64 arm64; do
   case $arch in
-    amd64) bb=/bin/busybox ;;
-    arm64) bb=$BUSYBOX_ARM64 ;;
+    amd64) bb=$(guest_busybox x86_64) ;;
+    arm64) bb=$(guest_busybox aarch64) ;;
   esac
   [ -x "$bb" ] || die "busybox for $arch not found at $bb (run scripts/setup-host.sh)"
   root="$work/rootfs-$arch"

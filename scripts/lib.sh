@@ -47,3 +47,12 @@ guest_kernel_image() {
 }
 # Where scripts/build-guest.sh puts one arch's kernel, initrd and kernel.config.
 guest_dir() { echo "build/guest/$1"; }
+
+# Static busybox for a guest arch (x86_64|aarch64): the test image's userland and the guest's
+# debug-console shell. Debian's busybox-static for the host arch, the cached :arm64 one otherwise.
+guest_busybox() {
+  if [ "$1" = "$(uname -m)" ]; then echo /bin/busybox
+  elif [ "$1" = aarch64 ]; then echo "$BUSYBOX_ARM64"
+  else die "no busybox for guest arch '$1' on a $(uname -m) host"
+  fi
+}

@@ -29,7 +29,8 @@ fn scripts() -> PathBuf {
 
 /// The image every suite runs, as named in scripts/lib.sh.
 pub fn test_image() -> String {
-    shell_var("TEST_IMAGE").unwrap_or_else(|e| panic!("reading TEST_IMAGE from scripts/lib.sh: {e:#}"))
+    shell_var("TEST_IMAGE")
+        .unwrap_or_else(|e| panic!("reading TEST_IMAGE from scripts/lib.sh: {e:#}"))
 }
 
 /// Reads one variable defined by scripts/lib.sh, the one source of shared paths and names.
@@ -75,7 +76,8 @@ impl Containerd {
         ]);
         let dir = top.join("build/e2e").join(name);
         let c = Containerd { dir };
-        c.script(&["start"]).expect("starting the private containerd");
+        c.script(&["start"])
+            .expect("starting the private containerd");
         let tar = top.join("build/images/busybox.tar");
         if !tar.exists() {
             let out = Command::new("bash")
@@ -83,13 +85,21 @@ impl Containerd {
                 .arg(&tar)
                 .output()
                 .expect("running scripts/build-image.sh");
-            assert!(out.status.success(), "build-image.sh failed: {}", text(&out.stderr));
+            assert!(
+                out.status.success(),
+                "build-image.sh failed: {}",
+                text(&out.stderr)
+            );
         }
         let listed = c.ctr(&["images", "ls", "-q"]);
         if !text(&listed.stdout).lines().any(|l| l == test_image()) {
             let tar = tar.to_string_lossy().to_string();
             let out = c.ctr(&["images", "import", "--all-platforms", &tar]);
-            assert!(out.status.success(), "ctr images import: {}", text(&out.stderr));
+            assert!(
+                out.status.success(),
+                "ctr images import: {}",
+                text(&out.stderr)
+            );
         }
         c
     }
@@ -131,7 +141,11 @@ impl Containerd {
         let mut cmd = Command::new("ctr");
         cmd.arg("-a").arg(&sock).args(args);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         let mut child = cmd.spawn().expect("spawning ctr");
         if let Some(data) = stdin {
             use std::io::Write;
@@ -202,7 +216,11 @@ impl Containerd {
             self.log_tail(40)
         );
         let rm = self.ctr(&["container", "rm", id]);
-        assert!(rm.status.success(), "ctr container rm {id}: {}", text(&rm.stderr));
+        assert!(
+            rm.status.success(),
+            "ctr container rm {id}: {}",
+            text(&rm.stderr)
+        );
         // ctr reports a non-zero exit code only as a warning line.
         err.split("non-zero exit code ")
             .nth(1)
@@ -251,7 +269,12 @@ pub fn leftovers(sandbox_id: &str) -> Vec<String> {
             }
             let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            let ours = ["qemu-system", "virtiofsd", "vhost-device-vsock", "containerd-shim-kata-v2"];
+            let ours = [
+                "qemu-system",
+                "virtiofsd",
+                "vhost-device-vsock",
+                "containerd-shim-kata-v2",
+            ];
             if cmdline.contains(&dir) && ours.iter().any(|b| cmdline.contains(b)) {
                 found.push(format!("process {pid}: {cmdline}"));
             }
@@ -292,7 +315,35 @@ pub fn pids_matching(needles: &[&str]) -> Vec<i32> {
 
 /// A container id unique to this run, so reruns never collide with leftovers.
 pub fn unique_id(prefix: &str) -> String {
-    format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
 }
 
 static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A copy of build/configuration-qemu.toml with the first `key = ...` line's value replaced,
+/// written to build/e2e/<name>.toml.
+pub fn config_variant(name: &str, key: &str, value: &str) -> PathBuf {
+    let base = top_dir().join("build/configuration-qemu.toml");
+    let text = std::fs::read_to_string(&base).expect("build/configuration-qemu.toml");
+    let mut replaced = false;
+    let out: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if !replaced && l.starts_with(&format!("{key} = ")) {
+                replaced = true;
+                format!("{key} = {value}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    assert!(replaced, "key {key} not found in {}", base.display());
+    let path = top_dir().join("build/e2e").join(format!("{name}.toml"));
+    std::fs::create_dir_all(path.parent().expect("has parent")).expect("mkdir build/e2e");
+    std::fs::write(&path, out.join("\n") + "\n").expect("writing config variant");
+    path
+}

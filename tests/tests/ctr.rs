@@ -66,7 +66,11 @@ fn stdin_is_copied_in_and_tail_output_is_not_lost() {
         Some(input.as_bytes()),
     );
     expect_ok(&out, "ctr run cat with stdin", &ctrd);
-    assert_eq!(text(&out.stdout), input, "cat did not echo stdin back exactly");
+    assert_eq!(
+        text(&out.stdout),
+        input,
+        "cat did not echo stdin back exactly"
+    );
 
     // Output written right before exit must arrive in full.
     let id2 = unique_id("tail");
@@ -84,7 +88,11 @@ fn stdin_is_copied_in_and_tail_output_is_not_lost() {
 fn under_pty(ctrd: &Containerd, ctr_args: &str) -> std::process::Output {
     let sock = ctrd.log_path().with_file_name("containerd.sock");
     Command::new("script")
-        .args(["-qec", &format!("ctr -a {} {ctr_args}", sock.display()), "/dev/null"])
+        .args([
+            "-qec",
+            &format!("ctr -a {} {ctr_args}", sock.display()),
+            "/dev/null",
+        ])
         .stdin(std::process::Stdio::null())
         .output()
         .expect("running script(1)")
@@ -96,7 +104,10 @@ fn tty_run_gets_a_terminal() {
     let id = unique_id("tty");
     let out = under_pty(
         &ctrd,
-        &format!("run --rm -t --runtime {RUNTIME} {} {id} sh -c 'tty; echo done'", test_image()),
+        &format!(
+            "run --rm -t --runtime {RUNTIME} {} {id} sh -c 'tty; echo done'",
+            test_image()
+        ),
     );
     let stdout = text(&out.stdout);
     assert!(
@@ -115,16 +126,37 @@ fn exec_plain_and_tty_in_a_running_container() {
     ctrd.run_detached(&id, &["sleep", "1000"]);
     ctrd.wait_status(&id, "RUNNING", STATUS_TIMEOUT);
 
-    let out = ctrd.ctr(&["task", "exec", "--exec-id", "e1", &id, "sh", "-c", "echo from-exec; exit 4"]);
-    assert_eq!(text(&out.stdout), "from-exec\n", "stderr: {}", text(&out.stderr));
+    let out = ctrd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        &id,
+        "sh",
+        "-c",
+        "echo from-exec; exit 4",
+    ]);
+    assert_eq!(
+        text(&out.stdout),
+        "from-exec\n",
+        "stderr: {}",
+        text(&out.stderr)
+    );
     assert_eq!(out.status.code(), Some(4), "exec exit code");
 
     let out = under_pty(&ctrd, &format!("task exec -t --exec-id e2 {id} tty"));
-    assert!(text(&out.stdout).contains("/dev/pts/"), "tty exec: {:?}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("/dev/pts/"),
+        "tty exec: {:?}",
+        text(&out.stdout)
+    );
 
     let ps = ctrd.ctr(&["task", "ps", &id]);
     expect_ok(&ps, "ctr task ps", &ctrd);
-    assert!(text(&ps.stdout).lines().count() >= 2, "task ps lists the init process");
+    assert!(
+        text(&ps.stdout).lines().count() >= 2,
+        "task ps lists the init process"
+    );
 
     ctrd.force_remove(&id);
     assert_clean(&id, &ctrd);
@@ -135,7 +167,14 @@ fn kill_with_signals() {
     let ctrd = Containerd::start("ctr");
     // SIGTERM reaches the container's init, which handles it.
     let id = unique_id("term");
-    ctrd.run_detached(&id, &["sh", "-c", "trap 'exit 42' TERM; while true; do sleep 0.2; done"]);
+    ctrd.run_detached(
+        &id,
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 42' TERM; while true; do sleep 0.2; done",
+        ],
+    );
     ctrd.wait_status(&id, "RUNNING", STATUS_TIMEOUT);
     let out = ctrd.ctr(&["task", "kill", "-s", "SIGTERM", &id]);
     expect_ok(&out, "ctr task kill -s SIGTERM", &ctrd);
@@ -163,7 +202,11 @@ fn pause_resume_and_metrics() {
 
     expect_ok(&ctrd.ctr(&["task", "pause", &id]), "ctr task pause", &ctrd);
     ctrd.wait_status(&id, "PAUSED", STATUS_TIMEOUT);
-    expect_ok(&ctrd.ctr(&["task", "resume", &id]), "ctr task resume", &ctrd);
+    expect_ok(
+        &ctrd.ctr(&["task", "resume", &id]),
+        "ctr task resume",
+        &ctrd,
+    );
     ctrd.wait_status(&id, "RUNNING", STATUS_TIMEOUT);
 
     let m = ctrd.ctr(&["task", "metrics", "--format", "json", &id]);
@@ -175,13 +218,19 @@ fn pause_resume_and_metrics() {
         .or_else(|| json.pointer("/memory/usage"))
         .and_then(|v| v.as_u64())
         .unwrap_or(0);
-    assert!(usage > 0, "memory usage from the guest cgroup is reported: {json}");
+    assert!(
+        usage > 0,
+        "memory usage from the guest cgroup is reported: {json}"
+    );
     let pids = json
         .pointer("/Data/pids/current")
         .or_else(|| json.pointer("/pids/current"))
         .and_then(|v| v.as_u64())
         .unwrap_or(0);
-    assert!(pids >= 1, "pids.current counts the container's processes: {json}");
+    assert!(
+        pids >= 1,
+        "pids.current counts the container's processes: {json}"
+    );
 
     ctrd.force_remove(&id);
     assert_clean(&id, &ctrd);
@@ -198,12 +247,24 @@ fn two_containers_at_once_and_delete_while_running() {
     ctrd.wait_status(&b, "RUNNING", STATUS_TIMEOUT);
     for id in [&a, &b] {
         let out = ctrd.ctr(&["task", "exec", "--exec-id", "h", id, "hostname"]);
-        assert_eq!(text(&out.stdout).trim(), id.as_str(), "each VM runs its own container");
+        assert_eq!(
+            text(&out.stdout).trim(),
+            id.as_str(),
+            "each VM runs its own container"
+        );
     }
     // Deleting a running task with -f kills it and tears its VM down.
     for id in [&a, &b] {
-        expect_ok(&ctrd.ctr(&["task", "delete", "-f", id]), "ctr task delete -f", &ctrd);
-        expect_ok(&ctrd.ctr(&["container", "rm", id]), "ctr container rm", &ctrd);
+        expect_ok(
+            &ctrd.ctr(&["task", "delete", "-f", id]),
+            "ctr task delete -f",
+            &ctrd,
+        );
+        expect_ok(
+            &ctrd.ctr(&["container", "rm", id]),
+            "ctr container rm",
+            &ctrd,
+        );
         assert_clean(id, &ctrd);
     }
 }
@@ -224,41 +285,30 @@ fn qemu_dying_exits_the_task_with_255_and_cleans_up() {
 }
 
 fn nix_kill(pid: i32) {
-    let st = Command::new("kill").args(["-9", &pid.to_string()]).status().expect("kill");
+    let st = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
     assert!(st.success(), "kill -9 {pid}");
 }
 
-/// A copy of the built configuration with one key's value replaced (or raw text appended).
-fn config_variant(name: &str, key: &str, value: &str) -> std::path::PathBuf {
-    let base = top_dir().join("build/configuration-qemu.toml");
-    let text = std::fs::read_to_string(&base).expect("build/configuration-qemu.toml");
-    let mut replaced = false;
-    let out: Vec<String> = text
-        .lines()
-        .map(|l| {
-            if !replaced && l.starts_with(&format!("{key} = ")) {
-                replaced = true;
-                format!("{key} = {value}")
-            } else {
-                l.to_string()
-            }
-        })
-        .collect();
-    assert!(replaced, "key {key} not found in {}", base.display());
-    let path = top_dir().join("build/e2e").join(format!("bad-{name}.toml"));
-    std::fs::create_dir_all(path.parent().expect("has parent")).expect("mkdir build/e2e");
-    std::fs::write(&path, out.join("\n") + "\n").expect("writing config variant");
-    path
-}
-
-fn assert_run_fails_naming(ctrd: &Containerd, config: &std::path::Path, flags: &[&str], needle: &str) {
+fn assert_run_fails_naming(
+    ctrd: &Containerd,
+    config: &std::path::Path,
+    flags: &[&str],
+    needle: &str,
+) {
     let id = unique_id("bad");
     let cfg = config.to_string_lossy().to_string();
     let mut all = vec!["--runtime-config-path", cfg.as_str()];
     all.extend_from_slice(flags);
     let out = ctrd.run(&all, &id, &["true"]);
     let err = text(&out.stderr);
-    assert!(!out.status.success(), "run with {} should fail", config.display());
+    assert!(
+        !out.status.success(),
+        "run with {} should fail",
+        config.display()
+    );
     assert!(
         err.contains(needle),
         "the error should name {needle:?}; got: {err}\ncontainerd log:\n{}",
@@ -271,23 +321,26 @@ fn assert_run_fails_naming(ctrd: &Containerd, config: &std::path::Path, flags: &
 #[test]
 fn user_errors_name_the_cause_and_leave_nothing_behind() {
     let ctrd = Containerd::start("ctr");
-    let c = config_variant("kernel", "kernel", "\"/nonexistent/vmlinux\"");
+    let c = config_variant("bad-kernel", "kernel", "\"/nonexistent/vmlinux\"");
     assert_run_fails_naming(&ctrd, &c, &[], "/nonexistent/vmlinux");
 
-    let c = config_variant("qemu", "path", "\"/nonexistent/qemu-system-x86_64\"");
+    let c = config_variant("bad-qemu", "path", "\"/nonexistent/qemu-system-x86_64\"");
     assert_run_fails_naming(&ctrd, &c, &[], "/nonexistent/qemu-system-x86_64");
 
-    let c = config_variant("memory", "default_memory", "0");
+    let c = config_variant("bad-memory", "default_memory", "0");
     assert_run_fails_naming(&ctrd, &c, &[], "default_memory");
 
-    let c = config_variant("toml", "default_memory", "[[[");
+    let c = config_variant("bad-toml", "default_memory", "[[[");
     assert_run_fails_naming(&ctrd, &c, &[], "bad-toml.toml");
 
     let good = top_dir().join("build/configuration-qemu.toml");
     assert_run_fails_naming(
         &ctrd,
         &good,
-        &["--annotation", "io.katacontainers.config.hypervisor.kernel_params=init=/bin/sh"],
+        &[
+            "--annotation",
+            "io.katacontainers.config.hypervisor.kernel_params=init=/bin/sh",
+        ],
         "io.katacontainers.config.hypervisor.kernel_params",
     );
 }

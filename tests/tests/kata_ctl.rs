@@ -48,10 +48,12 @@ fn check_passes_on_a_routed_host_and_names_fixes_otherwise() {
         "guest initrd",
         "containerd kata",
     ] {
-        assert!(
-            report.contains(&format!("] {what}:")),
-            "report has a line for {what}"
-        );
+        let has_line = report.lines().any(|l| {
+            l.starts_with('[')
+                && l.split_once(']')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with(&format!("{what}:")))
+        });
+        assert!(has_line, "report has a line for {what}:\n{report}");
     }
 
     let unrouted = write_containerd_config("containerd-unrouted.toml", "version = 2\n");
@@ -106,4 +108,80 @@ fn bad_config_is_named() {
         report.contains("kata-ctl-bad.toml") && report.contains("default_vcpus"),
         "{report}"
     );
+}
+
+#[test]
+fn exec_opens_the_guest_debug_console_only_when_enabled() {
+    let ctrd = Containerd::start("kata-ctl");
+    let cfg = config_variant("debug-console", "debug_console_enabled", "true");
+    let cfg = cfg.to_string_lossy().to_string();
+    let id = unique_id("console");
+    let image = test_image();
+    let out = ctrd.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        &cfg,
+        &image,
+        &id,
+        "sleep",
+        "1000",
+    ]);
+    assert!(
+        out.status.success(),
+        "ctr run -d: {}\n{}",
+        text(&out.stderr),
+        ctrd.log_tail(30)
+    );
+    ctrd.wait_status(&id, "RUNNING", std::time::Duration::from_secs(60));
+
+    // A shell in the guest (not in the container): it sees the agent as PID 1.
+    let bin = top_dir().join("target/release/kata-ctl");
+    let mut child = Command::new(&bin)
+        .args(["--config", &cfg, "exec", &id])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning kata-ctl exec");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin
+            .write_all(b"echo guest-$((6*7)) $(cat /proc/1/comm); exit\n")
+            .expect("writing to kata-ctl exec");
+    }
+    let out = child.wait_with_output().expect("kata-ctl exec");
+    let console = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "kata-ctl exec failed: {}",
+        text(&out.stderr)
+    );
+    assert!(
+        console.contains("guest-42 init"),
+        "debug console output: {console:?}"
+    );
+
+    // With the console disabled in the configuration, exec refuses and says how to enable it.
+    let plain = top_dir()
+        .join("build/configuration-qemu.toml")
+        .to_string_lossy()
+        .to_string();
+    let out = Command::new(&bin)
+        .args(["--config", &plain, "exec", &id])
+        .output()
+        .expect("kata-ctl exec");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("debug_console_enabled = true"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    ctrd.force_remove(&id);
+    let left = wait_clean(&id, std::time::Duration::from_secs(15));
+    assert!(left.is_empty(), "{left:#?}");
 }
