@@ -59,14 +59,14 @@ impl Copiers {
         }
     }
 
-    /// Waits until stdout/stderr reached EOF and everything was written to the FIFOs, then
-    /// stops the stdin copier.
+    /// The process is gone: stops the stdin copier, then waits until stdout/stderr reached
+    /// EOF and everything was written to the FIFOs.
     pub async fn finish(&mut self) {
-        for h in self.outputs.drain(..) {
-            let _ = h.await;
-        }
         if let Some((tx, h)) = self.stdin.take() {
             tx.send_if_modified(|s| raise(s, StdinStop::Hard));
+            let _ = h.await;
+        }
+        for h in self.outputs.drain(..) {
             let _ = h.await;
         }
     }
@@ -159,10 +159,13 @@ async fn open_stdin(
     let p = path.clone();
     // A blocking open returns once a writer exists, so the first read cannot see a false EOF.
     let mut open = tokio::task::spawn_blocking(move || StdOpenOptions::new().read(true).open(&p));
-    let stopped = async { stop.wait_for(|s| *s != StdinStop::No).await.is_ok() };
+    // A dropped sender (copiers gone) counts as a stop: no thread may stay blocked in open.
+    let stopped = async {
+        let _ = stop.wait_for(|s| *s != StdinStop::No).await;
+    };
     let file = tokio::select! {
         r = &mut open => r.ok()?.ok()?,
-        true = stopped => {
+        () = stopped => {
             // Unblock the pending open by being a writer ourselves, then let it go.
             let _ = StdOpenOptions::new()
                 .write(true)
@@ -199,7 +202,7 @@ async fn copy_stdin(
                         0
                     }
                 },
-                true = async { stop.wait_for(|s| *s == StdinStop::Hard).await.is_ok() } => 0,
+                () = async { let _ = stop.wait_for(|s| *s == StdinStop::Hard).await; } => 0,
             };
             if n == 0 {
                 break;
@@ -226,7 +229,7 @@ async fn copy_stdin(
             }
         }
     }
-    if *stop.borrow() == StdinStop::Hard {
+    if *stop.borrow() == StdinStop::Hard || stop.has_changed().is_err() {
         return;
     }
     let req = pb::CloseStdinRequest {
