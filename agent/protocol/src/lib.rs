@@ -2,12 +2,34 @@
 //!
 //! Messages and stubs are generated at build time from `protos/agent.proto`.
 
-#[allow(clippy::all, unused_mut, unused_imports, unused_attributes, unused_qualifications, missing_docs, non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code)]
+#[allow(
+    clippy::all,
+    unused_mut,
+    unused_imports,
+    unused_attributes,
+    unused_qualifications,
+    missing_docs,
+    non_camel_case_types,
+    non_snake_case,
+    non_upper_case_globals,
+    dead_code
+)]
 pub mod agent {
     include!(concat!(env!("OUT_DIR"), "/agent.rs"));
 }
 
-#[allow(clippy::all, unused_mut, unused_imports, unused_attributes, unused_qualifications, missing_docs, non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code)]
+#[allow(
+    clippy::all,
+    unused_mut,
+    unused_imports,
+    unused_attributes,
+    unused_qualifications,
+    missing_docs,
+    non_camel_case_types,
+    non_snake_case,
+    non_upper_case_globals,
+    dead_code
+)]
 pub mod agent_ttrpc {
     include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
 }
