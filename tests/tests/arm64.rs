@@ -8,7 +8,10 @@ use std::time::Duration;
 #[test]
 fn arm64_guest_runs_an_arm64_container() {
     let config = top_dir().join("build/configuration-qemu-aarch64.toml");
-    require_built(&[config.clone(), top_dir().join("build/guest/aarch64/initrd.img")]);
+    require_built(&[
+        config.clone(),
+        top_dir().join("build/guest/aarch64/initrd.img"),
+    ]);
     let ctrd = Containerd::start("arm64");
     let id = unique_id("arm64");
     let cfg = config.to_string_lossy().to_string();
@@ -26,5 +29,8 @@ fn arm64_guest_runs_an_arm64_container() {
     );
     assert_eq!(text(&out.stdout).trim(), "aarch64");
     let left = wait_clean(&id, Duration::from_secs(15));
-    assert!(left.is_empty(), "arm64 sandbox left things behind: {left:#?}");
+    assert!(
+        left.is_empty(),
+        "arm64 sandbox left things behind: {left:#?}"
+    );
 }
