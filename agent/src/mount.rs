@@ -198,7 +198,13 @@ pub fn setup_rootfs(spec: &Spec, root: &Path) -> Result<(), String> {
     if propagation != (MsFlags::MS_PRIVATE | MsFlags::MS_REC) {
         mnt(None, Path::new("/"), None, propagation, None)?;
     }
-    if let Some(l) = linux {
+    Ok(())
+}
+
+/// After hostname and sysctl (which write /proc/sys): masked and read-only paths, read-only
+/// root.
+pub fn finalize_rootfs(spec: &Spec) -> Result<(), String> {
+    if let Some(l) = spec.linux().as_ref() {
         for p in l.masked_paths().iter().flatten() {
             mask_path(Path::new(p))?;
         }

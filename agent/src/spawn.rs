@@ -438,6 +438,7 @@ fn child_setup(req: &SpawnRequest, report: &mut File) -> Result<setup::Prepared,
             .ok_or("spec has no root")?;
         mount::setup_rootfs(spec, Path::new(&root))?;
         setup::container_wide(spec)?;
+        mount::finalize_rootfs(spec)?;
     }
     if terminal {
         // The pty comes from the container's own devpts, so ttyname() works inside it.

@@ -95,6 +95,7 @@ fn spec(root: &str, args: &[&str]) -> Vec<u8> {
             "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"},
                            {"type": "mount"}, {"type": "network"}],
             "resources": {"pids": {"limit": 64}, "memory": {"limit": 134217728}},
+            "sysctl": {"kernel.shm_rmid_forced": "1"},
             "maskedPaths": ["/proc/kcore", "/proc/keys"],
             "readonlyPaths": ["/proc/sys"]
         }
@@ -439,7 +440,9 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
         &[
             "sh",
             "-c",
-            "echo exec-out; hostname; cat /copied; echo x > /copied || echo ro",
+            "echo exec-out; hostname; cat /copied; echo x > /copied || echo ro; \
+             cat /proc/sys/kernel/shm_rmid_forced; \
+             echo 0 > /proc/sys/kernel/shm_rmid_forced || echo ro",
         ],
         false,
     )
@@ -447,7 +450,7 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
     .map_err(|e| format!("ExecProcess e1: {e}"))?;
     assert_eq!(
         read_all(&agent, "c2", "e1", false).await,
-        "exec-out\nagent-test\ncopied content\nro\n"
+        "exec-out\nagent-test\ncopied content\nro\n1\nro\n"
     );
     assert_eq!(wait(&agent, "c2", "e1").await, 0);
 
