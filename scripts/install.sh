@@ -6,6 +6,7 @@
 #   /usr/share/kata-containers/        guest kernel + initrd (host arch under Kata's names,
 #                                      every built arch under <name>-<arch>)
 # The helper daemons go to the paths the shipped configuration names, so config and files agree.
+# DESTDIR (default empty) stages everything under another root, as packagers expect.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
@@ -15,9 +16,10 @@ prefix=${2:-/usr/local}
 need_root
 
 config_src="$top/configs/configuration-qemu.toml"
-etc_dir=/etc/kata-containers
-defaults_dir=/usr/share/defaults/kata-containers
-assets_dir=/usr/share/kata-containers
+dest=${DESTDIR:-}
+etc_dir=$dest/etc/kata-containers
+defaults_dir=$dest/usr/share/defaults/kata-containers
+assets_dir=$dest/usr/share/kata-containers
 host_arch=$(uname -m)
 
 # Value of a `key = "value"` line in the shipped configuration.
@@ -28,7 +30,9 @@ virtiofsd_dst=$(config_value virtio_fs_daemon)
 vsockd_dst=$(config_value vhost_user_vsock_daemon)
 for v in kernel_dst initrd_dst virtiofsd_dst vsockd_dst; do
   [ -n "${!v}" ] || die "$config_src does not name ${v%_dst} (expected a quoted path)"
+  printf -v "$v" '%s%s' "$dest" "${!v}"
 done
+bin_dir=$dest$prefix/bin
 
 manifest="$assets_dir/.installed-files"
 
@@ -42,7 +46,7 @@ put() {
 case $action in
 install)
   for b in containerd-shim-kata-v2 kata-ctl; do
-    put 0755 "$top/target/release/$b" "$prefix/bin/$b"
+    put 0755 "$top/target/release/$b" "$bin_dir/$b"
   done
   put 0644 "$config_src" "$defaults_dir/configuration.toml"
   # An existing /etc configuration is the admin's: never overwritten.
@@ -72,7 +76,7 @@ uninstall)
   [ -f "$manifest" ] || { echo "nothing installed by this project (no $manifest)"; exit 0; }
   while read -r f; do rm -f "$f"; done <"$manifest"
   rm -f "$manifest"
-  rmdir "$assets_dir" "$defaults_dir" "$etc_dir" 2>/dev/null || true
+  rmdir "$assets_dir" "$defaults_dir" "$etc_dir" "$(dirname "$virtiofsd_dst")" 2>/dev/null || true
   echo "Removed every file make install had put in place."
   ;;
 *) die "unknown action '$action' (install|uninstall)" ;;
