@@ -10,6 +10,9 @@ top=$(cd "$here/.." && pwd)
 cmd=${1:?usage: containerd.sh start|stop|status|ctr [DIR] [args]}
 shift
 dir=${CONTAINERD_DIR:-$top/build/containerd}
+# Another containerd build (e.g. $CONTAINERD2_DIR/usr/bin) may be chosen per instance.
+containerd_bin=${CONTAINERD_BIN:-containerd}
+ctr_bin=${CTR_BIN:-ctr}
 sock="$dir/containerd.sock"
 pidfile="$dir/containerd.pid"
 
@@ -19,7 +22,7 @@ case $cmd in
 start)
   need_root
   if running; then exit 0; fi
-  command -v containerd >/dev/null || die "containerd not found (run scripts/setup-host.sh)"
+  command -v "$containerd_bin" >/dev/null || die "$containerd_bin not found (run scripts/setup-host.sh)"
   mkdir -p "$dir/root" "$dir/state"
   cat >"$dir/config.toml" <<TOML
 version = 2
@@ -36,11 +39,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 TOML
   # The shim inherits this environment: our binaries first on PATH, the built config.
   PATH="$top/target/release:$PATH" KATA_CONF_FILE="${KATA_CONF_FILE:-$top/build/configuration-qemu.toml}" \
-    setsid containerd --config "$dir/config.toml" >"$dir/containerd.log" 2>&1 </dev/null &
+    setsid "$containerd_bin" --config "$dir/config.toml" >"$dir/containerd.log" 2>&1 </dev/null &
   echo $! >"$pidfile"
   # Wait for the API to answer, not for a fixed time.
   for _ in $(seq 1 200); do
-    ctr -a "$sock" version >/dev/null 2>&1 && exit 0
+    "$ctr_bin" -a "$sock" version >/dev/null 2>&1 && exit 0
     running || { tail -20 "$dir/containerd.log" >&2; die "containerd exited during start-up (log: $dir/containerd.log)"; }
     sleep 0.05
   done
@@ -59,7 +62,7 @@ status)
   running && echo "running (pid $(cat "$pidfile"), socket $sock)" || { echo "not running"; exit 1; }
   ;;
 ctr)
-  exec ctr -a "$sock" "$@"
+  exec "$ctr_bin" -a "$sock" "$@"
   ;;
 *) die "unknown command '$cmd' (start|stop|status|ctr)" ;;
 esac

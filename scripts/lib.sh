@@ -56,3 +56,7 @@ guest_busybox() {
   else die "no busybox for guest arch '$1' on a $(uname -m) host"
   fi
 }
+
+# containerd 2.x (Debian sid), unpacked into the cache for the second end-to-end containerd;
+# the host keeps its own containerd. $CONTAINERD2_DIR/usr/bin/{containerd,ctr}.
+CONTAINERD2_DIR="$KATA_RS_CACHE/containerd2"

@@ -50,6 +50,27 @@ if [ ! -x "$arm_bb" ]; then
   rm -rf "$tmp"
 fi
 
+# containerd 2.x from Debian sid through a private apt state (the host's sources are untouched),
+# unpacked into the cache: the suites run against it as well as the host's 1.6.
+if [ ! -x "$CONTAINERD2_DIR/usr/bin/containerd" ]; then
+  step "fetch containerd 2.x (Debian sid) into $CONTAINERD2_DIR"
+  apt_dir=$(mktemp -d)
+  mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/prefs"
+  echo "deb http://deb.debian.org/debian sid main" >"$apt_dir/sources.list"
+  sid=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
+       -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache"
+       -o Dir::Etc::Preferences=/dev/null -o "Dir::Etc::PreferencesParts=$apt_dir/prefs"
+       -o "APT::Architectures=$(dpkg --print-architecture)")
+  apt-get "${sid[@]}" -q update >/dev/null
+  chmod 0755 "$apt_dir"
+  (cd "$apt_dir" && apt-get "${sid[@]}" -q download containerd >/dev/null)
+  rm -rf "$CONTAINERD2_DIR.tmp"
+  dpkg -x "$apt_dir"/containerd_*.deb "$CONTAINERD2_DIR.tmp"
+  "$CONTAINERD2_DIR.tmp/usr/bin/containerd" --version >"$CONTAINERD2_DIR.tmp/VERSION"
+  rm -rf "$CONTAINERD2_DIR" "$apt_dir"
+  mv "$CONTAINERD2_DIR.tmp" "$CONTAINERD2_DIR"
+fi
+
 # Rust targets for the static guest agent.
 for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
   if ! rustup target list --installed | grep -qx "$t"; then

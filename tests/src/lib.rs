@@ -64,18 +64,33 @@ pub fn require_built(paths: &[PathBuf]) {
 /// A private containerd for one test binary; stopped on drop.
 pub struct Containerd {
     dir: PathBuf,
+    /// containerd and ctr binaries; `None` = the host's (on PATH).
+    bin_dir: Option<PathBuf>,
 }
 
 impl Containerd {
-    /// Starts (or reuses) a private containerd under build/e2e/<name> and imports the image.
+    /// Starts (or reuses) a private containerd (the host's) under build/e2e/<name> and
+    /// imports the image.
     pub fn start(name: &str) -> Self {
+        Self::start_with(name, None)
+    }
+
+    /// Like [`Containerd::start`] with containerd 2.x, unpacked by scripts/setup-host.sh.
+    pub fn start_v2(name: &str) -> Self {
+        let dir = PathBuf::from(shell_var("CONTAINERD2_DIR").expect("CONTAINERD2_DIR in lib.sh"))
+            .join("usr/bin");
+        require_built(&[dir.join("containerd"), dir.join("ctr")]);
+        Self::start_with(name, Some(dir))
+    }
+
+    fn start_with(name: &str, bin_dir: Option<PathBuf>) -> Self {
         let top = top_dir();
         require_built(&[
             top.join("target/release/containerd-shim-kata-v2"),
             top.join("build/configuration-qemu.toml"),
         ]);
         let dir = top.join("build/e2e").join(name);
-        let c = Containerd { dir };
+        let c = Containerd { dir, bin_dir };
         c.script(&["start"])
             .expect("starting the private containerd");
         let tar = top.join("build/images/busybox.tar");
@@ -104,11 +119,24 @@ impl Containerd {
         c
     }
 
+    /// The ctr binary of this containerd.
+    pub fn ctr_bin(&self) -> PathBuf {
+        match &self.bin_dir {
+            Some(d) => d.join("ctr"),
+            None => PathBuf::from("ctr"),
+        }
+    }
+
     fn script(&self, args: &[&str]) -> Result<Output> {
-        let out = Command::new("bash")
-            .arg(scripts().join("containerd.sh"))
+        let mut cmd = Command::new("bash");
+        cmd.arg(scripts().join("containerd.sh"))
             .args(args)
-            .env("CONTAINERD_DIR", &self.dir)
+            .env("CONTAINERD_DIR", &self.dir);
+        if let Some(d) = &self.bin_dir {
+            cmd.env("CONTAINERD_BIN", d.join("containerd"))
+                .env("CTR_BIN", d.join("ctr"));
+        }
+        let out = cmd
             .stdin(Stdio::null())
             .output()
             .context("running scripts/containerd.sh")?;
@@ -138,7 +166,7 @@ impl Containerd {
     /// `ctr` with the given bytes on stdin (`None` = no stdin).
     pub fn ctr_with_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
         let sock = self.dir.join("containerd.sock");
-        let mut cmd = Command::new("ctr");
+        let mut cmd = Command::new(self.ctr_bin());
         cmd.arg("-a").arg(&sock).args(args);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd.stdin(if stdin.is_some() {
