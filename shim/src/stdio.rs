@@ -4,7 +4,6 @@
 //! then CloseStdin at EOF.
 
 use std::fs::OpenOptions as StdOpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -166,12 +165,15 @@ async fn open_stdin(
     let file = tokio::select! {
         r = &mut open => r.ok()?.ok()?,
         () = stopped => {
-            // Unblock the pending open by being a writer ourselves, then let it go.
-            let _ = StdOpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(&path);
-            let _ = open.await;
+            // Unblock the pending open by being a writer ourselves. A blocking open, because
+            // our reader may not have reached open(2) yet (a non-blocking one would fail with
+            // ENXIO then); both opens meet whichever comes first.
+            let unblock = tokio::task::spawn_blocking(move || {
+                StdOpenOptions::new().write(true).open(&path)
+            });
+            let reader = open.await;
+            let _ = unblock.await;
+            drop(reader);
             return None;
         }
     };
