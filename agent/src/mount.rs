@@ -160,11 +160,20 @@ fn mnt(
 
 /// Builds the container's root filesystem and switches into it. Runs in the container init's
 /// fresh mount namespace, before any user or capability change.
-pub fn setup_rootfs(spec: &Spec, root: &Path) -> Result<(), String> {
+/// `cgroup` is the container's cgroup directory, shown at a cgroup mount when the spec asks
+/// for no cgroup namespace.
+pub fn setup_rootfs(spec: &Spec, root: &Path, cgroup: Option<&Path>) -> Result<(), String> {
     if !root.is_dir() {
         return Err(format!("rootfs {} does not exist", root.display()));
     }
     let linux = spec.linux().as_ref();
+    let cgroupns = linux
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|n| {
+            n.iter()
+                .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Cgroup)
+        });
+    let own_cgroup = cgroup.filter(|_| !cgroupns);
     let propagation = match linux.and_then(|l| l.rootfs_propagation().as_deref()) {
         Some("shared") | Some("rshared") => MsFlags::MS_SHARED | MsFlags::MS_REC,
         Some("slave") | Some("rslave") => MsFlags::MS_SLAVE | MsFlags::MS_REC,
@@ -191,7 +200,7 @@ pub fn setup_rootfs(spec: &Spec, root: &Path) -> Result<(), String> {
         if m.destination() == Path::new("/dev") && m.typ().as_deref() == Some("tmpfs") {
             dev_is_tmpfs = true;
         }
-        mount_one(root, m)?;
+        mount_one(root, m, own_cgroup)?;
     }
     setup_dev(root, spec, dev_is_tmpfs)?;
     switch_root(root)?;
@@ -229,7 +238,7 @@ pub fn finalize_rootfs(spec: &Spec) -> Result<(), String> {
     Ok(())
 }
 
-fn mount_one(root: &Path, m: &Mount) -> Result<(), String> {
+fn mount_one(root: &Path, m: &Mount, own_cgroup: Option<&Path>) -> Result<(), String> {
     let dest = m.destination();
     if !dest.is_absolute() {
         return Err(format!(
@@ -248,19 +257,12 @@ fn mount_one(root: &Path, m: &Mount) -> Result<(), String> {
         let md =
             fs::metadata(src).map_err(|e| format!("bind mount source {}: {e}", src.display()))?;
         create_target(&target, md.is_dir())?;
-        let base = MsFlags::MS_BIND | (opts.flags & MsFlags::MS_REC);
-        mnt(Some(src), &target, None, base, None)?;
-        // Flags other than bind/rec only take effect on a remount of the bind.
-        let extra = opts.flags - (MsFlags::MS_BIND | MsFlags::MS_REC);
-        if !extra.is_empty() {
-            mnt(
-                None,
-                &target,
-                None,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra,
-                None,
-            )?;
-        }
+        bind(src, &target, &opts)?;
+    } else if let (true, Some(cg)) = (fstype == "cgroup" || fstype == "cgroup2", own_cgroup) {
+        // Without a cgroup namespace a fresh cgroup2 mount would show the whole guest
+        // hierarchy: show the container its own cgroup (its limits) instead, like runc.
+        create_target(&target, true)?;
+        bind(cg, &target, &opts)?;
     } else {
         if fstype == "cgroup" {
             fstype = "cgroup2".into();
@@ -277,12 +279,28 @@ fn mount_one(root: &Path, m: &Mount) -> Result<(), String> {
             Ok(()) => {}
             // A minimal guest kernel may lack POSIX message queues: skip rather than fail.
             Err(_) if fstype == "mqueue" => return Ok(()),
-            // sysfs cannot be mounted read-write when ... try read-only like runc does.
             Err(e) => return Err(e),
         }
     }
     if !opts.propagation.is_empty() {
         mnt(None, &target, None, opts.propagation, None)?;
+    }
+    Ok(())
+}
+
+/// Bind mount; flags other than bind/rec (ro, nosuid, ...) need a remount of the bind.
+fn bind(src: &Path, target: &Path, opts: &MountOptions) -> Result<(), String> {
+    let base = MsFlags::MS_BIND | (opts.flags & MsFlags::MS_REC);
+    mnt(Some(src), target, None, base, None)?;
+    let extra = opts.flags - (MsFlags::MS_BIND | MsFlags::MS_REC);
+    if !extra.is_empty() {
+        mnt(
+            None,
+            target,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra,
+            None,
+        )?;
     }
     Ok(())
 }

@@ -436,7 +436,7 @@ fn child_setup(req: &SpawnRequest, report: &mut File) -> Result<setup::Prepared,
             .as_ref()
             .map(|r| r.path().clone())
             .ok_or("spec has no root")?;
-        mount::setup_rootfs(spec, Path::new(&root))?;
+        mount::setup_rootfs(spec, Path::new(&root), req.cgroup.as_deref())?;
         setup::container_wide(spec)?;
         mount::finalize_rootfs(spec)?;
     }

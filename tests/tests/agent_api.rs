@@ -89,7 +89,9 @@ fn spec(root: &str, args: &[&str]) -> Vec<u8> {
             {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
              "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
             {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-             "options": ["nosuid", "noexec", "nodev", "ro"]}
+             "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+             "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
         ],
         "linux": {
             "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"},
@@ -540,6 +542,22 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
         .await
         .map_err(|e| format!("StatsContainer: {e}"))?;
     assert_eq!(stats.pids.limit, 32, "UpdateContainer applied pids.max");
+    // The container sees its own cgroup (no cgroup namespace asked): its limits, read-only.
+    exec(
+        &agent,
+        "c2",
+        "cg",
+        &[
+            "sh",
+            "-c",
+            "cat /sys/fs/cgroup/pids.max; echo 1 > /sys/fs/cgroup/pids.max || echo ro",
+        ],
+        false,
+    )
+    .await
+    .map_err(|e| format!("ExecProcess cg: {e}"))?;
+    assert_eq!(read_all(&agent, "c2", "cg", false).await, "32\nro\n");
+    assert_eq!(wait(&agent, "c2", "cg").await, 0);
 
     let procs = agent
         .list_processes(ListProcessesRequest {
