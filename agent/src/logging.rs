@@ -13,6 +13,8 @@ use tracing_subscriber::prelude::*;
 
 /// Lines kept for a log reader that connects late (early boot lines included).
 const BUFFERED_LINES: usize = 512;
+/// Longer log lines are cut, so the buffer stays within BUFFERED_LINES * MAX_LINE bytes.
+const MAX_LINE: usize = 2048;
 
 pub struct LogHub {
     buffer: Mutex<VecDeque<Arc<str>>>,
@@ -51,7 +53,11 @@ struct HubWriter;
 
 impl Write for HubWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        hub().push(Arc::from(String::from_utf8_lossy(buf).as_ref()));
+        let mut line = String::from_utf8_lossy(&buf[..buf.len().min(MAX_LINE)]).into_owned();
+        if buf.len() > MAX_LINE {
+            line.push_str("...\n");
+        }
+        hub().push(Arc::from(line));
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
