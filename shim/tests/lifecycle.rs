@@ -914,3 +914,67 @@ async fn close_io_without_a_stdin_writer_still_closes_stdin() {
     h.stdin_closed().await;
     assert!(h.agent.stdin.lock().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn pause_resume_and_update() {
+    use containerd_shim::api::{PauseRequest, ResumeRequest, UpdateTaskRequest};
+    let mut h = harness();
+    h.core.create(&h.create_req("c1", spec("h"))).await.unwrap();
+    let pause = PauseRequest {
+        id: "c1".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        h.core.pause(&pause).await.unwrap_err().code,
+        Code::FAILED_PRECONDITION,
+        "a created (not started) container cannot be paused"
+    );
+    h.core
+        .start(&StartRequest {
+            id: "c1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    h.next_event().await;
+    h.next_event().await;
+    h.core.pause(&pause).await.unwrap();
+    match h.next_event().await {
+        TaskEvent::Paused(e) => assert_eq!(e.container_id, "c1"),
+        e => panic!("expected TaskPaused, got {e:?}"),
+    }
+    assert_eq!(
+        state(&h.core, "c1", "").await.unwrap().status.enum_value(),
+        Ok(Status::PAUSED)
+    );
+    h.core
+        .resume(&ResumeRequest {
+            id: "c1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    match h.next_event().await {
+        TaskEvent::Resumed(e) => assert_eq!(e.container_id, "c1"),
+        e => panic!("expected TaskResumed, got {e:?}"),
+    }
+    assert_eq!(
+        state(&h.core, "c1", "").await.unwrap().status.enum_value(),
+        Ok(Status::RUNNING)
+    );
+    let mut update = UpdateTaskRequest {
+        id: "c1".into(),
+        resources: MessageField::some(Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
+            value: br#"{"memory": {"limit": 104857600}}"#.to_vec(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    h.core.update(&update).await.unwrap();
+    update.resources.as_mut().unwrap().value = b"not json".to_vec();
+    assert_eq!(
+        h.core.update(&update).await.unwrap_err().code,
+        Code::INVALID_ARGUMENT
+    );
+}
