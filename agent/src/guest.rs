@@ -118,6 +118,24 @@ pub fn copy_file(req: &CopyFileRequest) -> Result<()> {
     let err = |what: &str, e: std::io::Error| {
         AgentError::Internal(format!("{what} {}: {e}", path.display()))
     };
+    // A symlink planted under the run dir (e.g. in the shared directory) must not redirect
+    // the write elsewhere in the guest: no component may be a symlink.
+    let mut prefix = std::path::PathBuf::from(protocol::GUEST_RUN_DIR);
+    for c in path
+        .strip_prefix(protocol::GUEST_RUN_DIR)
+        .unwrap_or(&path)
+        .components()
+    {
+        prefix.push(c);
+        if fs::symlink_metadata(&prefix).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(AgentError::InvalidArgument(format!(
+                "{} resolves outside {}: {} is a symlink",
+                path.display(),
+                protocol::GUEST_RUN_DIR,
+                prefix.display()
+            )));
+        }
+    }
     if let Some(parent) = path.parent() {
         if !parent.exists() {
             fs::create_dir_all(parent).map_err(|e| err("creating parents of", e))?;
@@ -136,21 +154,18 @@ pub fn copy_file(req: &CopyFileRequest) -> Result<()> {
         .create(true)
         .truncate(req.offset == 0)
         .mode(if mode == 0 { 0o644 } else { mode })
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .map_err(|e| err("opening", e))?;
     f.seek(SeekFrom::Start(req.offset as u64))
         .map_err(|e| err("seeking in", e))?;
     f.write_all(&req.data).map_err(|e| err("writing", e))?;
+    // Through the open file: the path itself is never followed again.
     if mode != 0 {
-        fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+        f.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(|e| err("chmod", e))?;
     }
-    nix::unistd::chown(
-        &path,
-        Some(nix::unistd::Uid::from_raw(req.uid)),
-        Some(nix::unistd::Gid::from_raw(req.gid)),
-    )
-    .map_err(|e| AgentError::Internal(format!("chown {}: {e}", path.display())))?;
+    std::os::unix::fs::fchown(&f, Some(req.uid), Some(req.gid)).map_err(|e| err("chown", e))?;
     Ok(())
 }
 

@@ -743,6 +743,19 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
         .unwrap_err()
         .to_string();
     assert!(e.contains("/run/kata-containers"), "{e}");
+    // A symlink in the shared directory cannot redirect CopyFile out of the run dir.
+    std::os::unix::fs::symlink("/etc", vm.shared_dir().join("evil")).unwrap();
+    let e = agent
+        .copy_file(CopyFileRequest {
+            path: format!("{}/evil/planted", protocol::GUEST_SHARED_DIR),
+            file_size: 1,
+            data: b"x".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("resolves outside"), "{e}");
     let health = agent
         .check(CheckRequest::new())
         .await
