@@ -119,23 +119,8 @@ pub fn copy_file(req: &CopyFileRequest) -> Result<()> {
         AgentError::Internal(format!("{what} {}: {e}", path.display()))
     };
     // A symlink planted under the run dir (e.g. in the shared directory) must not redirect
-    // the write elsewhere in the guest: no component may be a symlink.
-    let mut prefix = std::path::PathBuf::from(protocol::GUEST_RUN_DIR);
-    for c in path
-        .strip_prefix(protocol::GUEST_RUN_DIR)
-        .unwrap_or(&path)
-        .components()
-    {
-        prefix.push(c);
-        if fs::symlink_metadata(&prefix).is_ok_and(|m| m.file_type().is_symlink()) {
-            return Err(AgentError::InvalidArgument(format!(
-                "{} resolves outside {}: {} is a symlink",
-                path.display(),
-                protocol::GUEST_RUN_DIR,
-                prefix.display()
-            )));
-        }
-    }
+    // the write elsewhere in the guest.
+    validate::no_symlinks_below(&path, protocol::GUEST_RUN_DIR)?;
     if let Some(parent) = path.parent() {
         if !parent.exists() {
             fs::create_dir_all(parent).map_err(|e| err("creating parents of", e))?;

@@ -35,6 +35,7 @@ pub fn mount_storages(storages: &[Storage]) -> Result<Vec<PathBuf>> {
     let mut done = Vec::new();
     for s in storages {
         let r = validate::path_under(&s.mount_point, protocol::GUEST_RUN_DIR)
+            .and_then(|mp| validate::no_symlinks_below(&mp, protocol::GUEST_RUN_DIR).map(|()| mp))
             .map_err(AgentError::from)
             .and_then(|mp| {
                 mount::mount_storage(s, &mp)

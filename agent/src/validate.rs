@@ -104,6 +104,22 @@ pub fn path_under(path: &str, base: &str) -> Result<PathBuf, ValidationError> {
     Ok(p)
 }
 
+/// Fails if any existing component of `path` below `base` is a symlink (which could point
+/// anywhere in the guest).
+pub fn no_symlinks_below(path: &Path, base: &str) -> Result<(), ValidationError> {
+    let mut prefix = PathBuf::from(base);
+    for c in path.strip_prefix(base).unwrap_or(path).components() {
+        prefix.push(c);
+        if std::fs::symlink_metadata(&prefix).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(ValidationError::Path {
+                path: path.display().to_string(),
+                why: format!("resolves outside {base}: {} is a symlink", prefix.display()),
+            });
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,5 +160,16 @@ mod tests {
         assert!(path_under("/run/kata-containersX/y", base).is_err());
         assert!(path_under("/run/kata-containers/../etc", base).is_err());
         assert!(path_under("/etc/passwd", base).is_err());
+    }
+
+    #[test]
+    fn symlinks_below_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().to_str().unwrap();
+        std::fs::create_dir(dir.path().join("real")).unwrap();
+        std::os::unix::fs::symlink("/etc", dir.path().join("link")).unwrap();
+        assert!(no_symlinks_below(&dir.path().join("real/new/file"), base).is_ok());
+        let e = no_symlinks_below(&dir.path().join("link/passwd"), base).unwrap_err();
+        assert!(e.to_string().contains("is a symlink"), "{e}");
     }
 }
