@@ -145,13 +145,20 @@ pub fn rewrite_for_guest(spec: &Value, cid: &str, binds: &[(usize, String)]) -> 
                 let Some(e) = entry.as_object_mut() else {
                     return false;
                 };
-                if e.get("type").and_then(Value::as_str) == Some("network") {
+                match e.get("type").and_then(Value::as_str) {
                     // No path: the container joins the sandbox's (the agent's) netns.
-                    e.remove("path");
-                    return true;
+                    Some("network") => {
+                        e.remove("path");
+                        true
+                    }
+                    // A path names a host namespace (/proc/<pid>/ns/...), meaningless in the
+                    // guest: the container gets a new one (never the agent's own).
+                    Some("pid" | "ipc" | "uts" | "mount") => {
+                        e.remove("path");
+                        true
+                    }
+                    _ => !e.contains_key("path"),
                 }
-                // A path names a host namespace (/proc/<pid>/ns/...): meaningless in the guest.
-                !e.contains_key("path")
             });
         }
     }
@@ -193,7 +200,8 @@ mod tests {
                     {"type": "ipc", "path": "/proc/42/ns/ipc"},
                     {"type": "uts", "path": "/proc/42/ns/uts"},
                     {"type": "mount"},
-                    {"type": "network", "path": "/var/run/netns/cni-1234"}
+                    {"type": "network", "path": "/var/run/netns/cni-1234"},
+                    {"type": "user", "path": "/proc/42/ns/user"}
                 ]
             }
         })
@@ -243,7 +251,7 @@ mod tests {
     }
 
     #[test]
-    fn network_namespace_loses_its_path_and_host_namespaces_are_dropped() {
+    fn namespaces_lose_their_host_paths() {
         let out = rewrite_for_guest(&cri_spec(), "c1", &[]).unwrap();
         let ns = out
             .pointer("/linux/namespaces")
@@ -251,7 +259,7 @@ mod tests {
             .as_array()
             .unwrap();
         let types: Vec<&str> = ns.iter().map(|n| n["type"].as_str().unwrap()).collect();
-        assert_eq!(types, vec!["pid", "mount", "network"]);
+        assert_eq!(types, vec!["pid", "ipc", "uts", "mount", "network"]);
         assert!(ns.iter().all(|n| n.get("path").is_none()));
     }
 

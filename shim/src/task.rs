@@ -41,6 +41,9 @@ use crate::stdio::{self, Copiers, StdioPaths};
 const KILLED_EXIT_STATUS: u32 = 128 + libc::SIGKILL as u32;
 /// How long an exec's exit waits for output still held open by its background children.
 const EXEC_IO_DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+/// The same for a container's init. Its pid namespace dies with it, so EOF comes at once; the
+/// bound only keeps a misbehaving guest from holding TaskExit back forever.
+const INIT_IO_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long Delete waits for stdio copiers after RemoveContainer closed the streams.
 const DELETE_IO_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Type of containerd's runtime options for non-runc runtimes (`--runtime-config-path`).
@@ -401,7 +404,12 @@ impl TaskCore {
             };
             let taken = copiers.lock().unwrap_or_else(|e| e.into_inner()).take();
             if let Some(c) = taken {
-                drain(c, (!is_init).then_some(EXEC_IO_DRAIN_TIMEOUT)).await;
+                let limit = if is_init {
+                    INIT_IO_DRAIN_TIMEOUT
+                } else {
+                    EXEC_IO_DRAIN_TIMEOUT
+                };
+                drain(c, limit).await;
             }
             publish_exit(&events, &handle, status, &cid, &event_id, pid);
         });
@@ -642,7 +650,7 @@ impl TaskCore {
         for p in std::iter::once(&c.init).chain(c.execs.values()) {
             let taken = p.copiers.lock().unwrap_or_else(|e| e.into_inner()).take();
             if let Some(copiers) = taken {
-                drain(copiers, Some(DELETE_IO_DRAIN_TIMEOUT)).await;
+                drain(copiers, DELETE_IO_DRAIN_TIMEOUT).await;
             }
             p.exit_handle().set(KILLED_EXIT_STATUS);
         }
@@ -901,15 +909,10 @@ impl TaskCore {
     }
 }
 
-/// Waits for a process's output copiers, at most `limit` if given.
-async fn drain(mut copiers: Copiers, limit: Option<Duration>) {
-    match limit {
-        None => copiers.finish().await,
-        Some(t) => {
-            if tokio::time::timeout(t, copiers.finish()).await.is_err() {
-                tracing::warn!("stdio still open {t:?} after the process exited; not waiting");
-            }
-        }
+/// Waits for a process's output copiers, at most `limit`.
+async fn drain(mut copiers: Copiers, limit: Duration) {
+    if tokio::time::timeout(limit, copiers.finish()).await.is_err() {
+        tracing::warn!("stdio still open {limit:?} after the process exited; not waiting");
     }
 }
 
