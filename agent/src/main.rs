@@ -35,6 +35,11 @@ fn main() {
     }
     let opts = init::read_cmdline();
     logging::init(opts.log_level, pid1);
+    info!(
+        uptime_ms = init::uptime_ms(),
+        version = env!("CARGO_PKG_VERSION"),
+        "kata-agent starting"
+    );
     for e in boot_errors {
         warn!("boot: {e}");
     }

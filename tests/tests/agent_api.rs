@@ -297,7 +297,11 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
     let mut logs = tokio::io::BufReader::new(logs).lines();
     let found = tokio::time::timeout(STEP, async {
         while let Ok(Some(line)) = logs.next_line().await {
+            if line.contains("kata-agent starting") {
+                println!("agent log: {line}");
+            }
             if line.contains("agent listening on vsock") {
+                println!("agent log: {line}");
                 return true;
             }
         }
