@@ -128,6 +128,16 @@ pub fn ensure_stdio() {
     }
 }
 
+/// Open files the agent may hold: a few per container process (stdio, pty, report socket).
+const AGENT_NOFILE: u64 = 1 << 20;
+
+/// Raises the agent's open-file limit (the kernel gives init 1024/4096). Container processes
+/// get their limits from their spec.
+pub fn raise_nofile() -> nix::Result<()> {
+    use nix::sys::resource::{setrlimit, Resource};
+    setrlimit(Resource::RLIMIT_NOFILE, AGENT_NOFILE, AGENT_NOFILE)
+}
+
 pub fn set_subreaper() -> nix::Result<()> {
     nix::sys::prctl::set_child_subreaper(true)
 }

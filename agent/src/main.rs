@@ -67,6 +67,9 @@ fn run(pid1: bool, opts: init::Options) -> anyhow::Result<()> {
 async fn serve(pid1: bool, opts: init::Options) -> anyhow::Result<()> {
     reaper::global().start()?;
     if pid1 {
+        if let Err(e) = init::raise_nofile() {
+            warn!("raising RLIMIT_NOFILE: {e}");
+        }
         if let Err(e) = init::set_subreaper() {
             warn!("PR_SET_CHILD_SUBREAPER: {e}");
         }
