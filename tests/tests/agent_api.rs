@@ -502,6 +502,22 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
     assert_eq!(read_all(&agent, "c2", "tty1", true).await, "");
     assert_eq!(wait(&agent, "c2", "tty1").await, 0);
 
+    // Concurrent execs: each spawn is its own helper; outputs must not mix.
+    let one = |id: &'static str| {
+        let agent = &agent;
+        async move {
+            exec(agent, "c2", id, &["echo", id], false).await?;
+            let out = read_all(agent, "c2", id, false).await;
+            let status = wait(agent, "c2", id).await;
+            Ok::<_, String>((out, status))
+        }
+    };
+    let (a, b, c, d) = tokio::join!(one("p1"), one("p2"), one("p3"), one("p4"));
+    for (id, r) in [("p1", a), ("p2", b), ("p3", c), ("p4", d)] {
+        let (out, status) = r.map_err(|e| format!("concurrent exec {id}: {e}"))?;
+        assert_eq!((out.as_str(), status), (format!("{id}\n").as_str(), 0));
+    }
+
     exec(&agent, "c2", "e2", &["sleep", "1000"], false)
         .await
         .map_err(|e| format!("ExecProcess e2: {e}"))?;
