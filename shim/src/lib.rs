@@ -3,6 +3,8 @@
 // VM layer: configuration, hypervisor backends, vsock and the agent client.
 pub mod agent;
 pub mod config;
+// Host tool (kata-ctl) on top of the same configuration and detection code.
+pub mod ctl;
 pub mod hypervisor;
 pub mod vm;
 pub mod vsock;
