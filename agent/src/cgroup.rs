@@ -36,7 +36,7 @@ pub fn create(path: &Path) -> Result<(), String> {
 }
 
 /// The cgroup v2 files and values for OCI resources.
-pub fn translate(res: &LinuxResources) -> Vec<(&'static str, String)> {
+pub fn translate(res: &LinuxResources) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
     if let Some(cpu) = res.cpu() {
         let period = cpu.period().filter(|p| *p > 0).unwrap_or(100_000);
@@ -76,7 +76,29 @@ pub fn translate(res: &LinuxResources) -> Vec<(&'static str, String)> {
     if let Some(p) = res.pids() {
         out.push(("pids.max", limit_value(p.limit())));
     }
-    out
+    if let Some(w) = res.block_io().as_ref().and_then(|b| b.weight()) {
+        out.push(("io.weight", format!("default {}", blkio_to_io_weight(w))));
+    }
+    let mut out: Vec<(String, String)> = out.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    // cgroup v2 files named directly; they win over the translated values.
+    for (k, v) in res.unified().iter().flatten() {
+        let plain = !k.is_empty()
+            && k.contains('.')
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !plain || k.starts_with("cgroup.") {
+            return Err(format!("invalid unified cgroup key {k:?}"));
+        }
+        out.retain(|(old, _)| old != k);
+        out.push((k.clone(), v.clone()));
+    }
+    Ok(out)
+}
+
+/// cgroup v1 blkio.weight [10, 1000] -> cgroup v2 io.weight [1, 10000].
+pub fn blkio_to_io_weight(w: u16) -> u64 {
+    let w = u64::from(w.clamp(10, 1000));
+    1 + (w - 10) * 9999 / 990
 }
 
 fn limit_value(v: i64) -> String {
@@ -94,10 +116,10 @@ pub fn shares_to_weight(shares: u64) -> u64 {
 }
 
 pub fn apply(path: &Path, res: &LinuxResources) -> Result<(), String> {
-    for (file, value) in translate(res) {
-        let p = path.join(file);
-        if file == "memory.swap.max" && !p.exists() {
-            continue; // kernel without swap accounting
+    for (file, value) in translate(res)? {
+        let p = path.join(&file);
+        if (file == "memory.swap.max" || file == "io.weight") && !p.exists() {
+            continue; // kernel without swap accounting / an I/O scheduler with weights
         }
         fs::write(&p, &value).map_err(|e| format!("writing {value:?} to {}: {e}", p.display()))?;
     }
@@ -239,7 +261,8 @@ mod tests {
         let r = res(r#"{"cpu":{"quota":50000,"period":100000,"shares":1024},
                         "memory":{"limit":268435456,"swap":536870912},
                         "pids":{"limit":100}}"#);
-        let t = translate(&r);
+        let t = translate(&r).unwrap();
+        let t: Vec<(&str, String)> = t.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         assert!(t.contains(&("cpu.max", "50000 100000".into())));
         assert!(t.contains(&("cpu.weight", "39".into())));
         assert!(t.contains(&("memory.max", "268435456".into())));
@@ -248,12 +271,24 @@ mod tests {
 
         let t = translate(&res(
             r#"{"cpu":{"quota":-1},"memory":{"limit":-1,"swap":-1},"pids":{"limit":0}}"#,
-        ));
+        ))
+        .unwrap();
+        let t: Vec<(&str, String)> = t.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         assert!(t.contains(&("cpu.max", "max 100000".into())));
         assert!(t.contains(&("memory.max", "max".into())));
         assert!(t.contains(&("memory.swap.max", "max".into())));
         assert!(t.contains(&("pids.max", "max".into())));
-        assert!(translate(&res("{}")).is_empty());
+        assert!(translate(&res("{}")).unwrap().is_empty());
+        let t = translate(&res(
+            r#"{"pids":{"limit":5},"blockIO":{"weight":500},"unified":{"pids.max":"7","memory.high":"1000000"}}"#,
+        ))
+        .unwrap();
+        assert!(t.contains(&("pids.max".into(), "7".into())));
+        assert!(!t.contains(&("pids.max".into(), "5".into())));
+        assert!(t.contains(&("memory.high".into(), "1000000".into())));
+        assert!(t.contains(&("io.weight".into(), "default 4950".into())));
+        assert!(translate(&res(r#"{"unified":{"../x":"1"}}"#)).is_err());
+        assert!(translate(&res(r#"{"unified":{"cgroup.procs":"1"}}"#)).is_err());
     }
 
     #[test]
