@@ -43,6 +43,8 @@ enum StdinStop {
 pub struct Copiers {
     outputs: Vec<JoinHandle<()>>,
     stdin: Option<(watch::Sender<StdinStop>, JoinHandle<()>)>,
+    /// Dropped with the copiers: releases output FIFO opens still waiting for a reader.
+    _output_cancel: watch::Sender<()>,
 }
 
 impl Copiers {
@@ -82,8 +84,17 @@ fn raise(s: &mut StdinStop, to: StdinStop) -> bool {
 
 type Writer = Box<dyn AsyncWrite + Unpin + Send>;
 
-/// Opens an output destination: a FIFO path or a `file://` URI.
-async fn open_output(target: &str) -> TaskResult<Writer> {
+/// Where a process's output goes.
+enum Output {
+    None,
+    File(Writer),
+    /// Opened by the copier once containerd's reader has its end open.
+    Fifo(PathBuf),
+}
+
+/// Checks an output destination (a FIFO path or a `file://` URI) so that Start fails on a bad
+/// one; files are opened here, FIFOs by the copier.
+async fn open_output(target: &str) -> TaskResult<Output> {
     if let Some(path) = target.strip_prefix("file://") {
         let f = tokio::fs::OpenOptions::new()
             .create(true)
@@ -91,18 +102,56 @@ async fn open_output(target: &str) -> TaskResult<Writer> {
             .open(path)
             .await
             .map_err(|e| TaskError::invalid(format!("opening log file {path}: {e}")))?;
-        return Ok(Box::new(f));
+        return Ok(Output::File(Box::new(f)));
     }
     if target.contains("://") {
         return Err(TaskError::invalid(format!(
             "stdio {target}: only FIFO paths and file:// URIs are supported"
         )));
     }
-    // containerd opened the reading end before Create, so a non-blocking open succeeds.
-    let sender = pipe::OpenOptions::new()
-        .open_sender(target)
+    tokio::fs::metadata(target)
+        .await
         .map_err(|e| TaskError::invalid(format!("opening stdio FIFO {target}: {e}")))?;
-    Ok(Box::new(sender))
+    Ok(Output::Fifo(PathBuf::from(target)))
+}
+
+/// Opens a FIFO for writing once a reader has it open. Clients such as ctr open their reading
+/// ends asynchronously, so a non-blocking open may fail with ENXIO, and output written before
+/// the reader really attached can be lost; a blocking open in a blocking thread waits for it.
+/// When `cancel` fires (its sender dropped), we become the reader ourselves so that the
+/// pending open returns, and give up.
+async fn open_fifo_writer(path: PathBuf, mut cancel: watch::Receiver<()>) -> Option<Writer> {
+    let p = path.clone();
+    let mut open = tokio::task::spawn_blocking(move || StdOpenOptions::new().write(true).open(&p));
+    let file = tokio::select! {
+        r = &mut open => match r {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => {
+                tracing::warn!("stdio FIFO {}: {e}", path.display());
+                return None;
+            }
+            Err(_) => return None,
+        },
+        _ = cancel.changed() => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let unblock = tokio::task::spawn_blocking(move || {
+                StdOpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&path)
+            });
+            let _ = open.await;
+            let _ = unblock.await;
+            return None;
+        }
+    };
+    match pipe::Sender::from_file(file) {
+        Ok(tx) => Some(Box::new(tx)),
+        Err(e) => {
+            tracing::warn!("stdio FIFO: {e}");
+            None
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -116,8 +165,16 @@ async fn copy_output(
     cid: String,
     exec_id: String,
     stream: Stream,
-    mut out: Option<Writer>,
+    target: Output,
+    cancel: watch::Receiver<()>,
 ) {
+    // Nothing is read from the guest before the destination is ready: the guest's pipe
+    // holds the output meanwhile (back-pressure, no buffering here).
+    let mut out = match target {
+        Output::None => None,
+        Output::File(w) => Some(w),
+        Output::Fifo(path) => open_fifo_writer(path, cancel).await,
+    };
     loop {
         let req = pb::ReadStreamRequest {
             container_id: cid.clone(),
@@ -253,21 +310,23 @@ pub async fn start(
     paths: &StdioPaths,
 ) -> TaskResult<Copiers> {
     let stdout = match paths.stdout.as_str() {
-        "" => None,
-        p => Some(open_output(p).await?),
+        "" => Output::None,
+        p => open_output(p).await?,
     };
     // With a terminal, stdout carries the pty; stderr is not used.
     let stderr = match paths.stderr.as_str() {
-        "" => None,
-        _ if paths.terminal => None,
-        p => Some(open_output(p).await?),
+        "" => Output::None,
+        _ if paths.terminal => Output::None,
+        p => open_output(p).await?,
     };
+    let (output_cancel, cancel_rx) = watch::channel(());
     let mut outputs = vec![tokio::spawn(copy_output(
         agent.clone(),
         cid.to_string(),
         exec_id.to_string(),
         Stream::Stdout,
         stdout,
+        cancel_rx.clone(),
     ))];
     if !paths.terminal {
         outputs.push(tokio::spawn(copy_output(
@@ -276,6 +335,7 @@ pub async fn start(
             exec_id.to_string(),
             Stream::Stderr,
             stderr,
+            cancel_rx,
         )));
     }
     let stdin = (!paths.stdin.is_empty()).then(|| {
@@ -289,5 +349,9 @@ pub async fn start(
         ));
         (tx, h)
     });
-    Ok(Copiers { outputs, stdin })
+    Ok(Copiers {
+        outputs,
+        stdin,
+        _output_cancel: output_cancel,
+    })
 }

@@ -91,8 +91,14 @@ impl Containerd {
         ]);
         let dir = top.join("build/e2e").join(name);
         let c = Containerd { dir, bin_dir };
-        c.script(&["start"])
-            .expect("starting the private containerd");
+        {
+            // Tests of one binary may share a containerd and run in parallel: count users,
+            // so the last one out stops it.
+            let mut users = USERS.lock().unwrap_or_else(|p| p.into_inner());
+            c.script(&["start"])
+                .expect("starting the private containerd");
+            *users.entry(c.dir.clone()).or_insert(0) += 1;
+        }
         let tar = top.join("build/images/busybox.tar");
         if !tar.exists() {
             let out = Command::new("bash")
@@ -267,9 +273,19 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        let _ = self.script(&["stop"]);
+        let mut users = USERS.lock().unwrap_or_else(|p| p.into_inner());
+        let n = users.entry(self.dir.clone()).or_insert(1);
+        *n -= 1;
+        if *n == 0 {
+            users.remove(&self.dir);
+            let _ = self.script(&["stop"]);
+        }
     }
 }
+
+/// How many live [`Containerd`] handles use each containerd directory.
+static USERS: std::sync::Mutex<std::collections::BTreeMap<PathBuf, usize>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
 
 /// Lossy UTF-8 of command output.
 pub fn text(b: &[u8]) -> String {

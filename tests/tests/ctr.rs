@@ -144,6 +144,18 @@ fn exec_plain_and_tty_in_a_running_container() {
     );
     assert_eq!(out.status.code(), Some(4), "exec exit code");
 
+    // Short-lived execs must never lose their output (ctr opens its FIFOs asynchronously).
+    for i in 0..20 {
+        let eid = format!("quick{i}");
+        let out = ctrd.ctr(&["task", "exec", "--exec-id", &eid, &id, "hostname"]);
+        assert_eq!(
+            text(&out.stdout).trim(),
+            id,
+            "exec {eid}: {}",
+            text(&out.stderr)
+        );
+    }
+
     let out = under_pty(&ctrd, &format!("task exec -t --exec-id e2 {id} tty"));
     assert!(
         text(&out.stdout).contains("/dev/pts/"),
