@@ -230,7 +230,10 @@ async fn agent_api_end_to_end_arm64() {
     run(config, "agentapiarm", &busybox).await;
 }
 
-async fn run(config: Config, prefix: &str, busybox: &Path) {
+async fn run(mut config: Config, prefix: &str, busybox: &Path) {
+    // The debug console is covered too (the guest image carries a busybox shell).
+    config.hypervisor.kernel_params =
+        format!("{} agent.debug_console", config.hypervisor.kernel_params);
     let sandbox_id = unique_id(prefix);
     let vm = Vm::boot(&config, &sandbox_id)
         .await
@@ -313,6 +316,26 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
         Ok(true),
         "the log stream carried the agent's startup line"
     );
+
+    // agent.debug_console: a guest shell on DEBUG_CONSOLE_PORT.
+    let mut console = dialer
+        .dial(protocol::DEBUG_CONSOLE_PORT)
+        .await
+        .map_err(|e| format!("dialing the debug console: {e}"))?;
+    tokio::io::AsyncWriteExt::write_all(&mut console, b"echo dbg-$((6*7)); exit\n")
+        .await
+        .map_err(|e| format!("writing to the debug console: {e}"))?;
+    let mut console = tokio::io::BufReader::new(console).lines();
+    let seen = tokio::time::timeout(STEP, async {
+        while let Ok(Some(line)) = console.next_line().await {
+            if line.contains("dbg-42") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(seen, Ok(true), "the debug console ran a shell command");
 
     // 1. A short-lived container: stdout, stdin, stderr, exit code.
     let root1 = make_rootfs(busybox, vm.shared_dir(), "c1");
