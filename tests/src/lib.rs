@@ -240,6 +240,24 @@ impl Containerd {
         }
     }
 
+    /// Runs `cmd` in the task with `ctr task exec` until it exits 0 (bounded).
+    pub fn wait_exec_ok(&self, id: &str, cmd: &[&str], timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for n in 0.. {
+            let eid = format!("probe{n}");
+            let mut args = vec!["task", "exec", "--exec-id", &eid, id];
+            args.extend_from_slice(cmd);
+            if self.ctr(&args).status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{cmd:?} in {id} did not succeed within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Deletes a stopped task and its container; returns the exit code containerd reported.
     pub fn delete_task(&self, id: &str) -> i32 {
         let out = self.ctr(&["task", "delete", id]);
