@@ -32,6 +32,19 @@ pub trait Hypervisor: Send + Sync {
     /// Stops the VM (gracefully if it has not exited within `grace`, then by force) and its
     /// helpers. Safe to call more than once and after a failed start.
     async fn stop(&mut self, grace: std::time::Duration) -> Result<(), HypervisorError>;
+    /// Waits (up to `timeout`) until the guest side of the agent transport can take a
+    /// connection without harm. Backends whose vsock needs no care keep the default.
+    async fn wait_agent_transport(
+        &self,
+        _timeout: std::time::Duration,
+    ) -> Result<(), HypervisorError> {
+        Ok(())
+    }
+    /// Some(reason) when the agent transport is known to be dead for good (so waiting for the
+    /// agent is pointless). Checked while the agent is dialled at boot.
+    async fn agent_transport_broken(&self) -> Option<String> {
+        None
+    }
     async fn pause(&self) -> Result<(), HypervisorError>;
     async fn resume(&self) -> Result<(), HypervisorError>;
     /// How to reach guest vsock ports. Valid after a successful start.

@@ -23,6 +23,10 @@ const DESTROY_TIMEOUT: Duration = Duration::from_secs(3);
 /// guest needs flushing once the agent destroyed the sandbox (the shared fs writes through to
 /// the host), so do not wait for the guest's own power-off.
 const EXIT_GRACE: Duration = Duration::ZERO;
+/// VMs started for one boot when the agent transport dies at start.
+const BOOT_ATTEMPTS: u32 = 2;
+/// How often the agent transport is checked while dialling the agent.
+const TRANSPORT_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// Console lines quoted in boot errors.
 const CONSOLE_TAIL_LINES: usize = 30;
 
@@ -52,6 +56,8 @@ pub enum VmError {
         status: String,
         console_tail: String,
     },
+    #[error("the agent transport failed: {reason}")]
+    TransportBroken { reason: String },
     #[error("the hypervisor gave no agent address")]
     NoDialer,
 }
@@ -135,45 +141,47 @@ impl Vm {
                 return Err(VmError::SocketPathTooLong { path: s });
             }
         }
-        create_sandbox_dir(&dir).await?;
-
-        let mut hv: Box<dyn Hypervisor> = match &config.backend {
-            Backend::Qemu => Box::new(Qemu::new(config, sandbox_id, paths.clone())),
-            Backend::Clh { path } => Box::new(Clh::new(
-                config,
-                ClhConfig::from_qemu_like(&config.hypervisor, path.clone()),
-                sandbox_id,
-                paths.clone(),
-            )),
-        };
-        match boot_in(config, sandbox_id, &paths, hv.as_mut()).await {
-            Ok(agent) => {
-                let (paused, gate) = watch::channel(false);
-                let agent = agent.gated(gate);
-                let boot_time = started.elapsed();
-                tracing::info!(sandbox = %sandbox_id, "VM ready: agent answered {boot_time:?} after boot started");
-                let log_task = hv
-                    .agent_dialer()
-                    .map(|d| logs::forward_agent_logs(d, sandbox_id.to_string()));
-                Ok(Vm {
-                    id: sandbox_id.to_string(),
-                    exited: hv.exited(),
-                    shared_dir: paths.shared(),
-                    console_log: paths.console_log(),
-                    paths,
-                    hypervisor: hv,
-                    agent,
-                    paused,
-                    log_task,
-                    boot_time,
-                })
-            }
-            Err(e) => {
-                tracing::warn!(sandbox = %sandbox_id, "boot failed: {e}");
-                if let Err(ce) = teardown(hv.as_mut(), &paths, Duration::ZERO).await {
-                    tracing::warn!(sandbox = %sandbox_id, "cleanup after failed boot: {ce}");
+        let mut attempt = 1;
+        loop {
+            create_sandbox_dir(&dir).await?;
+            let mut hv = new_hypervisor(config, sandbox_id, &paths);
+            match boot_in(config, sandbox_id, &paths, hv.as_mut()).await {
+                Ok(agent) => {
+                    let (paused, gate) = watch::channel(false);
+                    let agent = agent.gated(gate);
+                    let boot_time = started.elapsed();
+                    tracing::info!(sandbox = %sandbox_id, "VM ready: agent answered {boot_time:?} after boot started");
+                    let log_task = hv
+                        .agent_dialer()
+                        .map(|d| logs::forward_agent_logs(d, sandbox_id.to_string()));
+                    return Ok(Vm {
+                        id: sandbox_id.to_string(),
+                        exited: hv.exited(),
+                        shared_dir: paths.shared(),
+                        console_log: paths.console_log(),
+                        paths,
+                        hypervisor: hv,
+                        agent,
+                        paused,
+                        log_task,
+                        boot_time,
+                    });
                 }
-                Err(e)
+                Err(e) => {
+                    tracing::warn!(sandbox = %sandbox_id, "boot failed: {e}");
+                    if let Err(ce) = teardown(hv.as_mut(), &paths, Duration::ZERO).await {
+                        tracing::warn!(sandbox = %sandbox_id, "cleanup after failed boot: {ce}");
+                        return Err(e);
+                    }
+                    // A transport that died at start (a helper's race, not the configuration)
+                    // gets one more VM.
+                    if matches!(e, VmError::TransportBroken { .. }) && attempt < BOOT_ATTEMPTS {
+                        attempt += 1;
+                        tracing::warn!(sandbox = %sandbox_id, "booting the VM again (attempt {attempt} of {BOOT_ATTEMPTS})");
+                        continue;
+                    }
+                    return Err(e);
+                }
             }
         }
     }
@@ -306,15 +314,31 @@ async fn boot_in(
     hv: &mut dyn Hypervisor,
 ) -> Result<Agent, VmError> {
     hv.start().await?;
+    let hv: &dyn Hypervisor = hv;
     let dialer = hv.agent_dialer().ok_or(VmError::NoDialer)?;
     let mut exited = hv.exited();
     let timeout = config.agent.dial_timeout;
     tracing::debug!(sandbox = %id, ?dialer, "connecting to the agent");
+    let connect = async {
+        let started = Instant::now();
+        hv.wait_agent_transport(timeout).await?;
+        let left = timeout.saturating_sub(started.elapsed());
+        Agent::connect(&dialer, left.max(Duration::from_millis(100)))
+            .await
+            .map_err(|source| VmError::Agent {
+                source,
+                console_tail: String::new(),
+            })
+    };
     tokio::select! {
-        r = Agent::connect(&dialer, timeout) => r.map_err(|source| VmError::Agent {
-            source,
-            console_tail: log_tail(&paths.console_log(), CONSOLE_TAIL_LINES),
+        r = connect => r.map_err(|e| match e {
+            VmError::Agent { source, .. } => VmError::Agent {
+                source,
+                console_tail: log_tail(&paths.console_log(), CONSOLE_TAIL_LINES),
+            },
+            other => other,
         }),
+        reason = transport_broken(hv) => Err(VmError::TransportBroken { reason }),
         _ = exited.wait_for(|e| *e) => Err(VmError::Exited {
             status: hv.exit_status().unwrap_or_else(|| "unknown status".into()),
             console_tail: [
@@ -323,6 +347,28 @@ async fn boot_in(
             ]
             .join("\n"),
         }),
+    }
+}
+
+/// Resolves when the hypervisor reports its agent transport dead (a poll: no event for it).
+async fn transport_broken(hv: &dyn Hypervisor) -> String {
+    loop {
+        tokio::time::sleep(TRANSPORT_CHECK_INTERVAL).await;
+        if let Some(reason) = hv.agent_transport_broken().await {
+            return reason;
+        }
+    }
+}
+
+fn new_hypervisor(config: &Config, id: &str, paths: &SandboxPaths) -> Box<dyn Hypervisor> {
+    match &config.backend {
+        Backend::Qemu => Box::new(Qemu::new(config, id, paths.clone())),
+        Backend::Clh { path } => Box::new(Clh::new(
+            config,
+            ClhConfig::from_qemu_like(&config.hypervisor, path.clone()),
+            id,
+            paths.clone(),
+        )),
     }
 }
 

@@ -42,6 +42,7 @@ pub struct Qemu {
     exited_rx: watch::Receiver<bool>,
     /// Set once stop() runs: an exit after that is expected and not worth a warning.
     stopping: Arc<AtomicBool>,
+    vsock_kind: Option<VsockKind>,
 }
 
 impl Qemu {
@@ -58,6 +59,7 @@ impl Qemu {
             exited_tx,
             exited_rx,
             stopping: Arc::new(AtomicBool::new(false)),
+            vsock_kind: None,
         }
     }
 
@@ -198,8 +200,13 @@ impl Qemu {
             },
             SharedFs::None => FsDevice::None,
         };
-        let kernel_cmdline =
-            cmdline::kernel_cmdline(&h, &self.config.agent, self.config.agent_debug(), tsc);
+        let kernel_cmdline = cmdline::kernel_cmdline_for(
+            &h,
+            &self.config.agent,
+            self.config.agent_debug(),
+            tsc,
+            Some(choice.accel),
+        );
         let args = cmdline::qemu_args(&cmdline::Input {
             config: &h,
             accel: choice.accel,
@@ -243,8 +250,33 @@ impl Qemu {
         self.qemu = Some(qemu);
         waited?;
         self.dialer = Some(dialer);
+        self.vsock_kind = Some(vsock);
         tracing::info!(sandbox = %self.id, qemu = %h.path.display(), version = ?version, "QEMU started");
         Ok(())
+    }
+}
+
+/// A VM dropped without stop() (an error path of the caller) must not keep running: kill its
+/// processes. The sandbox dir stays for `cleanup_sandbox_dir` (no blocking unmount in drop).
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        for p in [&self.qemu, &self.virtiofsd, &self.vsock_daemon]
+            .into_iter()
+            .flatten()
+        {
+            if !p.has_exited() {
+                tracing::warn!(sandbox = %self.id, name = p.name(), pid = p.pid(), "VM dropped without stop: killing");
+                p.signal(nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+fn tail_suffix_lines(tail: &str) -> String {
+    if tail.trim().is_empty() {
+        String::new()
+    } else {
+        format!("; its log ends with:\n{}", tail.trim_end())
     }
 }
 
@@ -300,6 +332,78 @@ impl Hypervisor for Qemu {
             let _ = tokio::fs::remove_file(self.paths.pidfile(name)).await;
         }
         Ok(())
+    }
+
+    /// With vhost-user vsock, waits until QEMU started the device (the guest driver is up).
+    /// vhost-device-vsock 0.3 reads a host `CONNECT` that arrives before the guest's queues
+    /// exist, fails to queue it ("no memory configured") and its vring worker thread exits:
+    /// the VM's vsock is dead for good (seen in a few % of boots on a loaded host). QEMU reports
+    /// the device state through `x-query-virtio-status` (QEMU >= 7.2); without it, no wait.
+    async fn wait_agent_transport(&self, timeout: Duration) -> Result<(), HypervisorError> {
+        if self.vsock_kind != Some(VsockKind::VhostUser) {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut q = qmp::connect_retry(&self.paths.qmp_socket(), qmp::QMP_TIMEOUT).await?;
+        let devices = match q.execute("x-query-virtio", None).await {
+            Ok(v) => v,
+            Err(qmp::QmpError::Command { desc, .. }) => {
+                tracing::debug!(sandbox = %self.id, "x-query-virtio: {desc}: dialing the agent without waiting for the vsock device");
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let path = devices.as_array().and_then(|list| {
+            list.iter()
+                .find(|d| d["name"].as_str().is_some_and(|n| n.contains("vsock")))
+                .and_then(|d| d["path"].as_str().map(str::to_string))
+        });
+        let Some(path) = path else {
+            tracing::debug!(sandbox = %self.id, "no vsock device in x-query-virtio: {devices}");
+            return Ok(());
+        };
+        let args = serde_json::json!({ "path": path });
+        loop {
+            let status = q
+                .execute("x-query-virtio-status", Some(args.clone()))
+                .await?;
+            if status["vhost-started"].as_bool() == Some(true) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                // Let the agent dial report the timeout, with the guest console.
+                return Ok(());
+            }
+            // No QMP event says "vhost started": poll briefly.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// vhost-device-vsock 0.3 runs all vring work on one thread named "vring_worker"; when it
+    /// hits an error it exits and the VM's vsock is dead while the daemon lives on.
+    async fn agent_transport_broken(&self) -> Option<String> {
+        let daemon = self.vsock_daemon.as_ref()?;
+        if daemon.has_exited() {
+            return Some(format!(
+                "vhost-device-vsock exited ({})",
+                daemon.status_text()
+            ));
+        }
+        let tasks = format!("/proc/{}/task", daemon.pid());
+        let mut dir = tokio::fs::read_dir(&tasks).await.ok()?;
+        while let Ok(Some(t)) = dir.next_entry().await {
+            let comm = tokio::fs::read_to_string(t.path().join("comm"))
+                .await
+                .unwrap_or_default();
+            if comm.trim() == "vring_worker" {
+                return None;
+            }
+        }
+        Some(format!(
+            "vhost-device-vsock's vring worker thread is gone (pid {}): its vsock device stopped working{}",
+            daemon.pid(),
+            tail_suffix_lines(&log_tail(daemon.log(), 5))
+        ))
     }
 
     async fn pause(&self) -> Result<(), HypervisorError> {

@@ -130,6 +130,23 @@ impl Qmp {
     }
 }
 
+/// [`Qmp::connect`], retrying while QEMU has created the socket file but not listened on it
+/// yet (bind and listen are two steps; the file appearing is all we can wait on).
+pub async fn connect_retry(path: &Path, timeout: Duration) -> Result<Qmp, QmpError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match Qmp::connect(path).await {
+            Err(QmpError::Connect { source, .. })
+                if source.kind() == std::io::ErrorKind::ConnectionRefused
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Connects to `path`, runs `command` and disconnects, all within `timeout`.
 pub async fn run_once(path: &Path, command: &str, timeout: Duration) -> Result<Value, QmpError> {
     let fut = async {

@@ -94,9 +94,11 @@ pub async fn start_daemon(
     cmd.arg(format!("--guest-cid={VHOST_USER_GUEST_CID}"))
         .arg(format!("--socket={}", paths.vhost_user_vsock().display()))
         .arg(format!("--uds-path={}", paths.hybrid_vsock().display()));
-    if config.enable_debug {
-        cmd.env("RUST_LOG", "debug");
-    }
+    // Its warnings (in the sandbox dir's log) are what explains a dead vsock.
+    cmd.env(
+        "RUST_LOG",
+        if config.enable_debug { "debug" } else { "warn" },
+    );
     let p = Process::spawn(
         "vhost-device-vsock",
         cmd,
