@@ -165,6 +165,7 @@ pub async fn run_once(path: &Path, command: &str, timeout: Duration) -> Result<V
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
     use tokio::net::UnixListener;
 
     /// A fake QEMU: greeting, then answers each command from `script` in order.
@@ -217,6 +218,55 @@ mod tests {
         assert_eq!(err.to_string(), "cont failed: GenericError: nope");
         // The fake closes the socket without answering quit: still a success.
         q.quit().await.expect("quit");
+    }
+
+    #[tokio::test]
+    async fn connect_retry_waits_for_listen_after_bind() {
+        use nix::sys::socket::{
+            bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("qmp.sock");
+        // Bound (the file exists) but not listening yet, as QEMU is for a moment.
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::empty(),
+            None,
+        )
+        .expect("socket");
+        bind(fd.as_raw_fd(), &UnixAddr::new(&path).expect("addr")).expect("bind");
+        let p = path.clone();
+        let client = tokio::spawn(async move { connect_retry(&p, Duration::from_secs(5)).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        listen(&fd, Backlog::new(1).expect("backlog")).expect("listen");
+        let std_listener = std::os::unix::net::UnixListener::from(fd);
+        std_listener.set_nonblocking(true).expect("nonblocking");
+        let listener = UnixListener::from_std(std_listener).expect("tokio listener");
+        let (s, _) = listener.accept().await.expect("accept");
+        let (r, mut w) = s.into_split();
+        let mut r = BufReader::new(r);
+        w.write_all(b"{\"QMP\": {}}\n").await.expect("greeting");
+        let mut line = String::new();
+        r.read_line(&mut line).await.expect("capabilities");
+        w.write_all(b"{\"return\": {}}\n").await.expect("reply");
+        client.await.expect("join").expect("connected after listen");
+        // Nobody ever listens: the refusal comes back at the deadline.
+        let dir2 = tempfile::tempdir().expect("tempdir");
+        let path2 = dir2.path().join("qmp.sock");
+        let fd2 = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::empty(),
+            None,
+        )
+        .expect("socket");
+        bind(fd2.as_raw_fd(), &UnixAddr::new(&path2).expect("addr")).expect("bind");
+        let err = connect_retry(&path2, Duration::from_millis(100))
+            .await
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("refused"), "{err}");
     }
 
     #[tokio::test]
