@@ -98,6 +98,9 @@ pub enum HypervisorError {
     Qmp(#[from] qemu::qmp::QmpError),
     #[error("{0}")]
     Unsupported(String),
+    /// The guest did not get far enough to be reached (boot errors add the guest console).
+    #[error("{0}")]
+    GuestNotReady(String),
 }
 
 fn tail_suffix(tail: &str) -> String {

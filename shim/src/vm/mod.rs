@@ -56,6 +56,11 @@ pub enum VmError {
         status: String,
         console_tail: String,
     },
+    #[error("{reason}{}", console_suffix(console_tail))]
+    GuestNotReady {
+        reason: String,
+        console_tail: String,
+    },
     #[error("the agent transport failed: {reason}")]
     TransportBroken { reason: String },
     #[error("the hypervisor gave no agent address")]
@@ -334,6 +339,10 @@ async fn boot_in(
         r = connect => r.map_err(|e| match e {
             VmError::Agent { source, .. } => VmError::Agent {
                 source,
+                console_tail: log_tail(&paths.console_log(), CONSOLE_TAIL_LINES),
+            },
+            VmError::Hypervisor(HypervisorError::GuestNotReady(reason)) => VmError::GuestNotReady {
+                reason,
                 console_tail: log_tail(&paths.console_log(), CONSOLE_TAIL_LINES),
             },
             other => other,

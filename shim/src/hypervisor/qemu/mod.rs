@@ -371,8 +371,9 @@ impl Hypervisor for Qemu {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
-                // Let the agent dial report the timeout, with the guest console.
-                return Ok(());
+                return Err(HypervisorError::GuestNotReady(format!(
+                    "the guest did not start its vsock device within {timeout:?} (a kernel without virtio-vsock, or a guest stuck early in boot)"
+                )));
             }
             // No QMP event says "vhost started": poll briefly.
             tokio::time::sleep(Duration::from_millis(10)).await;
