@@ -100,7 +100,8 @@ impl VmLauncher for QemuLauncher {
             .map_err(|e| TaskError::internal(format!("config task: {e}")))?
             .map_err(|e| TaskError::invalid(format!("runtime configuration: {e}")))?;
         for w in &loaded.warnings {
-            tracing::warn!("{}: {w}", loaded.path.display());
+            // Each warning already names its file.
+            tracing::warn!("{w}");
         }
         let mut cfg = loaded.config;
         if cfg.runtime.enable_debug {

@@ -426,7 +426,11 @@ fn shipped_clh_config_is_valid_and_warning_free() {
 #[test]
 fn load_reads_kata_conf_file_from_the_environment() {
     let d = tempfile::tempdir().expect("tempdir");
-    let file = write(d.path(), "env.toml", "[hypervisor.qemu]\ndefault_vcpus = 3\n");
+    let file = write(
+        d.path(),
+        "env.toml",
+        "[hypervisor.qemu]\ndefault_vcpus = 3\n",
+    );
     // No other test reads this variable.
     std::env::set_var(ENV_CONFIG_FILE, &file);
     let loaded = load(&LoadRequest::default());
