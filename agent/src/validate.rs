@@ -15,34 +15,13 @@ pub enum ValidationError {
     Path { path: String, why: String },
 }
 
-const MAX_ID_LEN: usize = 128;
-
-/// A container, sandbox or exec id: 1..=128 chars of `[A-Za-z0-9_.-]`, starting alphanumeric,
-/// so it is always safe as one path component.
+/// A container, sandbox or exec id (the rule is shared with the host: protocol::rules).
 pub fn id(what: &'static str, value: &str) -> Result<(), ValidationError> {
-    let fail = |why| {
-        Err(ValidationError::Id {
-            what,
-            value: value.to_string(),
-            why,
-        })
-    };
-    if value.is_empty() {
-        return fail("must not be empty");
-    }
-    if value.len() > MAX_ID_LEN {
-        return fail("longer than 128 characters");
-    }
-    if !value.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-        return fail("must start with a letter or digit");
-    }
-    if !value
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-    {
-        return fail("only letters, digits, '_', '.' and '-' are allowed");
-    }
-    Ok(())
+    protocol::rules::check_id(value).map_err(|why| ValidationError::Id {
+        what,
+        value: value.to_string(),
+        why,
+    })
 }
 
 pub fn container_id(value: &str) -> Result<(), ValidationError> {

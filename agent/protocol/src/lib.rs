@@ -34,6 +34,8 @@ pub mod agent_ttrpc {
     include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
 }
 
+pub mod rules;
+
 /// vsock port of the agent's ttrpc server.
 pub const AGENT_TTRPC_PORT: u32 = 1024;
 /// vsock port on which the agent streams its log lines to the host.

@@ -99,27 +99,12 @@ impl std::fmt::Debug for Vm {
     }
 }
 
-/// Sandbox ids become directory names and QEMU option values: keep them tame.
+/// Sandbox ids become directory names and QEMU option values: the id rule both sides share.
 pub fn validate_sandbox_id(id: &str) -> Result<(), VmError> {
-    let bad = |reason: &str| {
-        Err(VmError::InvalidId {
-            id: id.to_string(),
-            reason: reason.to_string(),
-        })
-    };
-    if id.is_empty() || id.len() > 128 {
-        return bad("must be 1 to 128 characters long");
-    }
-    if id.starts_with('.') || id.starts_with('-') {
-        return bad("must not start with '.' or '-'");
-    }
-    if !id
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
-        return bad("only letters, digits, '-', '_' and '.' are allowed");
-    }
-    Ok(())
+    protocol::rules::check_id(id).map_err(|reason| VmError::InvalidId {
+        id: id.to_string(),
+        reason: reason.to_string(),
+    })
 }
 
 /// The directory of sandbox `id` for `config`: `[runtime] run_dir`, `$KATA_RS_RUN_DIR` or
