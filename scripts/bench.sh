@@ -12,11 +12,9 @@ export CONTAINERD_DIR="$top/build/bench/containerd"
 ctrd() { bash "$here/containerd.sh" "$@"; }
 
 need_root
-image_tar="$top/build/images/busybox.tar"
-[ -f "$image_tar" ] || bash "$here/build-image.sh" "$image_tar" >/dev/null
 ctrd start
 trap 'ctrd stop' EXIT
-ctrd ctr images ls -q | grep -qx "$TEST_IMAGE" || ctrd ctr images import --all-platforms "$image_tar" >/dev/null
+ctrd import-image
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 

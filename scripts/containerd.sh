@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# containerd.sh start|stop|status|ctr [DIR] [ctr args...]
+# containerd.sh start|stop|status|import-image|ctr [ctr args...]
 # A private containerd (root, state, sockets, log under DIR, default build/containerd) that
 # finds this checkout's shim on its PATH and the build's runtime configuration, so demos and
 # tests never touch the host's own containerd.
@@ -7,7 +7,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 top=$(cd "$here/.." && pwd)
-cmd=${1:?usage: containerd.sh start|stop|status|ctr [DIR] [args]}
+cmd=${1:?usage: containerd.sh start|stop|status|import-image|ctr [args]}
 shift
 dir=${CONTAINERD_DIR:-$top/build/containerd}
 # Another containerd build (e.g. $CONTAINERD2_DIR/usr/bin) may be chosen per instance.
@@ -61,8 +61,15 @@ stop)
 status)
   running && echo "running (pid $(cat "$pidfile"), socket $sock)" || { echo "not running"; exit 1; }
   ;;
+import-image)
+  # The locally built busybox image, built and imported once.
+  image_tar="$top/build/images/busybox.tar"
+  [ -f "$image_tar" ] || bash "$here/build-image.sh" "$image_tar" >/dev/null
+  "$ctr_bin" -a "$sock" images ls -q | grep -qx "$TEST_IMAGE" ||
+    "$ctr_bin" -a "$sock" images import --all-platforms "$image_tar" >/dev/null
+  ;;
 ctr)
   exec "$ctr_bin" -a "$sock" "$@"
   ;;
-*) die "unknown command '$cmd' (start|stop|status|ctr)" ;;
+*) die "unknown command '$cmd' (start|stop|status|import-image|ctr)" ;;
 esac

@@ -8,11 +8,9 @@ top=$(cd "$here/.." && pwd)
 ctrd() { bash "$here/containerd.sh" "$@"; }
 
 need_root
-image_tar="$top/build/images/busybox.tar"
-[ -f "$image_tar" ] || bash "$here/build-image.sh" "$image_tar" >/dev/null
 ctrd start
 trap 'ctrd stop' EXIT
-ctrd ctr images ls -q | grep -qx "$TEST_IMAGE" || ctrd ctr images import --all-platforms "$image_tar" >/dev/null
+ctrd import-image
 
 id="kata-demo-$$"
 step "ctr run --runtime io.containerd.kata.v2 $TEST_IMAGE $id"

@@ -99,29 +99,8 @@ impl Containerd {
                 .expect("starting the private containerd");
             *users.entry(c.dir.clone()).or_insert(0) += 1;
         }
-        let tar = top.join("build/images/busybox.tar");
-        if !tar.exists() {
-            let out = Command::new("bash")
-                .arg(scripts().join("build-image.sh"))
-                .arg(&tar)
-                .output()
-                .expect("running scripts/build-image.sh");
-            assert!(
-                out.status.success(),
-                "build-image.sh failed: {}",
-                text(&out.stderr)
-            );
-        }
-        let listed = c.ctr(&["images", "ls", "-q"]);
-        if !text(&listed.stdout).lines().any(|l| l == test_image()) {
-            let tar = tar.to_string_lossy().to_string();
-            let out = c.ctr(&["images", "import", "--all-platforms", &tar]);
-            assert!(
-                out.status.success(),
-                "ctr images import: {}",
-                text(&out.stderr)
-            );
-        }
+        c.script(&["import-image"])
+            .expect("importing the test image");
         c
     }
 
