@@ -309,6 +309,8 @@ impl AgentService for Agent {
             ids(&req.container_id, &req.exec_id)?;
             let c = self.sandbox.get(&req.container_id)?;
             let status = c.process(&req.exec_id)?.wait().await;
+            // An OOM kill is reported before the exit it caused is answered.
+            self.sandbox.record_oom(&c);
             c.forget_if_finished(&req.exec_id);
             Ok(WaitProcessResponse {
                 status,

@@ -1,5 +1,5 @@
 //! Sandbox state: its storages and the map of containers.
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,6 +24,9 @@ pub struct Sandbox {
     creating: Mutex<HashSet<String>>,
     storages: Mutex<Vec<PathBuf>>,
     oom_seen: Mutex<HashMap<String, u64>>,
+    /// OOM kills recorded but not yet handed to GetOOMEvent, oldest first.
+    oom_pending: Mutex<VecDeque<String>>,
+    oom_recorded: tokio::sync::Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -132,6 +135,8 @@ impl Sandbox {
 
     pub async fn remove_container(&self, id: &str, timeout: Option<Duration>) -> Result<()> {
         let c = self.get(id)?;
+        // Last look at memory.events: the cgroup (and its OOM count) goes with the container.
+        self.record_oom(&c);
         c.destroy(timeout).await?;
         unmount_all(&c.storages);
         lock(&self.containers).remove(id);
@@ -140,19 +145,40 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Waits until some container's oom_kill count grows; returns its id.
+    /// Records a growth of the container's oom_kill count (once per kill) for GetOOMEvent.
+    pub fn record_oom(&self, c: &Container) {
+        let n = cgroup::oom_kills(&c.cgroup);
+        let grew = {
+            let mut seen = lock(&self.oom_seen);
+            let last = seen.entry(c.id.clone()).or_insert(0);
+            let grew = n > *last;
+            *last = (*last).max(n);
+            grew
+        };
+        if grew {
+            lock(&self.oom_pending).push_back(c.id.clone());
+            self.oom_recorded.notify_one();
+        }
+    }
+
+    /// Waits until some container was OOM-killed; returns its id. Besides the periodic look
+    /// at every container, a container's exit and removal record kills at once, so a
+    /// container removed right after its OOM kill is still reported.
     pub async fn next_oom(&self) -> String {
         loop {
-            for c in self.all() {
-                let n = cgroup::oom_kills(&c.cgroup);
-                let mut seen = lock(&self.oom_seen);
-                let last = seen.entry(c.id.clone()).or_insert(0);
-                if n > *last {
-                    *last = n;
-                    return c.id.clone();
-                }
+            if let Some(id) = lock(&self.oom_pending).pop_front() {
+                return id;
             }
-            tokio::time::sleep(OOM_POLL).await;
+            for c in self.all() {
+                self.record_oom(&c);
+            }
+            if let Some(id) = lock(&self.oom_pending).pop_front() {
+                return id;
+            }
+            tokio::select! {
+                () = self.oom_recorded.notified() => {}
+                () = tokio::time::sleep(OOM_POLL) => {}
+            }
         }
     }
 

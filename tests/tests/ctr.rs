@@ -366,3 +366,42 @@ fn user_errors_name_the_cause_and_leave_nothing_behind() {
         "io.katacontainers.config.hypervisor.kernel_params",
     );
 }
+
+#[test]
+fn oom_kill_publishes_task_oom() {
+    let ctrd = Containerd::start("ctr");
+    let sock = ctrd.log_path().with_file_name("containerd.sock");
+    let mut events = Command::new(ctrd.ctr_bin())
+        .args(["-a", &sock.to_string_lossy(), "events"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ctr events");
+    let id = unique_id("oom");
+    // 32 MiB limit; the shell grows a 200 MB string until the guest kernel kills it.
+    let out = ctrd.run(
+        &["--memory-limit", "33554432"],
+        &id,
+        &[
+            "sh",
+            "-c",
+            "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived",
+        ],
+    );
+    let _ = events.kill();
+    let seen = events.wait_with_output().expect("ctr events output");
+    let seen = text(&seen.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(137),
+        "OOM-killed: {}",
+        text(&out.stderr)
+    );
+    assert!(!text(&out.stdout).contains("survived"));
+    assert!(
+        seen.lines()
+            .any(|l| l.contains("/tasks/oom") && l.contains(&id)),
+        "a /tasks/oom event for {id}; events:\n{seen}"
+    );
+    assert_clean(&id, &ctrd);
+}
