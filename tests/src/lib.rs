@@ -260,6 +260,15 @@ impl Containerd {
             .unwrap_or(0)
     }
 
+    /// Removes the task and container `id` when dropped, so a failing test does not leave
+    /// its VM running (on success the test has removed it already; this is then a no-op).
+    pub fn guard<'a>(&'a self, id: &str) -> TaskGuard<'a> {
+        TaskGuard {
+            ctrd: self,
+            id: id.to_string(),
+        }
+    }
+
     /// Force-removes a task and container, ignoring errors (test clean-up).
     pub fn force_remove(&self, id: &str) {
         let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
@@ -283,6 +292,20 @@ impl Drop for Containerd {
 /// How many live [`Containerd`] handles use each containerd directory.
 static USERS: std::sync::Mutex<std::collections::BTreeMap<PathBuf, usize>> =
     std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// See [`Containerd::guard`].
+pub struct TaskGuard<'a> {
+    ctrd: &'a Containerd,
+    id: String,
+}
+
+impl Drop for TaskGuard<'_> {
+    fn drop(&mut self) {
+        if self.ctrd.task_status(&self.id).is_some() {
+            self.ctrd.force_remove(&self.id);
+        }
+    }
+}
 
 /// Lossy UTF-8 of command output.
 pub fn text(b: &[u8]) -> String {
@@ -310,13 +333,12 @@ pub fn leftovers(sandbox_id: &str) -> Vec<String> {
             }
             let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            let ours = [
-                "qemu-system",
-                "virtiofsd",
-                "vhost-device-vsock",
-                "containerd-shim-kata-v2",
-            ];
-            if cmdline.contains(&dir) && ours.iter().any(|b| cmdline.contains(b)) {
+            let helpers = ["qemu-system", "virtiofsd", "vhost-device-vsock"];
+            let helper = cmdline.contains(&dir) && helpers.iter().any(|b| cmdline.contains(b));
+            // The shim names its sandbox with -id, not by directory.
+            let shim = cmdline.contains("containerd-shim-kata-v2")
+                && cmdline.contains(&format!(" -id {sandbox_id} "));
+            if helper || shim {
                 found.push(format!("process {pid}: {cmdline}"));
             }
         }

@@ -33,6 +33,7 @@ fn containerd2_runs_execs_and_kills_vm_containers() {
     assert!(wait_clean(&id, Duration::from_secs(15)).is_empty());
 
     let id = unique_id("c2exec");
+    let _guard_id = ctrd.guard(&id);
     ctrd.run_detached(&id, &["sleep", "1000"]);
     ctrd.wait_status(&id, "RUNNING", Duration::from_secs(60));
     let out = ctrd.ctr(&[

@@ -127,6 +127,7 @@ fn tty_run_gets_a_terminal() {
 fn exec_plain_and_tty_in_a_running_container() {
     let ctrd = Containerd::start("ctr");
     let id = unique_id("exec");
+    let _guard_id = ctrd.guard(&id);
     ctrd.run_detached(&id, &["sleep", "1000"]);
     ctrd.wait_status(&id, "RUNNING", STATUS_TIMEOUT);
 
@@ -185,6 +186,7 @@ fn kill_with_signals() {
     let ctrd = Containerd::start("ctr");
     // SIGTERM reaches the container's init, which handles it.
     let id = unique_id("term");
+    let _guard_id = ctrd.guard(&id);
     ctrd.run_detached(
         &id,
         &[
@@ -205,6 +207,7 @@ fn kill_with_signals() {
 
     // SIGKILL to all processes: 128 + 9.
     let id = unique_id("killall");
+    let _guard_id = ctrd.guard(&id);
     ctrd.run_detached(&id, &["sh", "-c", "sleep 1000 & sleep 1000"]);
     ctrd.wait_status(&id, "RUNNING", STATUS_TIMEOUT);
     let out = ctrd.ctr(&["task", "kill", "--all", "-s", "SIGKILL", &id]);
@@ -218,6 +221,7 @@ fn kill_with_signals() {
 fn pause_resume_and_metrics() {
     let ctrd = Containerd::start("ctr");
     let id = unique_id("pause");
+    let _guard_id = ctrd.guard(&id);
     ctrd.run_detached(&id, &["sh", "-c", "while true; do sleep 0.1; done"]);
     ctrd.wait_status(&id, "RUNNING", STATUS_TIMEOUT);
 
@@ -262,7 +266,9 @@ fn two_containers_at_once_and_delete_while_running() {
     let ctrd = Containerd::start("ctr");
     let a = unique_id("twoa");
     let b = unique_id("twob");
+    let _guard_a = ctrd.guard(&a);
     ctrd.run_detached(&a, &["sleep", "1000"]);
+    let _guard_b = ctrd.guard(&b);
     ctrd.run_detached(&b, &["sleep", "1000"]);
     ctrd.wait_status(&a, "RUNNING", STATUS_TIMEOUT);
     ctrd.wait_status(&b, "RUNNING", STATUS_TIMEOUT);
@@ -295,6 +301,7 @@ fn two_containers_at_once_and_delete_while_running() {
 fn qemu_dying_exits_the_task_with_255_and_cleans_up() {
     let ctrd = Containerd::start("ctr");
     let id = unique_id("vmdeath");
+    let _guard_id = ctrd.guard(&id);
     ctrd.run_detached(&id, &["sleep", "1000"]);
     ctrd.wait_status(&id, "RUNNING", STATUS_TIMEOUT);
     let dir = format!("{SANDBOX_RUN_DIR}/{id}");

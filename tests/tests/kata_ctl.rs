@@ -117,6 +117,7 @@ fn exec_opens_the_guest_debug_console_only_when_enabled() {
     let cfg = cfg.to_string_lossy().to_string();
     let id = unique_id("console");
     let image = test_image();
+    let _guard = ctrd.guard(&id);
     let out = ctrd.ctr(&[
         "run",
         "-d",
