@@ -186,3 +186,23 @@ fn exec_opens_the_guest_debug_console_only_when_enabled() {
     let left = wait_clean(&id, std::time::Duration::from_secs(15));
     assert!(left.is_empty(), "{left:#?}");
 }
+
+#[test]
+fn check_follows_the_configured_hypervisor() {
+    let clh = top_dir().join("configs/configuration-clh.toml");
+    let out = kata_ctl(&["--config", &clh.to_string_lossy(), "check"]);
+    let report = text(&out.stdout);
+    assert!(report.contains("] cloud-hypervisor: "), "{report}");
+    assert!(
+        report.contains("hybrid vsock built into cloud-hypervisor"),
+        "{report}"
+    );
+    assert!(
+        !report.contains("] qemu"),
+        "no QEMU checks for a clh configuration: {report}"
+    );
+    assert!(
+        !report.contains("[hypervisor.qemu]"),
+        "origins name [hypervisor.clh]: {report}"
+    );
+}

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use tokio::process::Command;
 
-use crate::config::{Arch, Config, SharedFs};
+use crate::config::{Arch, Backend, Config, SharedFs};
 use crate::hypervisor::accel::{self, Accel};
 use crate::hypervisor::host;
 use crate::hypervisor::qemu::vsock_device::{self, VsockKind, VHOST_VSOCK_DEV};
@@ -90,14 +90,33 @@ impl Default for CheckInputs {
     }
 }
 
+/// The configuration section of the selected hypervisor, for messages.
+fn section(config: &Config) -> &'static str {
+    match config.backend {
+        Backend::Qemu => "hypervisor.qemu",
+        Backend::Clh { .. } => "hypervisor.clh",
+    }
+}
+
 /// Runs every check against `config` (already loaded and validated by the caller).
 pub async fn run(config: &Config, inputs: &CheckInputs) -> Vec<Finding> {
     let q = &config.hypervisor;
-    let mut out = vec![
-        check_accel(config, &inputs.root),
-        check_vsock(config, &inputs.root),
-    ];
-    out.extend(check_qemu(config).await);
+    let mut out = Vec::new();
+    match &config.backend {
+        Backend::Qemu => {
+            out.push(check_accel(config, &inputs.root));
+            out.push(check_vsock(config, &inputs.root));
+            out.extend(check_qemu(config).await);
+        }
+        Backend::Clh { path } => {
+            out.push(check_clh_kvm(config, &inputs.root));
+            out.push(Finding::ok(
+                "vsock",
+                "hybrid vsock built into cloud-hypervisor (no daemon needed)",
+            ));
+            out.push(check_clh_binary(config, path).await);
+        }
+    }
     if q.shared_fs == SharedFs::VirtioFs {
         out.push(check_virtiofsd(config).await);
     }
@@ -122,6 +141,55 @@ fn check_accel(config: &Config, root: &Path) -> Finding {
     }
 }
 
+/// cloud-hypervisor has no software emulation: it needs a KVM that can boot a guest.
+fn check_clh_kvm(config: &Config, root: &Path) -> Finding {
+    let q = &config.hypervisor;
+    let choice = accel::choose(crate::config::AccelMode::Auto, q.arch(), Arch::host(), root);
+    match choice.accel {
+        Accel::Kvm => Finding::ok("accelerator", format!("KVM ({})", choice.reason)),
+        Accel::Tcg => Finding::fail(
+            "accelerator",
+            format!(
+                "cloud-hypervisor needs KVM, which is not usable here ({})",
+                choice.reason
+            ),
+            "run on a host with kvm_intel or kvm_amd, or use the QEMU configuration \
+             (configuration-qemu.toml), which falls back to TCG",
+        ),
+    }
+}
+
+async fn check_clh_binary(config: &Config, path: &Path) -> Finding {
+    let fix = "install cloud-hypervisor (a static release binary) at the configured path";
+    if !is_executable(path) {
+        return Finding::fail(
+            "cloud-hypervisor",
+            format!(
+                "{} (from {}) is not an executable file",
+                path.display(),
+                config.origin(section(config), "path")
+            ),
+            fix,
+        );
+    }
+    match Command::new(path).arg("--version").output().await {
+        Ok(o) if o.status.success() => Finding::ok(
+            "cloud-hypervisor",
+            String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        ),
+        Ok(o) => Finding::fail(
+            "cloud-hypervisor",
+            format!(
+                "{} --version failed: {}",
+                path.display(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            fix,
+        ),
+        Err(e) => Finding::fail("cloud-hypervisor", format!("{}: {e}", path.display()), fix),
+    }
+}
+
 fn check_vsock(config: &Config, root: &Path) -> Finding {
     let q = &config.hypervisor;
     let dev = root.join(VHOST_VSOCK_DEV.trim_start_matches('/'));
@@ -142,7 +210,7 @@ fn check_vsock(config: &Config, root: &Path) -> Finding {
                     format!(
                         "{why}, but {} (from {}) is not an executable file",
                         daemon.display(),
-                        config.origin("hypervisor.qemu", "vhost_user_vsock_daemon")
+                        config.origin(section(config), "vhost_user_vsock_daemon")
                     ),
                     "`make install` (installs vhost-device-vsock 0.3.0), or load the vhost_vsock \
                      kernel module so /dev/vhost-vsock exists",
@@ -260,15 +328,23 @@ async fn help_output(qemu: &Path, args: &[&str]) -> String {
 
 async fn check_virtiofsd(config: &Config) -> Finding {
     let q = &config.hypervisor;
-    let fix = "`make install` (installs virtiofsd), Debian: apt-get install virtiofsd, or set \
-               shared_fs = \"virtio-9p\"";
+    // cloud-hypervisor has no 9p: there the only fix is installing virtiofsd.
+    let fix = match config.backend {
+        Backend::Qemu => {
+            "`make install` (installs virtiofsd), Debian: apt-get install virtiofsd, or set \
+             shared_fs = \"virtio-9p\""
+        }
+        Backend::Clh { .. } => {
+            "`make install` (installs virtiofsd), Debian: apt-get install virtiofsd"
+        }
+    };
     if !is_executable(&q.virtio_fs_daemon) {
         return Finding::fail(
             "virtiofsd",
             format!(
                 "{} (from {}) is not an executable file",
                 q.virtio_fs_daemon.display(),
-                config.origin("hypervisor.qemu", "virtio_fs_daemon")
+                config.origin(section(config), "virtio_fs_daemon")
             ),
             fix,
         );
@@ -333,7 +409,7 @@ fn read_head(path: &Path, len: usize) -> std::io::Result<Vec<u8>> {
 
 fn check_kernel(config: &Config) -> Finding {
     let q = &config.hypervisor;
-    let origin = config.origin("hypervisor.qemu", "kernel");
+    let origin = config.origin(section(config), "kernel");
     let want = q.arch();
     match read_head(&q.kernel, 4096) {
         Err(e) => Finding::fail(
@@ -388,7 +464,7 @@ pub fn initrd_format(head: &[u8]) -> Option<&'static str> {
 
 fn check_initrd(config: &Config) -> Finding {
     let q = &config.hypervisor;
-    let origin = config.origin("hypervisor.qemu", "initrd");
+    let origin = config.origin(section(config), "initrd");
     match read_head(&q.initrd, 16) {
         Err(e) => Finding::fail(
             "guest initrd",
