@@ -410,5 +410,13 @@ fn oom_kill_publishes_task_oom() {
             .any(|l| l.contains("/tasks/oom") && l.contains(&id)),
         "a /tasks/oom event for {id}; events:\n{seen}"
     );
+    // The guest kernel's console reaches containerd's log, tagged with the sandbox.
+    let log = std::fs::read_to_string(ctrd.log_path()).unwrap_or_default();
+    assert!(
+        log.lines().any(|l| l.contains("console:")
+            && l.contains("Killed process")
+            && l.contains(&format!("sandbox={id}"))),
+        "the guest's OOM-killer report is forwarded to containerd's log"
+    );
     assert_clean(&id, &ctrd);
 }

@@ -47,3 +47,79 @@ pub fn forward_agent_logs(dialer: Dialer, sandbox_id: String) -> JoinHandle<()> 
         }
     })
 }
+
+/// The inotify instance as something tokio's AsyncFd can wait on.
+struct Watch(nix::sys::inotify::Inotify);
+
+impl std::os::fd::AsRawFd for Watch {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsFd;
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+/// Spawns a task that re-emits each line the guest writes to its serial console (the file
+/// QEMU writes) through tracing, tagged with the sandbox id: with `quiet` the console holds
+/// little but what matters (panics, OOM-killer reports). Woken by inotify, not by polling;
+/// ends when the file goes away with the sandbox directory, or when aborted.
+pub fn forward_console(path: std::path::PathBuf, sandbox_id: String) -> JoinHandle<()> {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    use tokio::io::AsyncReadExt;
+
+    tokio::spawn(async move {
+        let watch = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).and_then(|i| {
+            i.add_watch(
+                &path,
+                AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_DELETE_SELF,
+            )
+            .map(|_| i)
+        });
+        #[allow(deprecated)] // the AsyncFd owns the inotify fd for its whole life
+        let watch = match watch.map(Watch).map(tokio::io::unix::AsyncFd::new) {
+            Ok(Ok(w)) => w,
+            Ok(Err(e)) => return tracing::debug!(sandbox = %sandbox_id, "console watch: {e}"),
+            Err(e) => return tracing::debug!(sandbox = %sandbox_id, "console watch: {e}"),
+        };
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) => {
+                return tracing::debug!(sandbox = %sandbox_id, "console {}: {e}", path.display())
+            }
+        };
+        let mut pending = Vec::new();
+        let mut chunk = vec![0u8; 16 * 1024];
+        loop {
+            // Everything written so far, then wait for the next write.
+            loop {
+                match file.read(&mut chunk).await {
+                    Ok(0) => break,
+                    Ok(n) => pending.extend_from_slice(&chunk[..n]),
+                    Err(_) => return,
+                }
+                while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    let text = String::from_utf8_lossy(&line);
+                    let text = text.trim_end();
+                    if !text.is_empty() {
+                        tracing::info!(target: "console", sandbox = %sandbox_id, "{text}");
+                    }
+                }
+            }
+            let Ok(mut ready) = watch.readable().await else {
+                return;
+            };
+            match ready.try_io(|w| w.get_ref().0.read_events().map_err(std::io::Error::from)) {
+                Ok(Ok(events)) => {
+                    if events
+                        .iter()
+                        .any(|e| e.mask.contains(AddWatchFlags::IN_DELETE_SELF))
+                    {
+                        return;
+                    }
+                }
+                Ok(Err(_)) => return,
+                Err(_would_block) => {}
+            }
+        }
+    })
+}

@@ -86,6 +86,7 @@ pub struct Vm {
     shared_dir: PathBuf,
     console_log: PathBuf,
     log_task: Option<JoinHandle<()>>,
+    console_task: JoinHandle<()>,
     boot_time: Duration,
 }
 
@@ -144,6 +145,8 @@ impl Vm {
                     let log_task = hv
                         .agent_dialer()
                         .map(|d| logs::forward_agent_logs(d, sandbox_id.to_string()));
+                    let console_task =
+                        logs::forward_console(paths.console_log(), sandbox_id.to_string());
                     return Ok(Vm {
                         id: sandbox_id.to_string(),
                         exited: hv.exited(),
@@ -154,6 +157,7 @@ impl Vm {
                         agent,
                         paused,
                         log_task,
+                        console_task,
                         boot_time,
                     });
                 }
@@ -239,6 +243,7 @@ impl Vm {
         if let Some(t) = self.log_task.take() {
             t.abort();
         }
+        self.console_task.abort();
         teardown(self.hypervisor.as_mut(), &self.paths, grace).await?;
         tracing::info!(sandbox = %self.id, "VM stopped and cleaned up");
         Ok(())
