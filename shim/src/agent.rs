@@ -20,7 +20,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("agent {rpc}: {source}")]
+    #[error("agent {rpc}: {}", describe(source))]
     Rpc {
         rpc: &'static str,
         source: ttrpc::Error,
@@ -34,6 +34,15 @@ pub enum AgentError {
     Dial { timeout: Duration, last: String },
     #[error("agent connection: {0}")]
     Connect(#[from] DialError),
+}
+
+/// A failed call in the agent's own words: its status message rather than the protobuf dump.
+fn describe(e: &ttrpc::Error) -> String {
+    match e {
+        ttrpc::Error::RpcStatus(s) if !s.message.is_empty() => s.message.clone(),
+        ttrpc::Error::RpcStatus(s) => format!("status {:?}", s.code),
+        other => other.to_string(),
+    }
 }
 
 impl AgentError {

@@ -170,6 +170,16 @@ fn exec_plain_and_tty_in_a_running_container() {
         text(&out.stdout)
     );
 
+    // An exec that cannot start says why, in the guest's words, and the task keeps running.
+    let out = ctrd.ctr(&["task", "exec", "--exec-id", "nosuch", &id, "/nonexistent"]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("exec \"/nonexistent\": No such file or directory")
+            && !err.contains("special_fields"),
+        "a clear error: {err}"
+    );
+
     let ps = ctrd.ctr(&["task", "ps", &id]);
     expect_ok(&ps, "ctr task ps", &ctrd);
     assert!(
