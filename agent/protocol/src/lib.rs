@@ -2,6 +2,7 @@
 //!
 //! Messages and stubs are generated at build time from `protos/agent.proto`.
 
+/// Generated code: lints are the generator's business, so they are silenced once for both files.
 #[allow(
     clippy::all,
     unused_mut,
@@ -14,25 +15,17 @@
     non_upper_case_globals,
     dead_code
 )]
-pub mod agent {
-    include!(concat!(env!("OUT_DIR"), "/agent.rs"));
+mod generated {
+    pub mod agent {
+        include!(concat!(env!("OUT_DIR"), "/agent.rs"));
+    }
+    // The stubs name the messages as `super::agent::...`.
+    pub mod agent_ttrpc {
+        include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
+    }
 }
 
-#[allow(
-    clippy::all,
-    unused_mut,
-    unused_imports,
-    unused_attributes,
-    unused_qualifications,
-    missing_docs,
-    non_camel_case_types,
-    non_snake_case,
-    non_upper_case_globals,
-    dead_code
-)]
-pub mod agent_ttrpc {
-    include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
-}
+pub use generated::{agent, agent_ttrpc};
 
 pub mod rules;
 
