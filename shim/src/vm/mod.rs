@@ -86,6 +86,8 @@ pub struct Vm {
     shared_dir: PathBuf,
     console_log: PathBuf,
     log_task: Option<JoinHandle<()>>,
+    /// True once the log forwarder's dial is over (see [`Vm::pause`]).
+    log_dialled: Option<watch::Receiver<bool>>,
     console_task: JoinHandle<()>,
     boot_time: Duration,
 }
@@ -142,9 +144,10 @@ impl Vm {
                     let agent = agent.gated(gate);
                     let boot_time = started.elapsed();
                     tracing::info!(sandbox = %sandbox_id, "VM ready: agent answered {boot_time:?} after boot started");
-                    let log_task = hv
+                    let (log_task, log_dialled) = hv
                         .agent_dialer()
-                        .map(|d| logs::forward_agent_logs(d, sandbox_id.to_string()));
+                        .map(|d| logs::forward_agent_logs(d, sandbox_id.to_string()))
+                        .unzip();
                     let console_task =
                         logs::forward_console(paths.console_log(), sandbox_id.to_string());
                     return Ok(Vm {
@@ -157,6 +160,7 @@ impl Vm {
                         agent,
                         paused,
                         log_task,
+                        log_dialled,
                         console_task,
                         boot_time,
                     });
@@ -213,6 +217,11 @@ impl Vm {
 
     /// Pauses the VM (QMP stop). Agent requests made meanwhile wait for [`Vm::resume`].
     pub async fn pause(&self) -> Result<(), VmError> {
+        // A CONNECT to the log port still in flight would reach a paused guest and wedge
+        // vhost-device-vsock 0.3: let the dial (bounded by its own deadline) finish first.
+        if let Some(mut dialled) = self.log_dialled.clone() {
+            let _ = tokio::time::timeout(logs::LOG_DIAL_TIMEOUT, dialled.wait_for(|d| *d)).await;
+        }
         self.paused.send_replace(true);
         let r = self.hypervisor.pause().await;
         if r.is_err() {
