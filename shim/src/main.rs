@@ -2,7 +2,7 @@
 //! serves the task API for the containers inside.
 
 use containerd_shim::{asynchronous::run, Config};
-use kata_shim::service::Service;
+use kata_shim::server::Service;
 
 #[tokio::main]
 async fn main() {

@@ -18,10 +18,13 @@ use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::{Message, MessageField};
 use containerd_shim::protos::ttrpc::Code;
 use containerd_shim::ExitSignal;
-use kata_shim::backend::{Backend, BootRequest, GuestAgent, HostMounter, SandboxVm, VmLauncher};
+use kata_shim::config::SharedFs;
 use kata_shim::error::{TaskError, TaskResult};
 use kata_shim::events::{self, EventReceiver, TaskEvent};
-use kata_shim::rootfs::MountPlan;
+use kata_shim::guest::GuestAgent;
+use kata_shim::resources::rootfs::{HostMounter, MountPlan};
+use kata_shim::resources::share::Share;
+use kata_shim::sandbox::seams::{BootRequest, Platform, SandboxVm, VmLauncher};
 use kata_shim::task::TaskCore;
 use protocol::agent as pb;
 use tokio::io::AsyncReadExt;
@@ -257,7 +260,7 @@ impl GuestAgent for FakeAgent {
 
 struct FakeVm {
     agent: Arc<FakeAgent>,
-    shared: PathBuf,
+    share: Share,
     exited: watch::Sender<bool>,
     shutdowns: Arc<AtomicU32>,
 }
@@ -267,11 +270,8 @@ impl SandboxVm for FakeVm {
     fn agent(&self) -> Arc<dyn GuestAgent> {
         self.agent.clone()
     }
-    fn shared_dir(&self) -> &Path {
-        &self.shared
-    }
-    fn shared_storage(&self) -> pb::Storage {
-        pb::Storage::default()
+    fn share(&self) -> &Share {
+        &self.share
     }
     fn exited(&self) -> watch::Receiver<bool> {
         self.exited.subscribe()
@@ -285,7 +285,7 @@ impl SandboxVm for FakeVm {
 
 struct FakeLauncher {
     agent: Arc<FakeAgent>,
-    shared: PathBuf,
+    vm_dir: PathBuf,
     boots: Mutex<Vec<BootRequest>>,
     shutdowns: Arc<AtomicU32>,
     /// Sender of the booted VM's "exited" flag, so a test can kill the VM.
@@ -304,7 +304,7 @@ impl VmLauncher for FakeLauncher {
         *self.vm_exited.lock().unwrap() = Some(tx.clone());
         Ok(Box::new(FakeVm {
             agent: self.agent.clone(),
-            shared: self.shared.clone(),
+            share: Share::in_vm_dir(&self.vm_dir, SharedFs::VirtioFs),
             exited: tx,
             shutdowns: self.shutdowns.clone(),
         }))
@@ -346,7 +346,7 @@ fn harness_with(agent: FakeAgent, fail_boot: Option<&str>) -> Harness {
     let agent = Arc::new(agent);
     let launcher = Arc::new(FakeLauncher {
         agent: agent.clone(),
-        shared: dir.path().join("shared"),
+        vm_dir: dir.path().to_path_buf(),
         boots: Mutex::new(Vec::new()),
         shutdowns: Arc::new(AtomicU32::new(0)),
         vm_exited: Mutex::new(None),
@@ -355,12 +355,12 @@ fn harness_with(agent: FakeAgent, fail_boot: Option<&str>) -> Harness {
     let mounter = Arc::new(FakeMounter::default());
     let (tx, events) = events::channel();
     let exit = Arc::new(ExitSignal::default());
-    let backend = Backend {
+    let platform = Platform {
         launcher: launcher.clone(),
         mounter: mounter.clone(),
     };
     Harness {
-        core: TaskCore::new(backend, tx, exit.clone()),
+        core: TaskCore::new(platform, tx, exit.clone()),
         events,
         agent,
         launcher,
@@ -655,7 +655,10 @@ async fn exec_and_kill_report_their_own_ids_and_statuses() {
         })
         .await
         .unwrap();
-    assert_eq!(stats.stats.type_url, kata_shim::metrics::METRICS_TYPE_URL);
+    assert_eq!(
+        stats.stats.type_url,
+        kata_shim::task::metrics::METRICS_TYPE_URL
+    );
     let m =
         containerd_shim::protos::cgroups_v2::metrics::Metrics::parse_from_bytes(&stats.stats.value)
             .unwrap();

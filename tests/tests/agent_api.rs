@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kata_e2e::*;
-use kata_shim::agent::Agent;
 use kata_shim::config::Config;
-use kata_shim::hypervisor::SandboxPaths;
-use kata_shim::vm::Vm;
-use kata_shim::vsock::Dialer;
+use kata_shim::guest::client::Agent;
+use kata_shim::guest::vsock::Dialer;
+use kata_shim::hypervisor::VmPaths;
+use kata_shim::vm::{Vm, VmSpec};
 use protocol::agent::*;
 use serde_json::json;
 use tokio::io::AsyncBufReadExt;
@@ -235,7 +235,7 @@ async fn run(mut config: Config, prefix: &str, busybox: &Path) {
     config.hypervisor.kernel_params =
         format!("{} agent.debug_console", config.hypervisor.kernel_params);
     let sandbox_id = unique_id(prefix);
-    let vm = Vm::boot(&config, &sandbox_id)
+    let vm = Vm::boot(&VmSpec::new(sandbox_id.clone(), config))
         .await
         .unwrap_or_else(|e| panic!("booting the VM: {e}"));
     let result =
@@ -261,7 +261,7 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
         .create_sandbox(CreateSandboxRequest {
             sandbox_id: sandbox_id.into(),
             hostname: "agent-sandbox".into(),
-            storages: vec![vm.shared_storage()],
+            storages: vec![vm.share().storage()],
             host_time_sec: now.as_secs() as i64,
             host_time_nsec: now.subsec_nanos() as i64,
             ..Default::default()
@@ -291,7 +291,7 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
     // The log stream (vsock port AGENT_LOG_PORT) replays the buffered early lines to a late
     // reader: the "listening" line was logged long before this connection.
     let dialer = Dialer::Hybrid {
-        uds_path: SandboxPaths::new(vm.dir()).hybrid_vsock(),
+        uds_path: VmPaths::new(vm.dir()).hybrid_vsock(),
     };
     let logs = dialer
         .dial(protocol::AGENT_LOG_PORT)
@@ -338,7 +338,7 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
     assert_eq!(seen, Ok(true), "the debug console ran a shell command");
 
     // 1. A short-lived container: stdout, stdin, stderr, exit code.
-    let root1 = make_rootfs(busybox, vm.shared_dir(), "c1");
+    let root1 = make_rootfs(busybox, vm.share().host_dir(), "c1");
     let pid = create(
         &agent,
         "c1",
@@ -381,7 +381,7 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
     remove(&agent, "c1").await;
 
     // 1b. A terminal container: the init's stdio is a pty from the container's devpts.
-    let root_t = make_rootfs(busybox, vm.shared_dir(), "t1");
+    let root_t = make_rootfs(busybox, vm.share().host_dir(), "t1");
     let mut t_spec: serde_json::Value =
         serde_json::from_slice(&spec(&root_t, &["sh", "-c", "tty; read x; echo got-$x"])).unwrap();
     t_spec["process"]["terminal"] = json!(true);
@@ -416,7 +416,7 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
     remove(&agent, "t1").await;
 
     // 2. A long-lived container: execs, tty, signals, stats, pause/resume.
-    let root2 = make_rootfs(busybox, vm.shared_dir(), "c2");
+    let root2 = make_rootfs(busybox, vm.share().host_dir(), "c2");
     // c2 forbids mkdir through seccomp (an OCI profile with a per-syscall errno).
     // CopyFile in two chunks, then bound read-only into c2 as a file mount.
     let copied = format!("{}/sandbox/copied.txt", protocol::GUEST_RUN_DIR);
@@ -627,7 +627,7 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
         .map_err(|e| format!("ResumeContainer: {e}"))?;
 
     // 2b. OOM: a container over its memory limit is OOM-killed and GetOOMEvent names it.
-    let root_o = make_rootfs(busybox, vm.shared_dir(), "oom1");
+    let root_o = make_rootfs(busybox, vm.share().host_dir(), "oom1");
     let mut o_spec: serde_json::Value = serde_json::from_slice(&spec(
         &root_o,
         &["sh", "-c", "a=x; while true; do a=$a$a; done"],
@@ -787,7 +787,7 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
         .to_string();
     assert!(e.contains("/run/kata-containers"), "{e}");
     // A symlink in the shared directory cannot redirect CopyFile out of the run dir.
-    std::os::unix::fs::symlink("/etc", vm.shared_dir().join("evil")).unwrap();
+    std::os::unix::fs::symlink("/etc", vm.share().host_dir().join("evil")).unwrap();
     let e = agent
         .copy_file(CopyFileRequest {
             path: format!("{}/evil/planted", protocol::GUEST_SHARED_DIR),

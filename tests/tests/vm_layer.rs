@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use kata_e2e::*;
 use kata_shim::config::{Config, MachineType, SharedFs};
-use kata_shim::vm::{self, Vm};
+use kata_shim::vm::{self, Vm, VmSpec};
 use protocol::agent::*;
 use serde_json::json;
 
@@ -69,13 +69,15 @@ async fn shared_fs_roundtrip(machine: MachineType, fs: SharedFs) {
     config.hypervisor.shared_fs = fs;
     let id = unique_id(&format!("vm-{machine}-{fs}"));
     let started = Instant::now();
-    let vm = Vm::boot(&config, &id).await.expect("boot");
+    let vm = Vm::boot(&VmSpec::new(id.clone(), config.clone()))
+        .await
+        .expect("boot");
     let boot = started.elapsed();
     let agent = vm.agent().clone();
 
     let mut req = CreateSandboxRequest::new();
     req.sandbox_id = id.clone();
-    req.storages.push(vm.shared_storage());
+    req.storages.push(vm.share().storage());
     agent.create_sandbox(req).await.expect("CreateSandbox");
 
     // The rootfs is prepared elsewhere and bind-mounted in only now, as the shim does.
@@ -85,7 +87,7 @@ async fn shared_fs_roundtrip(machine: MachineType, fs: SharedFs) {
         .unwrap_or_else(|e| panic!("{busybox} (busybox-static, setup-host.sh): {e}"));
     let marker = format!("mounted after boot: {id}\n");
     std::fs::write(src.path().join("hello"), &marker).expect("hello");
-    let rootfs = vm.shared_dir().join("c1/rootfs");
+    let rootfs = vm.share().rootfs_dir("c1");
     std::fs::create_dir_all(&rootfs).expect("rootfs dir");
     run(
         "mount",
@@ -190,7 +192,9 @@ fn qemu_pid(dir: &Path) -> i32 {
 async fn qemu_death_is_noticed_and_cleaned_up() {
     let config = config();
     let id = unique_id("vm-death");
-    let vm = Vm::boot(&config, &id).await.expect("boot");
+    let vm = Vm::boot(&VmSpec::new(id.clone(), config.clone()))
+        .await
+        .expect("boot");
     let mut exited = vm.exited();
     assert!(!*exited.borrow_and_update());
     run("kill", &["-KILL", &qemu_pid(vm.dir()).to_string()]);
@@ -218,7 +222,7 @@ async fn failed_boot_names_the_cause_and_leaves_nothing() {
     std::fs::write(junk.path(), b"not a cpio archive").expect("write");
     config.hypervisor.initrd = junk.path().to_path_buf();
     let id = unique_id("vm-badinitrd");
-    let err = Vm::boot(&config, &id)
+    let err = Vm::boot(&VmSpec::new(id.clone(), config.clone()))
         .await
         .expect_err("a junk initrd cannot boot");
     let msg = err.to_string();
@@ -233,7 +237,7 @@ async fn failed_boot_names_the_cause_and_leaves_nothing() {
     let mut config = self::config();
     config.hypervisor.kernel = PathBuf::from("/nonexistent/vmlinux");
     let id = unique_id("vm-nokernel");
-    let msg = Vm::boot(&config, &id)
+    let msg = Vm::boot(&VmSpec::new(id.clone(), config.clone()))
         .await
         .expect_err("no kernel")
         .to_string();
@@ -248,43 +252,15 @@ async fn failed_boot_names_the_cause_and_leaves_nothing() {
 async fn dead_shim_leftovers_are_cleaned_from_pid_files() {
     let config = config();
     let id = unique_id("vm-crash");
-    let vm = Vm::boot(&config, &id).await.expect("boot");
+    let vm = Vm::boot(&VmSpec::new(id.clone(), config.clone()))
+        .await
+        .expect("boot");
     let dir = vm.dir().to_path_buf();
     // The shim "dies": its Vm is never shut down. A later `shim delete` cleans up.
     std::mem::forget(vm);
     assert!(!leftovers(&id).is_empty(), "the VM should still be running");
-    vm::cleanup_sandbox_dir(&id).await.expect("cleanup");
+    vm::cleanup::cleanup_vm_dir(&id).await.expect("cleanup");
     let left = wait_clean(&id, Duration::from_secs(5));
     assert!(left.is_empty(), "left behind: {left:?}");
     assert!(!dir.exists());
-}
-
-#[tokio::test]
-async fn pause_holds_agent_requests_until_resume() {
-    let config = config();
-    let id = unique_id("vm-pause");
-    let vm = Vm::boot(&config, &id).await.expect("boot");
-    vm.pause().await.expect("pause");
-    // Sent while paused, the request would wedge vhost-user vsock: it must wait instead.
-    let agent = vm.agent().clone();
-    let pending = tokio::spawn(async move { agent.check(CheckRequest::new()).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!pending.is_finished(), "a paused VM answered");
-    vm.resume().await.expect("resume");
-    tokio::time::timeout(Duration::from_secs(10), pending)
-        .await
-        .expect("answered after resume")
-        .expect("join")
-        .expect("Check");
-    vm.agent()
-        .with_timeout(Duration::from_secs(10))
-        .check(CheckRequest::new())
-        .await
-        .expect("Check after resume");
-
-    // A VM left paused still shuts down completely.
-    vm.pause().await.expect("pause again");
-    vm.shutdown().await.expect("shutdown while paused");
-    let left = wait_clean(&id, Duration::from_secs(5));
-    assert!(left.is_empty(), "left behind: {left:?}");
 }

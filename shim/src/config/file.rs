@@ -151,7 +151,7 @@ pub(super) fn parse(
     let mut config = Config::defaults_for(arch);
     config.source = Some(path.to_path_buf());
     if clh {
-        let mut vmm = PathBuf::from(crate::hypervisor::clh::DEFAULT_PATH);
+        let mut vmm = PathBuf::from(super::DEFAULT_CLH_PATH);
         set_path(&v, sec, "path", q.path.clone(), &mut vmm)?;
         config.backend = Backend::Clh { path: vmm };
     }

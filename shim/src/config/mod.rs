@@ -226,6 +226,8 @@ pub const INSTALLED_KERNEL: &str = "/usr/share/kata-containers/vmlinux.container
 pub const INSTALLED_INITRD: &str = "/usr/share/kata-containers/kata-containers-initrd.img";
 pub const INSTALLED_VIRTIOFSD: &str = "/usr/libexec/kata-containers/virtiofsd";
 pub const INSTALLED_VHOST_USER_VSOCK: &str = "/usr/libexec/kata-containers/vhost-device-vsock";
+/// cloud-hypervisor binary when `[hypervisor.clh]` names no path.
+pub const DEFAULT_CLH_PATH: &str = "/usr/bin/cloud-hypervisor";
 
 impl QemuConfig {
     /// Defaults for a guest of `arch` (used for every key a file leaves out).

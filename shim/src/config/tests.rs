@@ -408,7 +408,7 @@ fn clh_section_selects_cloud_hypervisor() {
     assert_eq!(
         c.backend,
         Backend::Clh {
-            path: PathBuf::from(crate::hypervisor::clh::DEFAULT_PATH)
+            path: PathBuf::from(super::DEFAULT_CLH_PATH)
         }
     );
     let (c, _) = parse("[hypervisor.qemu]\n").expect("valid");

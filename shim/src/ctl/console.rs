@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use nix::sys::termios::{self, SetArg, Termios};
 
 use crate::config::Config;
-use crate::hypervisor::layout::{run_root, SandboxPaths};
-use crate::vsock::Dialer;
+use crate::guest::vsock::Dialer;
+use crate::hypervisor::layout::{run_root, VmPaths};
 
 /// How to reach a running sandbox's guest ports from another process.
 pub fn sandbox_dialer(sandbox_id: &str) -> Result<Dialer> {
@@ -20,7 +20,7 @@ pub fn sandbox_dialer(sandbox_id: &str) -> Result<Dialer> {
     {
         bail!("invalid sandbox id {sandbox_id:?}");
     }
-    let paths = SandboxPaths::new(run_root().join(sandbox_id));
+    let paths = VmPaths::new(run_root().join(sandbox_id));
     if !paths.dir().is_dir() {
         bail!(
             "no sandbox {sandbox_id:?}: {} does not exist (is it running on this host?)",

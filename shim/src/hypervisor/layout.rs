@@ -1,4 +1,5 @@
-//! Where everything of one sandbox lives on the host: one directory, one name per job.
+//! Where everything of one VM lives on the host: one directory, one name per job (the shared
+//! directory's place in it is `resources::share`'s business).
 
 use std::path::{Path, PathBuf};
 
@@ -18,21 +19,17 @@ pub fn run_root() -> PathBuf {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SandboxPaths {
+pub struct VmPaths {
     pub dir: PathBuf,
 }
 
-impl SandboxPaths {
+impl VmPaths {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        SandboxPaths { dir: dir.into() }
+        VmPaths { dir: dir.into() }
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
-    }
-    /// Shared with the guest (virtio-fs / 9p).
-    pub fn shared(&self) -> PathBuf {
-        self.dir.join("shared")
     }
     /// Guest serial console output.
     pub fn console_log(&self) -> PathBuf {

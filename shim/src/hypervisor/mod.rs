@@ -6,7 +6,9 @@
 
 pub mod accel;
 pub mod clh;
+pub mod devices;
 pub mod host;
+pub mod kernel_cmdline;
 pub mod layout;
 pub mod process;
 pub mod qemu;
@@ -17,10 +19,11 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-pub use layout::SandboxPaths;
+pub use devices::Devices;
+pub use layout::VmPaths;
 
-use crate::config::SharedFs;
-use crate::vsock::Dialer;
+use crate::config::{Backend, Config};
+use crate::guest::vsock::Dialer;
 
 #[async_trait]
 pub trait Hypervisor: Send + Sync {
@@ -49,12 +52,24 @@ pub trait Hypervisor: Send + Sync {
     async fn resume(&self) -> Result<(), HypervisorError>;
     /// How to reach guest vsock ports. Valid after a successful start.
     fn agent_dialer(&self) -> Option<Dialer>;
-    /// How the shared dir reaches the guest.
-    fn shared_fs(&self) -> SharedFs;
     /// Becomes true when the VMM process is gone.
     fn exited(&self) -> watch::Receiver<bool>;
     /// Human-readable exit status of the VMM, once it exited.
     fn exit_status(&self) -> Option<String>;
+}
+
+/// The backend the configuration selects, for VM `id` with its files under `paths`.
+pub fn new(config: &Config, devices: Devices, id: &str, paths: VmPaths) -> Box<dyn Hypervisor> {
+    match &config.backend {
+        Backend::Qemu => Box::new(qemu::Qemu::new(config, devices, id, paths)),
+        Backend::Clh { path } => Box::new(clh::Clh::new(
+            config,
+            clh::ClhConfig::from_qemu_like(&config.hypervisor, path.clone()),
+            devices,
+            id,
+            paths,
+        )),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,42 +1,24 @@
 //! virtiofsd: serves the sandbox's shared directory to the guest over vhost-user.
-//!
-//! The shim mounts container rootfs under the shared dir AFTER virtiofsd started. virtiofsd's
-//! default `--sandbox=namespace` works on a private copy of the mount tree taken at start, so
-//! the shared dir is first made a bind mount of itself with shared propagation: the daemon's
-//! copy is then a slave of it and receives every later mount.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::mount::{mount, MsFlags};
 use tokio::process::Command;
 
 use super::process::{wait_for_socket, Process};
-use super::{HypervisorError, SandboxPaths};
+use super::{HypervisorError, VmPaths};
 use crate::config::QemuConfig;
+use crate::resources::share;
 
 /// How long virtiofsd may take to create its socket.
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Makes `shared` a bind mount of itself with shared propagation.
-pub async fn make_shared_mount(shared: PathBuf) -> Result<(), HypervisorError> {
-    tokio::task::spawn_blocking(move || {
-        let none: Option<&str> = None;
-        mount(Some(&shared), &shared, none, MsFlags::MS_BIND, none).map_err(|e| {
-            HypervisorError::io(
-                format!("bind-mount {} onto itself", shared.display()),
-                e.into(),
-            )
-        })?;
-        mount(none, &shared, none, MsFlags::MS_SHARED, none).map_err(|e| {
-            HypervisorError::io(
-                format!("make {} a shared mount", shared.display()),
-                e.into(),
-            )
-        })
-    })
-    .await
-    .map_err(|e| HypervisorError::io("mount task", std::io::Error::other(e)))?
+/// Prepares `shared` for virtiofsd: see [`share::make_shared_mount`] for why.
+pub async fn export_mount(shared: PathBuf) -> Result<(), HypervisorError> {
+    tokio::task::spawn_blocking(move || share::make_shared_mount(&shared))
+        .await
+        .map_err(|e| HypervisorError::io("mount task", std::io::Error::other(e)))?
+        .map_err(|e| HypervisorError::io("shared directory", e))
 }
 
 /// The virtiofsd command line.
@@ -57,10 +39,11 @@ pub fn command(config: &QemuConfig, socket: &Path, shared: &Path, debug: bool) -
 /// Starts virtiofsd and waits for its socket.
 pub async fn start(
     config: &QemuConfig,
-    paths: &SandboxPaths,
+    paths: &VmPaths,
+    shared: &Path,
     debug: bool,
 ) -> Result<Process, HypervisorError> {
-    let cmd = command(config, &paths.virtiofsd_socket(), &paths.shared(), debug);
+    let cmd = command(config, &paths.virtiofsd_socket(), shared, debug);
     let p = Process::spawn(
         "virtiofsd",
         cmd,

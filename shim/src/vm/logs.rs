@@ -5,26 +5,19 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::task::JoinHandle;
 
-use crate::vsock::Dialer;
+use crate::guest::vsock::Dialer;
 
 /// How long to keep trying to open the log port once the agent answered on its ttrpc port.
-pub const LOG_DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+const LOG_DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Spawns the forwarder; it ends when the guest closes the stream. The receiver turns true
-/// once the dial is over (connected or given up): until then bytes may be on their way to
-/// the guest, which a pause must not interrupt (see `Vm::pause`).
-pub fn forward_agent_logs(
-    dialer: Dialer,
-    sandbox_id: String,
-) -> (JoinHandle<()>, tokio::sync::watch::Receiver<bool>) {
-    let (dialled, dialled_rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(async move {
+/// Spawns the forwarder; it ends when the guest closes the stream.
+pub fn forward_agent_logs(dialer: Dialer, sandbox_id: String) -> JoinHandle<()> {
+    tokio::spawn(async move {
         let deadline = tokio::time::Instant::now() + LOG_DIAL_TIMEOUT;
         let stream = loop {
             match dialer.dial(protocol::AGENT_LOG_PORT).await {
                 Ok(s) => break s,
                 Err(e) if tokio::time::Instant::now() >= deadline => {
-                    dialled.send_replace(true);
                     tracing::warn!(sandbox = %sandbox_id, "agent log stream not available: {e}");
                     return;
                 }
@@ -32,7 +25,6 @@ pub fn forward_agent_logs(
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         };
-        dialled.send_replace(true);
         // Lines are re-emitted even if the guest writes invalid UTF-8.
         let mut reader = BufReader::new(stream);
         let mut line = Vec::new();
@@ -53,8 +45,7 @@ pub fn forward_agent_logs(
                 }
             }
         }
-    });
-    (task, dialled_rx)
+    })
 }
 
 /// The inotify instance as something tokio's AsyncFd can wait on.

@@ -1,21 +1,24 @@
-//! One sandbox VM: its directory, its hypervisor, its agent connection and its lifecycle.
+//! One VM: booted from a [`VmSpec`], with its directory, its hypervisor, its agent connection
+//! and its logs. A VM has no pod identity: a sandbox adopts one (see `sandbox`).
 
+pub mod cleanup;
+pub mod launcher;
 mod logs;
-pub mod mounts;
+pub mod spec;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use protocol::agent::{DestroySandboxRequest, Storage};
+use protocol::agent::DestroySandboxRequest;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::agent::{Agent, AgentError};
-use crate::config::{Backend, Config, SharedFs};
-use crate::hypervisor::clh::{Clh, ClhConfig};
-use crate::hypervisor::layout::{run_root, MAX_SOCKET_PATH};
-use crate::hypervisor::qemu::Qemu;
-use crate::hypervisor::{log_tail, Hypervisor, HypervisorError, SandboxPaths};
+pub use self::spec::{validate_vm_id, vm_dir, VmSpec};
+use crate::config::Config;
+use crate::guest::client::{Agent, AgentError};
+use crate::hypervisor::layout::MAX_SOCKET_PATH;
+use crate::hypervisor::{self, log_tail, Devices, Hypervisor, HypervisorError, VmPaths};
+use crate::resources::share::Share;
 
 /// How long DestroySandbox may take during shutdown.
 const DESTROY_TIMEOUT: Duration = Duration::from_secs(3);
@@ -32,9 +35,9 @@ const CONSOLE_TAIL_LINES: usize = 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    #[error("invalid sandbox id {id:?}: {reason}")]
+    #[error("invalid VM id {id:?}: {reason}")]
     InvalidId { id: String, reason: String },
-    #[error("sandbox directory {}: {source}", path.display())]
+    #[error("VM directory {}: {source}", path.display())]
     Dir {
         path: PathBuf,
         source: std::io::Error,
@@ -77,17 +80,13 @@ fn console_suffix(tail: &str) -> String {
 
 pub struct Vm {
     id: String,
-    paths: SandboxPaths,
+    paths: VmPaths,
     hypervisor: Box<dyn Hypervisor>,
     agent: Agent,
-    /// Closes the agent's gate while the VM is paused.
-    paused: watch::Sender<bool>,
     exited: watch::Receiver<bool>,
-    shared_dir: PathBuf,
+    share: Share,
     console_log: PathBuf,
     log_task: Option<JoinHandle<()>>,
-    /// True once the log forwarder's dial is over (see [`Vm::pause`]).
-    log_dialled: Option<watch::Receiver<bool>>,
     console_task: JoinHandle<()>,
     boot_time: Duration,
 }
@@ -102,33 +101,20 @@ impl std::fmt::Debug for Vm {
     }
 }
 
-/// Sandbox ids become directory names and QEMU option values: the id rule both sides share.
-pub fn validate_sandbox_id(id: &str) -> Result<(), VmError> {
-    protocol::rules::check_id(id).map_err(|reason| VmError::InvalidId {
-        id: id.to_string(),
-        reason: reason.to_string(),
-    })
-}
-
-/// The directory of sandbox `id` for `config`: `[runtime] run_dir`, `$KATA_RS_RUN_DIR` or
-/// /run/kata-containers, plus the id.
-pub fn sandbox_dir(config: &Config, id: &str) -> PathBuf {
-    config
-        .runtime
-        .run_dir
-        .clone()
-        .unwrap_or_else(run_root)
-        .join(id)
-}
-
 impl Vm {
-    /// Creates the sandbox directory, starts the VM and connects to its agent. On error,
+    /// Creates the VM's directory, starts the VM and connects to its agent. On error,
     /// nothing is left behind.
-    pub async fn boot(config: &Config, sandbox_id: &str) -> Result<Vm, VmError> {
-        validate_sandbox_id(sandbox_id)?;
+    pub async fn boot(spec: &VmSpec) -> Result<Vm, VmError> {
+        let (config, vm_id) = (&spec.config, spec.id.as_str());
+        validate_vm_id(vm_id)?;
         let started = Instant::now();
-        let dir = sandbox_dir(config, sandbox_id);
-        let paths = SandboxPaths::new(&dir);
+        let dir = vm_dir(config, vm_id);
+        let paths = VmPaths::new(&dir);
+        let share = Share::in_vm_dir(&dir, config.hypervisor.shared_fs);
+        let devices = Devices {
+            shared_dir: share.host_dir().to_path_buf(),
+            net: spec.net.clone(),
+        };
         for s in paths.sockets() {
             if s.as_os_str().len() > MAX_SOCKET_PATH {
                 return Err(VmError::SocketPathTooLong { path: s });
@@ -136,46 +122,41 @@ impl Vm {
         }
         let mut attempt = 1;
         loop {
-            create_sandbox_dir(&dir).await?;
-            let mut hv = new_hypervisor(config, sandbox_id, &paths);
-            match boot_in(config, sandbox_id, &paths, hv.as_mut()).await {
+            create_vm_dir(&dir).await?;
+            let mut hv = hypervisor::new(config, devices.clone(), vm_id, paths.clone());
+            match boot_in(config, vm_id, &paths, hv.as_mut()).await {
                 Ok(agent) => {
-                    let (paused, gate) = watch::channel(false);
-                    let agent = agent.gated(gate);
                     let boot_time = started.elapsed();
-                    tracing::info!(sandbox = %sandbox_id, "VM ready: agent answered {boot_time:?} after boot started");
-                    let (log_task, log_dialled) = hv
+                    tracing::info!(vm = %vm_id, "VM ready: agent answered {boot_time:?} after boot started");
+                    let log_task = hv
                         .agent_dialer()
-                        .map(|d| logs::forward_agent_logs(d, sandbox_id.to_string()))
-                        .unzip();
+                        .map(|d| logs::forward_agent_logs(d, vm_id.to_string()));
                     let console_task =
-                        logs::forward_console(paths.console_log(), sandbox_id.to_string());
+                        logs::forward_console(paths.console_log(), vm_id.to_string());
                     return Ok(Vm {
-                        id: sandbox_id.to_string(),
+                        id: vm_id.to_string(),
                         exited: hv.exited(),
-                        shared_dir: paths.shared(),
+                        share,
                         console_log: paths.console_log(),
                         paths,
                         hypervisor: hv,
                         agent,
-                        paused,
                         log_task,
-                        log_dialled,
                         console_task,
                         boot_time,
                     });
                 }
                 Err(e) => {
-                    tracing::warn!(sandbox = %sandbox_id, "boot failed: {e}");
+                    tracing::warn!(vm = %vm_id, "boot failed: {e}");
                     if let Err(ce) = teardown(hv.as_mut(), &paths, Duration::ZERO).await {
-                        tracing::warn!(sandbox = %sandbox_id, "cleanup after failed boot: {ce}");
+                        tracing::warn!(vm = %vm_id, "cleanup after failed boot: {ce}");
                         return Err(e);
                     }
                     // A transport that died at start (a helper's race, not the configuration)
                     // gets one more VM.
                     if matches!(e, VmError::TransportBroken { .. }) && attempt < BOOT_ATTEMPTS {
                         attempt += 1;
-                        tracing::warn!(sandbox = %sandbox_id, "booting the VM again (attempt {attempt} of {BOOT_ATTEMPTS})");
+                        tracing::warn!(vm = %vm_id, "booting the VM again (attempt {attempt} of {BOOT_ATTEMPTS})");
                         continue;
                     }
                     return Err(e);
@@ -193,9 +174,9 @@ impl Vm {
     pub fn dir(&self) -> &Path {
         &self.paths.dir
     }
-    /// Host side of the shared directory (what the guest sees at GUEST_SHARED_DIR).
-    pub fn shared_dir(&self) -> &Path {
-        &self.shared_dir
+    /// The directory shared with the guest.
+    pub fn share(&self) -> &Share {
+        &self.share
     }
     pub fn console_log(&self) -> &Path {
         &self.console_log
@@ -205,44 +186,16 @@ impl Vm {
         self.boot_time
     }
 
-    /// The Storage for CreateSandbox that mounts the shared directory in the guest.
-    pub fn shared_storage(&self) -> Storage {
-        shared_storage(self.hypervisor.shared_fs())
-    }
-
     /// Becomes true when the VM process died.
     pub fn exited(&self) -> watch::Receiver<bool> {
         self.exited.clone()
-    }
-
-    /// Pauses the VM (QMP stop). Agent requests made meanwhile wait for [`Vm::resume`].
-    pub async fn pause(&self) -> Result<(), VmError> {
-        // A CONNECT to the log port still in flight would reach a paused guest and wedge
-        // vhost-device-vsock 0.3: let the dial (bounded by its own deadline) finish first.
-        if let Some(mut dialled) = self.log_dialled.clone() {
-            let _ = tokio::time::timeout(logs::LOG_DIAL_TIMEOUT, dialled.wait_for(|d| *d)).await;
-        }
-        self.paused.send_replace(true);
-        let r = self.hypervisor.pause().await;
-        if r.is_err() {
-            self.paused.send_replace(false);
-        }
-        Ok(r?)
-    }
-
-    pub async fn resume(&self) -> Result<(), VmError> {
-        self.hypervisor.resume().await?;
-        self.paused.send_replace(false);
-        Ok(())
     }
 
     /// DestroySandbox (best effort), stop the VM and its helpers, unmount what is under the
     /// sandbox dir and remove it.
     pub async fn shutdown(mut self) -> Result<(), VmError> {
         let mut grace = Duration::ZERO;
-        // A paused VM gets no DestroySandbox (it could not answer): it is stopped directly.
-        let paused = *self.paused.borrow();
-        if !paused && !*self.exited.borrow() {
+        if !*self.exited.borrow() {
             let agent = self.agent.with_timeout(DESTROY_TIMEOUT);
             match agent.destroy_sandbox(DestroySandboxRequest::new()).await {
                 Ok(_) => grace = EXIT_GRACE,
@@ -259,33 +212,7 @@ impl Vm {
     }
 }
 
-/// The Storage the agent mounts at GUEST_SHARED_DIR for a shared-fs kind.
-pub fn shared_storage(kind: SharedFs) -> Storage {
-    let mut s = Storage::new();
-    s.source = protocol::SHARED_FS_TAG.to_string();
-    s.mount_point = protocol::GUEST_SHARED_DIR.to_string();
-    match kind {
-        SharedFs::VirtioFs | SharedFs::None => {
-            s.driver = "virtio-fs".into();
-            s.fstype = "virtiofs".into();
-        }
-        SharedFs::Virtio9p => {
-            s.driver = "9p".into();
-            s.fstype = "9p".into();
-            s.options = [
-                "trans=virtio",
-                "version=9p2000.L",
-                "msize=512000",
-                "cache=mmap",
-            ]
-            .map(String::from)
-            .to_vec();
-        }
-    }
-    s
-}
-
-async fn create_sandbox_dir(dir: &Path) -> Result<(), VmError> {
+async fn create_vm_dir(dir: &Path) -> Result<(), VmError> {
     let err = |source| VmError::Dir {
         path: dir.to_path_buf(),
         source,
@@ -314,7 +241,7 @@ async fn create_sandbox_dir(dir: &Path) -> Result<(), VmError> {
 async fn boot_in(
     config: &Config,
     id: &str,
-    paths: &SandboxPaths,
+    paths: &VmPaths,
     hv: &mut dyn Hypervisor,
 ) -> Result<Agent, VmError> {
     hv.start().await?;
@@ -368,182 +295,19 @@ async fn transport_broken(hv: &dyn Hypervisor) -> String {
     }
 }
 
-fn new_hypervisor(config: &Config, id: &str, paths: &SandboxPaths) -> Box<dyn Hypervisor> {
-    match &config.backend {
-        Backend::Qemu => Box::new(Qemu::new(config, id, paths.clone())),
-        Backend::Clh { path } => Box::new(Clh::new(
-            config,
-            ClhConfig::from_qemu_like(&config.hypervisor, path.clone()),
-            id,
-            paths.clone(),
-        )),
-    }
-}
-
-/// Stops the hypervisor, unmounts and removes the sandbox dir.
+/// Stops the hypervisor, unmounts and removes the VM dir.
 async fn teardown(
     hv: &mut dyn Hypervisor,
-    paths: &SandboxPaths,
+    paths: &VmPaths,
     grace: Duration,
 ) -> Result<(), VmError> {
     hv.stop(grace).await?;
-    remove_sandbox_dir(&paths.dir).await
-}
-
-/// Unmounts everything under `dir` and removes it.
-async fn remove_sandbox_dir(dir: &Path) -> Result<(), VmError> {
-    let d = dir.to_path_buf();
-    let errors = tokio::task::spawn_blocking(move || mounts::unmount_all_under(&d))
-        .await
-        .map_err(|e| VmError::Dir {
-            path: dir.to_path_buf(),
-            source: std::io::Error::other(e),
-        })?;
-    if !errors.is_empty() {
-        return Err(VmError::Dir {
-            path: dir.to_path_buf(),
-            source: std::io::Error::other(errors.join("; ")),
-        });
-    }
-    match tokio::fs::remove_dir_all(dir).await {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(VmError::Dir {
-            path: dir.to_path_buf(),
-            source,
-        }),
-    }
-}
-
-/// For a shim that died: kill the processes recorded in the sandbox dir's pid files (only if
-/// they still are ours: their command line names the dir), unmount and remove the dir.
-pub async fn cleanup_sandbox_dir(sandbox_id: &str) -> Result<(), VmError> {
-    validate_sandbox_id(sandbox_id)?;
-    cleanup_dir(&run_root().join(sandbox_id)).await
-}
-
-/// [`cleanup_sandbox_dir`] for an explicit directory.
-pub async fn cleanup_dir(dir: &Path) -> Result<(), VmError> {
-    if !dir.exists() {
-        return Ok(());
-    }
-    for name in ["qemu", "virtiofsd", "vhost-device-vsock"] {
-        let pidfile = SandboxPaths::new(dir).pidfile(name);
-        let Ok(text) = tokio::fs::read_to_string(&pidfile).await else {
-            continue;
-        };
-        let Ok(pid) = text.trim().parse::<i32>() else {
-            continue;
-        };
-        if pid <= 1 {
-            continue;
-        }
-        // Only a process whose command line mentions this dir is ours (pids get reused).
-        let cmdline = tokio::fs::read(format!("/proc/{pid}/cmdline"))
-            .await
-            .unwrap_or_default();
-        let needle = dir.as_os_str().as_encoded_bytes();
-        if cmdline.windows(needle.len()).any(|w| w == needle) {
-            tracing::info!(dir = %dir.display(), name, pid, "killing leftover process");
-            let p = nix::unistd::Pid::from_raw(pid);
-            let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
-            wait_gone(pid).await;
-        }
-    }
-    remove_sandbox_dir(dir).await
-}
-
-/// Waits (bounded) until /proc/<pid> is gone or a zombie: a killed process we are not the
-/// parent of has no event to wait on.
-async fn wait_gone(pid: i32) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        match tokio::fs::read_to_string(format!("/proc/{pid}/stat")).await {
-            Err(_) => return,
-            Ok(s)
-                if s.rsplit(')')
-                    .next()
-                    .is_some_and(|r| r.trim_start().starts_with('Z')) =>
-            {
-                return
-            }
-            Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
-    }
+    cleanup::remove_vm_dir(&paths.dir).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ids() {
-        assert!(validate_sandbox_id("abc-123_x.y").is_ok());
-        assert!(validate_sandbox_id(&"a".repeat(64)).is_ok());
-        for bad in ["", "../x", "a/b", ".hidden", "-x", "a b", "a,b"] {
-            assert!(validate_sandbox_id(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn storages() {
-        let s = shared_storage(SharedFs::VirtioFs);
-        assert_eq!(s.driver, "virtio-fs");
-        assert_eq!(s.fstype, "virtiofs");
-        assert_eq!(s.source, protocol::SHARED_FS_TAG);
-        assert_eq!(s.mount_point, protocol::GUEST_SHARED_DIR);
-        assert!(s.options.is_empty());
-        let s = shared_storage(SharedFs::Virtio9p);
-        assert_eq!(s.driver, "9p");
-        assert_eq!(s.fstype, "9p");
-        assert_eq!(
-            s.options,
-            [
-                "trans=virtio",
-                "version=9p2000.L",
-                "msize=512000",
-                "cache=mmap"
-            ]
-        );
-    }
-
-    #[tokio::test]
-    async fn cleanup_kills_only_our_leftovers_and_removes_the_dir() {
-        let root = tempfile::tempdir().expect("tempdir");
-        let dir = root.path().join("s1");
-        std::fs::create_dir(&dir).expect("dir");
-        let paths = SandboxPaths::new(&dir);
-        // A leftover "QEMU": its command line names the sandbox dir.
-        let mut ours = std::process::Command::new("sh")
-            .arg("-c")
-            .arg("sleep 100")
-            .arg(&dir)
-            .spawn()
-            .expect("spawn");
-        std::fs::write(paths.pidfile("qemu"), format!("{}\n", ours.id())).expect("pidfile");
-        // A stranger that reused a recorded pid: must survive.
-        let mut stranger = std::process::Command::new("sleep")
-            .arg("100")
-            .spawn()
-            .expect("spawn");
-        std::fs::write(paths.pidfile("virtiofsd"), format!("{}\n", stranger.id()))
-            .expect("pidfile");
-        cleanup_dir(&dir).await.expect("cleanup");
-        assert!(!dir.exists());
-        let status = ours.wait().expect("wait");
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(9)
-        );
-        assert!(
-            stranger.try_wait().expect("try_wait").is_none(),
-            "stranger killed"
-        );
-        stranger.kill().expect("kill");
-        stranger.wait().expect("reap");
-        // A second cleanup of a gone dir is fine.
-        cleanup_dir(&dir).await.expect("idempotent");
-    }
 
     fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
@@ -580,7 +344,7 @@ mod tests {
         h.path = "/bin/true".into();
         h.kernel = script(bin.path(), "vmlinux", "");
         h.initrd = script(bin.path(), "initrd", "");
-        h.shared_fs = SharedFs::VirtioFs;
+        h.shared_fs = crate::config::SharedFs::VirtioFs;
         h.vsock = crate::config::VsockMode::VhostUser;
         h.virtio_fs_daemon = script(
             bin.path(),
@@ -593,7 +357,9 @@ mod tests {
             "vsockd",
             "for a; do case $a in --socket=*) touch \"${a#--socket=}\";; esac; done; sleep 100",
         );
-        let err = Vm::boot(&c, "s1").await.expect_err("must fail");
+        let err = Vm::boot(&VmSpec::new("s1", c))
+            .await
+            .expect_err("must fail");
         let msg = err.to_string();
         assert!(msg.contains("virtiofsd exited (exit status: 3)"), "{msg}");
         assert!(msg.contains("cannot serve: boom"), "{msg}");
@@ -620,7 +386,9 @@ mod tests {
         c.hypervisor.kernel = root.path().join("no-vmlinux");
         c.hypervisor.vsock = crate::config::VsockMode::VhostUser;
         c.source = Some("/etc/x.toml".into());
-        let err = Vm::boot(&c, "s1").await.expect_err("must fail");
+        let err = Vm::boot(&VmSpec::new("s1", c))
+            .await
+            .expect_err("must fail");
         let msg = err.to_string();
         assert!(msg.contains("no-vmlinux"), "{msg}");
         assert!(

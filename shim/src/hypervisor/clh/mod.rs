@@ -25,17 +25,19 @@ use self::api::{
     VsockConfig,
 };
 use self::client::{decode, ApiClient, ClhError, Method};
+use super::devices::{Devices, NetDevice};
+use super::kernel_cmdline;
 use super::layout::MAX_SOCKET_PATH;
 use super::process::{wait_for_socket, Process};
-use super::qemu::cmdline;
-use super::{host, log_tail, require_file, virtiofsd, Hypervisor, HypervisorError, SandboxPaths};
-use crate::config::{Arch, Config, MachineType, QemuConfig, SharedFs, VirtioFsCache};
-use crate::vsock::Dialer;
+use super::{host, log_tail, require_file, virtiofsd, Hypervisor, HypervisorError, VmPaths};
+use crate::config::{
+    Arch, Config, MachineType, QemuConfig, SharedFs, VirtioFsCache, DEFAULT_CLH_PATH,
+};
+use crate::guest::vsock::Dialer;
 
 /// Config section of this backend, for error messages.
 pub const SECTION: &str = "hypervisor.clh";
 /// Where distributions install cloud-hypervisor.
-pub const DEFAULT_PATH: &str = "/usr/bin/cloud-hypervisor";
 /// Name of the VMM's API socket in the sandbox dir.
 pub const API_SOCKET_NAME: &str = "clh-api.sock";
 /// Name of the VMM process (log file `<name>.log`, pid file `<name>.pid`).
@@ -85,7 +87,7 @@ impl Default for ClhConfig {
     fn default() -> Self {
         ClhConfig::from_qemu_like(
             &QemuConfig::defaults_for(Arch::host()),
-            PathBuf::from(DEFAULT_PATH),
+            PathBuf::from(DEFAULT_CLH_PATH),
         )
     }
 }
@@ -160,7 +162,7 @@ impl Default for ClhTimeouts {
 }
 
 /// Path of the VMM's API socket for a sandbox.
-pub fn api_socket(paths: &SandboxPaths) -> PathBuf {
+pub fn api_socket(paths: &VmPaths) -> PathBuf {
     paths.dir().join(API_SOCKET_NAME)
 }
 
@@ -168,7 +170,7 @@ pub fn api_socket(paths: &SandboxPaths) -> PathBuf {
 pub fn vm_config(
     clh: &ClhConfig,
     kernel_cmdline: String,
-    paths: &SandboxPaths,
+    paths: &VmPaths,
     host_cpus: u32,
 ) -> VmConfig {
     let max_vcpus = if clh.default_maxvcpus == 0 {
@@ -246,7 +248,8 @@ pub struct Clh {
     config: Config,
     clh: ClhConfig,
     id: String,
-    paths: SandboxPaths,
+    paths: VmPaths,
+    devices: Devices,
     timeouts: ClhTimeouts,
     kvm_device: PathBuf,
     api: ApiClient,
@@ -260,7 +263,7 @@ pub struct Clh {
 impl Clh {
     /// `config` supplies the agent and runtime settings and the file name for error
     /// messages; `clh` is its `[hypervisor.clh]` section.
-    pub fn new(config: &Config, clh: ClhConfig, id: &str, paths: SandboxPaths) -> Clh {
+    pub fn new(config: &Config, clh: ClhConfig, devices: Devices, id: &str, paths: VmPaths) -> Clh {
         let (exited_tx, exited_rx) = watch::channel(false);
         let timeouts = ClhTimeouts::default();
         Clh {
@@ -269,6 +272,7 @@ impl Clh {
             id: id.to_string(),
             api: ApiClient::new(api_socket(&paths), timeouts.api_call),
             paths,
+            devices,
             timeouts,
             kvm_device: PathBuf::from(KVM_DEVICE),
             vmm: None,
@@ -311,7 +315,7 @@ impl Clh {
     /// The guest kernel command line, shared with the QEMU backend: console, panic/reboot
     /// behaviour, agent options, then kernel_params.
     pub fn kernel_cmdline(&self) -> String {
-        cmdline::kernel_cmdline(
+        kernel_cmdline::kernel_cmdline(
             &self.clh.qemu_like(),
             &self.config.agent,
             self.config.agent_debug(),
@@ -376,13 +380,16 @@ impl Clh {
 
     async fn start_inner(&mut self) -> Result<(), HypervisorError> {
         self.check()?;
+        if let Some(why) = NetDevice::unsupported("cloud-hypervisor", &self.devices.net) {
+            return Err(HypervisorError::Unsupported(why));
+        }
         let virtio_fs = self.clh.shared_fs == SharedFs::VirtioFs;
         if virtio_fs {
-            let shared = self.paths.shared();
+            let shared = self.devices.shared_dir.clone();
             tokio::fs::create_dir(&shared)
                 .await
                 .map_err(|e| HypervisorError::io(format!("create {}", shared.display()), e))?;
-            virtiofsd::make_shared_mount(shared).await?;
+            virtiofsd::export_mount(shared).await?;
         }
 
         let socket = api_socket(&self.paths);
@@ -407,7 +414,7 @@ impl Clh {
         let fs_config = self.clh.qemu_like();
         let fs_fut = async {
             if virtio_fs {
-                virtiofsd::start(&fs_config, &self.paths, debug)
+                virtiofsd::start(&fs_config, &self.paths, &self.devices.shared_dir, debug)
                     .await
                     .map(Some)
             } else {
@@ -599,10 +606,6 @@ impl Hypervisor for Clh {
 
     fn agent_dialer(&self) -> Option<Dialer> {
         self.dialer.clone()
-    }
-
-    fn shared_fs(&self) -> SharedFs {
-        self.clh.shared_fs
     }
 
     fn exited(&self) -> watch::Receiver<bool> {

@@ -307,7 +307,7 @@ mod tests {
     use super::super::{vm_config, ClhConfig};
     use super::*;
     use crate::config::SharedFs;
-    use crate::hypervisor::SandboxPaths;
+    use crate::hypervisor::VmPaths;
 
     fn assert_valid(name: &str, v: &Value) {
         let p = check(name, v);
@@ -321,7 +321,7 @@ mod tests {
             default_maxvcpus: 0,
             ..ClhConfig::default()
         };
-        let paths = SandboxPaths::new("/run/kata-containers/s1");
+        let paths = VmPaths::new("/run/kata-containers/s1");
         serde_json::to_value(vm_config(&c, "console=ttyS0".into(), &paths, 8)).expect("json")
     }
 

@@ -16,8 +16,8 @@ use super::api::{FsConfig, NetConfig, VmState};
 use super::schema;
 use super::*;
 use crate::config::{Arch, Config, SharedFs};
-use crate::hypervisor::{Hypervisor, HypervisorError, SandboxPaths};
-use crate::vsock::Dialer;
+use crate::guest::vsock::Dialer;
+use crate::hypervisor::{Devices, Hypervisor, HypervisorError, VmPaths};
 
 const CONFIG_FILE: &str = "/etc/kata-containers/configuration-clh.toml";
 
@@ -247,7 +247,7 @@ fn documented(req: &Recorded, st: &mut FakeState) -> (u16, String) {
 /// A sandbox dir, a kernel, an initrd and a stand-in for /dev/kvm in a tempdir.
 struct Env {
     tmp: tempfile::TempDir,
-    paths: SandboxPaths,
+    paths: VmPaths,
 }
 
 impl Env {
@@ -260,8 +260,13 @@ impl Env {
         }
         Env {
             tmp,
-            paths: SandboxPaths::new(dir),
+            paths: VmPaths::new(dir),
         }
+    }
+
+    /// The VM's shared directory.
+    fn shared(&self) -> PathBuf {
+        self.paths.dir().join("shared")
     }
 
     fn file(&self, name: &str) -> PathBuf {
@@ -296,9 +301,15 @@ impl Env {
     }
 
     fn backend(&self, config: &Config, clh: ClhConfig, timeouts: ClhTimeouts) -> Clh {
-        Clh::new(config, clh, "s1", self.paths.clone())
-            .with_timeouts(timeouts)
-            .with_kvm_device(self.file("kvm"))
+        Clh::new(
+            config,
+            clh,
+            Devices::sharing(self.shared()),
+            "s1",
+            self.paths.clone(),
+        )
+        .with_timeouts(timeouts)
+        .with_kvm_device(self.file("kvm"))
     }
 
     fn fake_api(&self, overrides: Vec<Override>) -> FakeApi {
@@ -415,7 +426,6 @@ async fn boots_through_the_api_then_stops_politely() {
             uds_path: env.paths.hybrid_vsock()
         })
     );
-    assert_eq!(hv.shared_fs(), SharedFs::None);
 
     hv.pause().await.expect("pause");
     assert_eq!(hv.info().await.expect("info").state, VmState::Paused);
@@ -712,7 +722,7 @@ struct UnmountOnDrop(PathBuf);
 
 impl Drop for UnmountOnDrop {
     fn drop(&mut self) {
-        let errors = crate::vm::mounts::unmount_all_under(&self.0);
+        let errors = crate::resources::mount_table::unmount_all_under(&self.0);
         if !errors.is_empty() && !std::thread::panicking() {
             panic!("unmount under {}: {errors:?}", self.0.display());
         }
@@ -754,7 +764,7 @@ async fn virtio_fs_starts_virtiofsd_and_hands_its_socket_to_the_vmm() {
     assert!(
         fs_args
             .lines()
-            .any(|a| a == format!("--shared-dir={}", env.paths.shared().display())),
+            .any(|a| a == format!("--shared-dir={}", env.shared().display())),
         "{fs_args}"
     );
     assert_eq!(body["fs"][0]["tag"], protocol::SHARED_FS_TAG);
@@ -799,7 +809,7 @@ fn vmm_command_line() {
 
 #[test]
 fn vcpus_and_memory() {
-    let paths = SandboxPaths::new("/r/s1");
+    let paths = VmPaths::new("/r/s1");
     let mut c = ClhConfig {
         default_vcpus: 2,
         default_maxvcpus: 4,
@@ -866,5 +876,5 @@ fn documented_config_file_matches_the_defaults() {
     documented.sort_unstable();
     known.sort_unstable();
     assert_eq!(documented, known);
-    assert_eq!(d.path, Path::new(DEFAULT_PATH));
+    assert_eq!(d.path, Path::new(crate::config::DEFAULT_CLH_PATH));
 }

@@ -18,10 +18,12 @@ use tokio::sync::watch;
 use self::cmdline::{FsDevice, VsockDevice};
 use self::vsock_device::{VsockKind, VHOST_VSOCK_DEV};
 use super::accel::{self, Accel};
+use super::devices::{Devices, NetDevice};
+use super::kernel_cmdline;
 use super::process::{wait_for_socket, Process};
-use super::{host, log_tail, require_file, virtiofsd, Hypervisor, HypervisorError, SandboxPaths};
+use super::{host, log_tail, require_file, virtiofsd, Hypervisor, HypervisorError, VmPaths};
 use crate::config::{Arch, Config, MachineType, SharedFs};
-use crate::vsock::Dialer;
+use crate::guest::vsock::Dialer;
 
 /// How long QEMU may take to create its QMP socket.
 const QMP_SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,7 +35,8 @@ const DAEMON_GRACE: Duration = Duration::from_secs(1);
 pub struct Qemu {
     config: Config,
     id: String,
-    paths: SandboxPaths,
+    paths: VmPaths,
+    devices: Devices,
     qemu: Option<Process>,
     virtiofsd: Option<Process>,
     vsock_daemon: Option<Process>,
@@ -46,12 +49,13 @@ pub struct Qemu {
 }
 
 impl Qemu {
-    pub fn new(config: &Config, id: &str, paths: SandboxPaths) -> Qemu {
+    pub fn new(config: &Config, devices: Devices, id: &str, paths: VmPaths) -> Qemu {
         let (exited_tx, exited_rx) = watch::channel(false);
         Qemu {
             config: config.clone(),
             id: id.to_string(),
             paths,
+            devices,
             qemu: None,
             virtiofsd: None,
             vsock_daemon: None,
@@ -85,6 +89,9 @@ impl Qemu {
 
     async fn start_inner(&mut self) -> Result<(), HypervisorError> {
         let h = self.config.hypervisor.clone();
+        if let Some(why) = NetDevice::unsupported("QEMU", &self.devices.net) {
+            return Err(HypervisorError::Unsupported(why));
+        }
         let (vsock, why) = vsock_device::choose(h.vsock, Path::new(VHOST_VSOCK_DEV))?;
         tracing::info!(sandbox = %self.id, "{why}");
         self.check_files(vsock)?;
@@ -99,21 +106,23 @@ impl Qemu {
             )));
         }
 
+        let shared = &self.devices.shared_dir;
         if h.shared_fs != SharedFs::None {
-            let shared = self.paths.shared();
-            tokio::fs::create_dir(&shared)
+            tokio::fs::create_dir(shared)
                 .await
                 .map_err(|e| HypervisorError::io(format!("create {}", shared.display()), e))?;
         }
         if h.shared_fs == SharedFs::VirtioFs {
-            virtiofsd::make_shared_mount(self.paths.shared()).await?;
+            virtiofsd::export_mount(shared.clone()).await?;
         }
 
         // Helpers and host facts in parallel: each daemon must have its socket before QEMU.
         let debug = h.enable_debug || self.config.runtime.enable_debug;
         let fs_fut = async {
             if h.shared_fs == SharedFs::VirtioFs {
-                virtiofsd::start(&h, &self.paths, debug).await.map(Some)
+                virtiofsd::start(&h, &self.paths, shared, debug)
+                    .await
+                    .map(Some)
             } else {
                 Ok(None)
             }
@@ -196,11 +205,11 @@ impl Qemu {
                 socket: self.paths.virtiofsd_socket(),
             },
             SharedFs::Virtio9p => FsDevice::NineP {
-                dir: self.paths.shared(),
+                dir: shared.clone(),
             },
             SharedFs::None => FsDevice::None,
         };
-        let kernel_cmdline = cmdline::kernel_cmdline_for(
+        let kernel_cmdline = kernel_cmdline::kernel_cmdline_for(
             &h,
             &self.config.agent,
             self.config.agent_debug(),
@@ -257,7 +266,7 @@ impl Qemu {
 }
 
 /// A VM dropped without stop() (an error path of the caller) must not keep running: kill its
-/// processes. The sandbox dir stays for `cleanup_sandbox_dir` (no blocking unmount in drop).
+/// processes. The VM dir stays for `cleanup_vm_dir` (no blocking unmount in drop).
 impl Drop for Qemu {
     fn drop(&mut self) {
         for p in [&self.qemu, &self.virtiofsd, &self.vsock_daemon]
@@ -419,10 +428,6 @@ impl Hypervisor for Qemu {
 
     fn agent_dialer(&self) -> Option<Dialer> {
         self.dialer.clone()
-    }
-
-    fn shared_fs(&self) -> SharedFs {
-        self.config.hypervisor.shared_fs
     }
 
     fn exited(&self) -> watch::Receiver<bool> {

@@ -9,7 +9,7 @@ use tokio::process::Command;
 
 use crate::config::{QemuConfig, VsockMode};
 use crate::hypervisor::process::{wait_for_socket, Process};
-use crate::hypervisor::{HypervisorError, SandboxPaths};
+use crate::hypervisor::{HypervisorError, VmPaths};
 
 pub const VHOST_VSOCK_DEV: &str = "/dev/vhost-vsock";
 /// The first guest CID (0-2 are reserved).
@@ -88,7 +88,7 @@ pub fn reserve_cid(dev: &Path) -> Result<(u32, OwnedFd), HypervisorError> {
 /// Starts vhost-device-vsock for this VM and waits for its vhost-user socket.
 pub async fn start_daemon(
     config: &QemuConfig,
-    paths: &SandboxPaths,
+    paths: &VmPaths,
 ) -> Result<Process, HypervisorError> {
     let mut cmd = Command::new(&config.vhost_user_vsock_daemon);
     cmd.arg(format!("--guest-cid={VHOST_USER_GUEST_CID}"))

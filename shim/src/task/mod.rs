@@ -1,41 +1,46 @@
-//! The Task service: every RPC delegates to a context-free method of `TaskCore`, which holds
-//! the sandbox and its containers and reports through an event channel. Tests drive
-//! `TaskCore` with fakes of the VM layer and read the channel instead of containerd.
+//! The task layer: one context-free method of `TaskCore` per Task RPC, dispatching to the
+//! sandbox (which holds the containers), the processes' state machine and stdio, and reporting
+//! through an event channel. Tests drive `TaskCore` with fakes of the layers below and read
+//! the channel instead of containerd.
+
+pub mod container;
+pub mod metrics;
+pub mod process;
+pub mod stdio;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use containerd_shim::api::{
     CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
-    DeleteRequest, DeleteResponse, Empty, ExecProcessRequest, KillRequest, PauseRequest,
-    PidsRequest, PidsResponse, ResizePtyRequest, ResumeRequest, ShutdownRequest, StartRequest,
-    StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, UpdateTaskRequest,
-    WaitRequest, WaitResponse,
+    DeleteRequest, DeleteResponse, ExecProcessRequest, KillRequest, PauseRequest, PidsRequest,
+    PidsResponse, ResizePtyRequest, ResumeRequest, ShutdownRequest, StartRequest, StartResponse,
+    StateRequest, StateResponse, StatsRequest, StatsResponse, UpdateTaskRequest, WaitRequest,
+    WaitResponse,
 };
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
-    TaskResumed, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskIO, TaskPaused, TaskResumed,
+    TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::{CodedInputStream, MessageField};
 use containerd_shim::protos::types::task::ProcessInfo;
-use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
+use containerd_shim::ExitSignal;
 use protocol::agent as pb;
-use tokio::sync::watch;
 
-use crate::backend::{Backend, BootRequest, GuestAgent};
-use crate::container::Container;
+use self::container::Container;
+use self::process::{Exit, Process, VM_GONE_EXIT_STATUS};
+use self::stdio::{Copiers, StdioPaths};
 use crate::error::{TaskError, TaskResult};
 use crate::events::{self, EventSender, TaskEvent};
-use crate::metrics;
-use crate::process::{self, Exit, ExitHandle, Phase, Process, VM_GONE_EXIT_STATUS};
-use crate::rootfs::{MountPlan, RootfsMount};
-use crate::sandbox::Sandbox;
-use crate::spec;
-use crate::stdio::{self, Copiers, StdioPaths};
+use crate::guest::GuestAgent;
+use crate::resources::rootfs::{HostMounter, MountPlan, RootfsMount};
+use crate::resources::share::Share;
+use crate::resources::spec;
+use crate::sandbox::seams::{BootRequest, Platform};
+use crate::sandbox::{Sandbox, SandboxOwner};
 
 /// Exit status of a process that was removed before it exited (as if SIGKILLed).
 const KILLED_EXIT_STATUS: u32 = 128 + libc::SIGKILL as u32;
@@ -49,54 +54,34 @@ const DELETE_IO_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Type of containerd's runtime options for non-runc runtimes (`--runtime-config-path`).
 const RUNTIME_OPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
 
-#[derive(Default)]
-struct State {
-    sandbox: Option<Sandbox>,
-    containers: HashMap<String, Container>,
-}
-
 /// The task layer, independent of ttrpc.
 pub struct TaskCore {
-    backend: Backend,
+    mounter: Arc<dyn HostMounter>,
+    sandbox: SandboxOwner,
     events: EventSender,
     exit: Arc<ExitSignal>,
     /// Serialises Create, Delete and Shutdown: they boot and tear down the sandbox.
     lifecycle: tokio::sync::Mutex<()>,
-    state: Arc<Mutex<State>>,
 }
 
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn container<'a>(st: &'a State, id: &str) -> TaskResult<&'a Container> {
-    st.containers
-        .get(id)
-        .ok_or_else(|| TaskError::not_found(format!("container {id:?} not found")))
-}
-
-fn container_mut<'a>(st: &'a mut State, id: &str) -> TaskResult<&'a mut Container> {
-    st.containers
-        .get_mut(id)
-        .ok_or_else(|| TaskError::not_found(format!("container {id:?} not found")))
-}
-
-/// Container ids become host and guest path components.
-fn validate_id(id: &str) -> TaskResult<()> {
-    let ok = !id.is_empty()
-        && id != "."
-        && id != ".."
-        && id.len() <= 256
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(TaskError::invalid(format!(
-            "invalid container id {id:?}: use letters, digits, '-', '_' and '.'"
-        )))
+fn container<'a>(st: &'a Option<Sandbox>, id: &str) -> TaskResult<&'a Container> {
+    match st {
+        Some(sb) => sb.container(id),
+        None => Err(TaskError::not_found(format!("container {id:?} not found"))),
     }
+}
+
+fn container_mut<'a>(st: &'a mut Option<Sandbox>, id: &str) -> TaskResult<&'a mut Container> {
+    match st {
+        Some(sb) => sb.container_mut(id),
+        None => Err(TaskError::not_found(format!("container {id:?} not found"))),
+    }
+}
+
+/// Container ids become host and guest path components: the id rule both sides share.
+fn validate_id(id: &str) -> TaskResult<()> {
+    protocol::rules::check_id(id)
+        .map_err(|reason| TaskError::invalid(format!("invalid container id {id:?}: {reason}")))
 }
 
 /// `config_path` of containerd's runtimeoptions.v1.Options; any other options are ignored.
@@ -134,18 +119,18 @@ fn exit_fields(
 }
 
 impl TaskCore {
-    pub fn new(backend: Backend, events: EventSender, exit: Arc<ExitSignal>) -> Self {
+    pub fn new(platform: Platform, events: EventSender, exit: Arc<ExitSignal>) -> Self {
         Self {
-            backend,
+            mounter: platform.mounter,
+            sandbox: SandboxOwner::new(platform.launcher, events.clone()),
             events,
             exit,
             lifecycle: tokio::sync::Mutex::new(()),
-            state: Arc::new(Mutex::new(State::default())),
         }
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
-        lock(&self.state)
+    fn state(&self) -> std::sync::MutexGuard<'_, Option<Sandbox>> {
+        self.sandbox.lock()
     }
 
     fn send(&self, ev: TaskEvent) {
@@ -153,41 +138,17 @@ impl TaskCore {
     }
 
     fn agent(&self) -> TaskResult<Arc<dyn GuestAgent>> {
-        self.state()
-            .sandbox
-            .as_ref()
-            .map(|s| s.agent.clone())
-            .ok_or_else(|| TaskError::precondition("the sandbox is not running"))
+        self.sandbox.agent()
     }
 
-    /// The sandbox's agent and shared dir, booting the VM first if this is the first Create.
-    /// Returns whether this call booted it.
-    async fn ensure_sandbox(
-        &self,
+    /// What booting the sandbox for this Create needs.
+    fn boot_request(
         req: &CreateTaskRequest,
         bundle: &Path,
         spec: &serde_json::Value,
-    ) -> TaskResult<(Arc<dyn GuestAgent>, PathBuf, bool)> {
-        let sandbox_id = spec::sandbox_id(spec, &req.id);
-        if let Some(sb) = self.state().sandbox.as_ref() {
-            if sb.is_dead() {
-                return Err(TaskError::precondition(format!(
-                    "the VM of sandbox {:?} is gone",
-                    sb.id
-                )));
-            }
-            if sb.id != sandbox_id {
-                tracing::warn!(
-                    "container {} names sandbox {sandbox_id}, this shim runs {}",
-                    req.id,
-                    sb.id
-                );
-            }
-            return Ok((sb.agent.clone(), sb.shared_dir.clone(), false));
-        }
-        validate_id(&sandbox_id)?;
+    ) -> (BootRequest, String) {
         let boot = BootRequest {
-            sandbox_id,
+            sandbox_id: spec::sandbox_id(spec, &req.id),
             bundle: bundle.to_path_buf(),
             annotations: spec::annotations(spec),
             config_path: runtime_config_path(req.options.as_ref()),
@@ -196,37 +157,11 @@ impl TaskCore {
         let hostname = Some(spec::hostname(spec))
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| boot.sandbox_id.clone());
-        let sb = Sandbox::boot(&self.backend, boot, hostname).await?;
-        tokio::spawn(watch_vm_death(
-            self.state.clone(),
-            self.events.clone(),
-            sb.exited(),
-        ));
-        tokio::spawn(forward_oom_events(sb.agent.clone(), self.events.clone()));
-        let out = (sb.agent.clone(), sb.shared_dir.clone(), true);
-        self.state().sandbox = Some(sb);
-        Ok(out)
-    }
-
-    /// Shuts the sandbox down if no container is left in it.
-    async fn shutdown_sandbox_if_empty(&self) {
-        let sb = {
-            let mut st = self.state();
-            if !st.containers.is_empty() {
-                return;
-            }
-            st.sandbox.take()
-        };
-        if let Some(sb) = sb {
-            let id = sb.id.clone();
-            if let Err(e) = sb.shutdown().await {
-                tracing::warn!("shutting down sandbox {id}: {e}");
-            }
-        }
+        (boot, hostname)
     }
 
     async fn mount(&self, plan: &MountPlan) -> TaskResult<()> {
-        let mounter = self.backend.mounter.clone();
+        let mounter = self.mounter.clone();
         let plan = plan.clone();
         tokio::task::spawn_blocking(move || mounter.mount(&plan))
             .await
@@ -234,7 +169,7 @@ impl TaskCore {
     }
 
     async fn unmount(&self, plan: &MountPlan) {
-        let mounter = self.backend.mounter.clone();
+        let mounter = self.mounter.clone();
         let p = plan.clone();
         match tokio::task::spawn_blocking(move || mounter.unmount(&p)).await {
             Ok(Ok(())) => {}
@@ -251,7 +186,7 @@ impl TaskCore {
         bundle: &Path,
         spec: &serde_json::Value,
         agent: Arc<dyn GuestAgent>,
-        shared_dir: &Path,
+        share: &Share,
     ) -> TaskResult<Container> {
         let rootfs = req
             .rootfs
@@ -262,7 +197,7 @@ impl TaskCore {
                 options: m.options.clone(),
             })
             .collect();
-        let plan = MountPlan::new(shared_dir, &req.id, rootfs, bundle, spec)?;
+        let plan = MountPlan::new(share, &req.id, rootfs, bundle, spec)?;
         let guest_spec = spec::rewrite_for_guest(spec, &req.id, &plan.guest_sources())?;
         let oci_spec_json = serde_json::to_vec(&guest_spec)
             .map_err(|e| TaskError::internal(format!("encoding the guest spec: {e}")))?;
@@ -302,8 +237,7 @@ impl TaskCore {
                 return Err(e);
             }
         };
-        let mut init = Process::new("", paths);
-        init.pid = pid;
+        let init = Process::init(pid, paths);
         *init.copiers.lock().unwrap_or_else(|e| e.into_inner()) = Some(copiers);
         Ok(Container {
             id: req.id.clone(),
@@ -318,7 +252,7 @@ impl TaskCore {
     pub async fn create(&self, req: &CreateTaskRequest) -> TaskResult<CreateTaskResponse> {
         validate_id(&req.id)?;
         let _serial = self.lifecycle.lock().await;
-        if self.state().containers.contains_key(&req.id) {
+        if container(&self.state(), &req.id).is_ok() {
             return Err(TaskError::already_exists(format!(
                 "container {:?} already exists",
                 req.id
@@ -333,21 +267,25 @@ impl TaskCore {
         // Refuse a spec the guest cannot run before booting anything.
         spec::rewrite_for_guest(&spec, &req.id, &[])?;
 
-        let (agent, shared_dir, booted) = self.ensure_sandbox(req, &bundle, &spec).await?;
+        let (boot, hostname) = Self::boot_request(req, &bundle, &spec);
+        let ready = self.sandbox.ensure(boot, hostname).await?;
         let c = match self
-            .create_in_sandbox(req, &bundle, &spec, agent, &shared_dir)
+            .create_in_sandbox(req, &bundle, &spec, ready.agent, &ready.share)
             .await
         {
             Ok(c) => c,
             Err(e) => {
-                if booted {
-                    self.shutdown_sandbox_if_empty().await;
+                if ready.booted {
+                    self.sandbox.shutdown_if_empty().await;
                 }
                 return Err(e);
             }
         };
         let pid = c.init.pid;
-        self.state().containers.insert(req.id.clone(), c);
+        match self.state().as_mut() {
+            Some(sb) => sb.containers.insert(req.id.clone(), c),
+            None => return Err(TaskError::precondition("the sandbox is gone")),
+        };
         self.send(TaskEvent::Create(TaskCreate {
             container_id: req.id.clone(),
             bundle: req.bundle.clone(),
@@ -372,10 +310,9 @@ impl TaskCore {
     /// Starts the task that records a started process's exit once the guest reports it and
     /// its output is drained, then publishes TaskExit.
     fn spawn_waiter(&self, agent: Arc<dyn GuestAgent>, cid: &str, p: &mut Process) {
-        if p.waited {
+        if !p.claim_waiter() {
             return;
         }
-        p.waited = true;
         let is_init = p.exec_id.is_empty();
         let req = pb::WaitProcessRequest {
             container_id: cid.to_string(),
@@ -411,7 +348,7 @@ impl TaskCore {
                 };
                 drain(c, limit).await;
             }
-            publish_exit(&events, &handle, status, &cid, &event_id, pid);
+            handle.publish(&events, status, &cid, &event_id, pid);
         });
     }
 
@@ -421,17 +358,8 @@ impl TaskCore {
             let st = self.state();
             let c = container(&st, &req.id)?;
             let p = c.process(&req.exec_id)?;
-            if p.phase != Phase::Created || p.exit().is_some() {
-                return Err(TaskError::precondition(format!(
-                    "process {:?} of container {:?} was already started",
-                    req.exec_id, req.id
-                )));
-            }
-            (
-                c.is_init(&req.exec_id),
-                p.exec_spec.clone(),
-                p.stdio.clone(),
-            )
+            let exec_spec = p.check_start(&req.id)?;
+            (c.is_init(&req.exec_id), exec_spec, p.stdio.clone())
         };
         if is_init {
             agent
@@ -444,7 +372,8 @@ impl TaskCore {
             let pid = {
                 let mut st = self.state();
                 let c = container_mut(&mut st, &req.id)?;
-                c.init.phase = Phase::Running;
+                let pid = c.init.pid;
+                c.init.set_started(pid);
                 let cid = c.id.clone();
                 self.spawn_waiter(agent, &cid, &mut c.init);
                 c.init.pid
@@ -492,9 +421,7 @@ impl TaskCore {
             let mut st = self.state();
             let c = container_mut(&mut st, &req.id)?;
             let p = c.process_mut(&req.exec_id)?;
-            p.pid = resp.pid;
-            p.phase = Phase::Running;
-            p.exec_spec = None;
+            p.set_started(resp.pid);
             *p.copiers.lock().unwrap_or_else(|e| e.into_inner()) = Some(copiers);
             self.spawn_waiter(agent, &req.id, p);
         }
@@ -550,19 +477,7 @@ impl TaskCore {
         let exec_id = {
             let st = self.state();
             let c = container(&st, &req.id)?;
-            let p = c.process(&req.exec_id)?;
-            if p.exit().is_some() {
-                return Err(TaskError::not_found(format!(
-                    "process {:?} of container {:?} already finished",
-                    req.exec_id, req.id
-                )));
-            }
-            if !c.is_init(&req.exec_id) && p.phase == Phase::Created {
-                return Err(TaskError::precondition(format!(
-                    "exec {:?} of container {:?} was not started",
-                    req.exec_id, req.id
-                )));
-            }
+            c.process(&req.exec_id)?.check_signal(&req.id)?;
             c.agent_exec_id(&req.exec_id)
         };
         agent
@@ -578,7 +493,7 @@ impl TaskCore {
         // A container killed before Start has no waiter yet: its exit must still be seen.
         let mut st = self.state();
         if let Ok(c) = container_mut(&mut st, &req.id) {
-            if c.is_init(&req.exec_id) && !c.init.waited {
+            if c.is_init(&req.exec_id) {
                 let cid = c.id.clone();
                 self.spawn_waiter(agent, &cid, &mut c.init);
             }
@@ -595,13 +510,7 @@ impl TaskCore {
         if !is_init {
             let mut st = self.state();
             let c = container_mut(&mut st, &req.id)?;
-            let p = c.process(&req.exec_id)?;
-            if p.phase == Phase::Running && p.exit().is_none() {
-                return Err(TaskError::precondition(format!(
-                    "exec {:?} of container {:?} is still running",
-                    req.exec_id, req.id
-                )));
-            }
+            c.process(&req.exec_id)?.check_delete(&req.id)?;
             let p = c
                 .execs
                 .remove(&req.exec_id)
@@ -617,18 +526,11 @@ impl TaskCore {
 
         {
             let st = self.state();
-            let c = container(&st, &req.id)?;
-            if c.init.phase == Phase::Running && c.init.exit().is_none() {
-                return Err(TaskError::precondition(format!(
-                    "container {:?} is still running: kill it first",
-                    req.id
-                )));
-            }
+            container(&st, &req.id)?.init.check_delete(&req.id)?;
         }
         let alive_agent = {
             let st = self.state();
-            st.sandbox
-                .as_ref()
+            st.as_ref()
                 .filter(|s| !s.is_dead())
                 .map(|s| s.agent.clone())
         };
@@ -641,7 +543,11 @@ impl TaskCore {
                 tracing::warn!("removing container {} from the guest: {e}", req.id);
             }
         }
-        let Some(c) = self.state().containers.remove(&req.id) else {
+        let Some(c) = self
+            .state()
+            .as_mut()
+            .and_then(|sb| sb.containers.remove(&req.id))
+        else {
             return Err(TaskError::not_found(format!(
                 "container {:?} not found",
                 req.id
@@ -664,7 +570,7 @@ impl TaskCore {
             id: req.id.clone(),
             ..Default::default()
         }));
-        self.shutdown_sandbox_if_empty().await;
+        self.sandbox.shutdown_if_empty().await;
         Ok(DeleteResponse {
             pid: c.init.pid,
             exit_status,
@@ -688,19 +594,14 @@ impl TaskCore {
         {
             let mut st = self.state();
             let c = container_mut(&mut st, &req.id)?;
-            if c.init.exit().is_some() {
-                return Err(TaskError::precondition(format!(
-                    "container {:?} is not running",
-                    req.id
-                )));
-            }
+            c.init.check_exec_into(&req.id)?;
             if c.is_init(&req.exec_id) || c.execs.contains_key(&req.exec_id) {
                 return Err(TaskError::already_exists(format!(
                     "exec {:?} already exists in container {:?}",
                     req.exec_id, req.id
                 )));
             }
-            let mut p = Process::new(
+            let p = Process::exec(
                 &req.exec_id,
                 StdioPaths {
                     stdin: req.stdin.clone(),
@@ -708,8 +609,8 @@ impl TaskCore {
                     stderr: req.stderr.clone(),
                     terminal: req.terminal,
                 },
+                spec,
             );
-            p.exec_spec = Some(spec);
             c.execs.insert(req.exec_id.clone(), p);
         }
         self.send(TaskEvent::ExecAdded(TaskExecAdded {
@@ -756,7 +657,7 @@ impl TaskCore {
                 }
                 // Exited (or exiting: its waiter holds the copiers) or never started: the
                 // guest has no stdin left to close.
-                _ => p.exit().is_some() || p.waited || p.phase == Phase::Created,
+                _ => p.stdin_gone(),
             };
             (c.agent_exec_id(&req.exec_id), handled)
         };
@@ -798,12 +699,7 @@ impl TaskCore {
         let agent = self.agent()?;
         {
             let st = self.state();
-            let c = container(&st, id)?;
-            if c.init.phase != Phase::Running || c.init.exit().is_some() {
-                return Err(TaskError::precondition(format!(
-                    "container {id:?} is not running"
-                )));
-            }
+            container(&st, id)?.init.check_running(id)?;
         }
         if paused {
             agent
@@ -884,10 +780,7 @@ impl TaskCore {
     }
 
     pub async fn connect(&self, req: &ConnectRequest) -> TaskResult<ConnectResponse> {
-        let task_pid = self
-            .state()
-            .containers
-            .get(&req.id)
+        let task_pid = container(&self.state(), &req.id)
             .map(|c| c.init.pid)
             .unwrap_or_default();
         Ok(ConnectResponse {
@@ -900,10 +793,14 @@ impl TaskCore {
     /// Exits the shim once no container is left (containerd calls it after every Delete).
     pub async fn shutdown(&self, _req: &ShutdownRequest) -> TaskResult<()> {
         let _serial = self.lifecycle.lock().await;
-        if !self.state().containers.is_empty() {
+        if self
+            .state()
+            .as_ref()
+            .is_some_and(|sb| !sb.containers.is_empty())
+        {
             return Ok(());
         }
-        self.shutdown_sandbox_if_empty().await;
+        self.sandbox.shutdown_if_empty().await;
         self.exit.signal();
         Ok(())
     }
@@ -913,157 +810,5 @@ impl TaskCore {
 async fn drain(mut copiers: Copiers, limit: Duration) {
     if tokio::time::timeout(limit, copiers.finish()).await.is_err() {
         tracing::warn!("stdio still open {limit:?} after the process exited; not waiting");
-    }
-}
-
-fn publish_exit(
-    events: &EventSender,
-    handle: &ExitHandle,
-    status: u32,
-    cid: &str,
-    event_id: &str,
-    pid: u32,
-) {
-    handle.set_then(status, |exit| {
-        events::send(
-            events,
-            TaskEvent::Exit(TaskExit {
-                container_id: cid.to_string(),
-                id: event_id.to_string(),
-                pid,
-                exit_status: exit.status,
-                exited_at: MessageField::some(events::timestamp(exit.at)),
-                ..Default::default()
-            }),
-        );
-    });
-}
-
-/// When the VM dies, every process of the sandbox exits with 255.
-async fn watch_vm_death(
-    state: Arc<Mutex<State>>,
-    events: EventSender,
-    mut exited: watch::Receiver<bool>,
-) {
-    if exited.wait_for(|dead| *dead).await.is_err() {
-        return;
-    }
-    let procs: Vec<(String, String, u32, ExitHandle)> = {
-        let st = lock(&state);
-        if !st.containers.is_empty() {
-            tracing::error!("the sandbox VM died; its tasks exit with {VM_GONE_EXIT_STATUS}");
-        }
-        st.containers
-            .values()
-            .flat_map(|c| {
-                let init = (c.id.clone(), c.id.clone(), c.init.pid, c.init.exit_handle());
-                let execs = c
-                    .execs
-                    .values()
-                    .filter(|p| p.phase == Phase::Running)
-                    .map(|p| (c.id.clone(), p.exec_id.clone(), p.pid, p.exit_handle()));
-                std::iter::once(init).chain(execs).collect::<Vec<_>>()
-            })
-            .collect()
-    };
-    for (cid, id, pid, handle) in procs {
-        publish_exit(&events, &handle, VM_GONE_EXIT_STATUS, &cid, &id, pid);
-    }
-}
-
-/// Forwards the guest's OOM notifications until the agent connection ends.
-async fn forward_oom_events(agent: Arc<dyn GuestAgent>, events: EventSender) {
-    while let Ok(ev) = agent.get_oom_event(pb::GetOOMEventRequest::default()).await {
-        events::send(
-            &events,
-            TaskEvent::Oom(TaskOOM {
-                container_id: ev.container_id,
-                ..Default::default()
-            }),
-        );
-    }
-}
-
-/// The ttrpc face of `TaskCore`.
-#[derive(Clone)]
-pub struct TaskService {
-    core: Arc<TaskCore>,
-}
-
-impl TaskService {
-    pub fn new(core: Arc<TaskCore>) -> Self {
-        Self { core }
-    }
-}
-
-fn done<T>(r: TaskResult<T>, rpc: &str) -> TtrpcResult<T> {
-    r.map_err(|e| {
-        tracing::warn!("{rpc}: {e}");
-        e.into()
-    })
-}
-
-fn empty(r: TaskResult<()>, rpc: &str) -> TtrpcResult<Empty> {
-    done(r, rpc).map(|()| Empty::new())
-}
-
-#[async_trait]
-impl Task for TaskService {
-    async fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
-        done(self.core.state_of(&req).await, "state")
-    }
-    async fn create(
-        &self,
-        _ctx: &TtrpcContext,
-        req: CreateTaskRequest,
-    ) -> TtrpcResult<CreateTaskResponse> {
-        tracing::info!("create {} (bundle {})", req.id, req.bundle);
-        done(self.core.create(&req).await, "create")
-    }
-    async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
-        done(self.core.start(&req).await, "start")
-    }
-    async fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
-        done(self.core.delete(&req).await, "delete")
-    }
-    async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
-        done(self.core.pids(&req).await, "pids")
-    }
-    async fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> TtrpcResult<Empty> {
-        empty(self.core.pause(&req).await, "pause")
-    }
-    async fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> TtrpcResult<Empty> {
-        empty(self.core.resume(&req).await, "resume")
-    }
-    async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
-        empty(self.core.kill(&req).await, "kill")
-    }
-    async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
-        empty(self.core.exec(&req).await, "exec")
-    }
-    async fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> TtrpcResult<Empty> {
-        empty(self.core.resize_pty(&req).await, "resize_pty")
-    }
-    async fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {
-        empty(self.core.close_io(&req).await, "close_io")
-    }
-    async fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
-        empty(self.core.update(&req).await, "update")
-    }
-    async fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
-        done(self.core.wait(&req).await, "wait")
-    }
-    async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
-        done(self.core.stats(&req).await, "stats")
-    }
-    async fn connect(
-        &self,
-        _ctx: &TtrpcContext,
-        req: ConnectRequest,
-    ) -> TtrpcResult<ConnectResponse> {
-        done(self.core.connect(&req).await, "connect")
-    }
-    async fn shutdown(&self, _ctx: &TtrpcContext, req: ShutdownRequest) -> TtrpcResult<Empty> {
-        empty(self.core.shutdown(&req).await, "shutdown")
     }
 }

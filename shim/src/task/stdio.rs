@@ -13,8 +13,8 @@ use tokio::net::unix::pipe;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::backend::GuestAgent;
 use crate::error::{TaskError, TaskResult};
+use crate::guest::GuestAgent;
 
 /// Bytes asked for per ReadStdout/ReadStderr and sent per WriteStdin.
 const CHUNK: usize = 128 * 1024;

@@ -1,5 +1,7 @@
 //! The containerd-facing shim: `start` (one shim per sandbox), `delete` (cleanup after a dead
-//! shim) and the server that serves the Task API.
+//! shim) and the server that serves the Task API (`task_service`).
+
+pub mod task_service;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,12 +13,13 @@ use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{spawn, Config, Error, ExitSignal, Flags, Shim, StartOpts};
 
-use crate::backend::Backend;
+use self::task_service::TaskService;
 use crate::events;
-use crate::rootfs::{self, LinuxMounter};
-use crate::spec;
-use crate::task::{TaskCore, TaskService};
-use crate::vm_backend::QemuLauncher;
+use crate::resources::rootfs::{self, LinuxMounter};
+use crate::resources::spec;
+use crate::sandbox::seams::Platform;
+use crate::task::TaskCore;
+use crate::vm::launcher::{self, ConfiguredLauncher};
 
 /// Exit status `delete` reports for a task whose shim died (as if SIGKILLed).
 const DEAD_SHIM_EXIT_STATUS: u32 = 128 + libc::SIGKILL as u32;
@@ -68,7 +71,7 @@ impl Shim for Service {
         let sandbox_id = grouping(&bundle, &self.id);
         // Only the sandbox's own container owns the VM; the others go with it.
         if sandbox_id == self.id {
-            crate::vm_backend::cleanup_sandbox(&sandbox_id).await;
+            launcher::cleanup_sandbox(&sandbox_id).await;
         }
         if let Err(e) = rootfs::unmount_bundle_rootfs(&bundle) {
             tracing::warn!("{e}");
@@ -88,11 +91,11 @@ impl Shim for Service {
         crate::logging::init(self.debug);
         let (tx, rx) = events::channel();
         tokio::spawn(events::run_publisher(rx, publisher, self.namespace.clone()));
-        let backend = Backend {
-            launcher: Arc::new(QemuLauncher),
+        let platform = Platform {
+            launcher: Arc::new(ConfiguredLauncher),
             mounter: Arc::new(LinuxMounter),
         };
-        TaskService::new(Arc::new(TaskCore::new(backend, tx, self.exit.clone())))
+        TaskService::new(Arc::new(TaskCore::new(platform, tx, self.exit.clone())))
     }
 }
 

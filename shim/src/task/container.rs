@@ -3,9 +3,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use super::process::Process;
 use crate::error::{TaskError, TaskResult};
-use crate::process::Process;
-use crate::rootfs::MountPlan;
+use crate::resources::rootfs::MountPlan;
 
 pub struct Container {
     pub id: String,

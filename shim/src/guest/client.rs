@@ -7,9 +7,8 @@ use std::time::{Duration, Instant};
 
 use protocol::agent::*;
 use protocol::agent_ttrpc::AgentServiceClient;
-use tokio::sync::watch;
 
-use crate::vsock::{DialError, Dialer, VsockStream};
+use crate::guest::vsock::{DialError, Dialer, VsockStream};
 
 /// Timeout of an ordinary request (creating a container under TCG can take a few seconds).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -63,8 +62,6 @@ impl AgentError {
 pub struct Agent {
     client: AgentServiceClient,
     timeout: Duration,
-    /// True while the VM is paused: requests wait instead of being sent (see [`Agent::gated`]).
-    paused: watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -108,27 +105,7 @@ impl Agent {
         Agent {
             client: AgentServiceClient::new(client),
             timeout: DEFAULT_REQUEST_TIMEOUT,
-            paused: watch::channel(false).1,
         }
-    }
-
-    /// The same connection, holding back new requests while `paused` is true. Bytes sent to a
-    /// paused VM through vhost-device-vsock 0.3 wedge its vsock device for good (seen with
-    /// QEMU 7.2: no request and no new connection is answered after `cont`), so the VM layer
-    /// closes this gate around QMP stop/cont.
-    pub fn gated(&self, paused: watch::Receiver<bool>) -> Agent {
-        Agent {
-            client: self.client.clone(),
-            timeout: self.timeout,
-            paused,
-        }
-    }
-
-    /// Waits until the VM is not paused.
-    async fn running(&self) {
-        let mut paused = self.paused.clone();
-        // Err = the VM layer is gone: nothing will reopen the gate, let the call fail by itself.
-        let _ = paused.wait_for(|p| !*p).await;
     }
 
     /// A handle on the same connection whose bounded calls use `timeout`.
@@ -136,7 +113,6 @@ impl Agent {
         Agent {
             client: self.client.clone(),
             timeout,
-            paused: self.paused.clone(),
         }
     }
 
@@ -170,7 +146,6 @@ macro_rules! rpc {
                 pub async fn $name(&self, req: $req) -> Result<$resp, AgentError> {
                     let timeout = if $bounded { Some(self.timeout) } else { None };
                     let call = async {
-                        self.running().await;
                         self.client.$name(ctx(timeout), &req).await
                     };
                     match timeout {
@@ -345,28 +320,6 @@ mod tests {
             err.to_string().starts_with("agent CreateContainer: "),
             "{err}"
         );
-    }
-
-    #[tokio::test]
-    async fn requests_wait_while_the_vm_is_paused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (_server, path) = serve_ttrpc(dir.path()).await;
-        let stream = UnixStream::connect(&path).await.expect("connect");
-        let (pause, gate) = watch::channel(true);
-        let agent = Agent::from_stream(VsockStream::Unix(stream)).gated(gate);
-        let err = agent
-            .with_timeout(Duration::from_millis(100))
-            .check(CheckRequest::new())
-            .await
-            .expect_err("held back while paused");
-        assert!(matches!(err, AgentError::Timeout { .. }), "{err}");
-        // A request made while paused goes out once the VM runs again.
-        let pending = tokio::spawn({
-            let agent = agent.clone();
-            async move { agent.check(CheckRequest::new()).await }
-        });
-        pause.send_replace(false);
-        pending.await.expect("join").expect("answered after resume");
     }
 
     #[tokio::test]

@@ -4,15 +4,11 @@
 
 use serde_json::{Map, Value};
 
+use super::share::guest_rootfs;
 use crate::error::{TaskError, TaskResult};
 
 /// Annotation CRI sets on every container of a pod: the pod sandbox's id.
 pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
-
-/// Guest path of container `cid`'s rootfs.
-pub fn guest_rootfs(cid: &str) -> String {
-    format!("{}/{cid}/rootfs", protocol::GUEST_SHARED_DIR)
-}
 
 /// Parses config.json bytes into a JSON object, naming the file in the error.
 pub fn parse(bytes: &[u8], what: &str) -> TaskResult<Value> {

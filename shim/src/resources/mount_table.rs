@@ -1,4 +1,4 @@
-//! Unmounting whatever is left under a sandbox directory.
+//! The host mount table: finding and unmounting whatever is left under a directory.
 
 use std::path::{Path, PathBuf};
 

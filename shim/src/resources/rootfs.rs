@@ -1,5 +1,5 @@
 //! Host side of a container's filesystems: containerd's rootfs mounts and the spec's host bind
-//! mounts are mounted under the sandbox's shared directory, where the guest finds them.
+//! mounts are mounted in the sandbox's share (paths from `share`), where the guest finds them.
 //! `MountPlan::new` only computes paths (pure, unit-tested); `LinuxMounter` does the mount(2)s.
 
 use std::fs;
@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use serde_json::Value;
 
-use crate::backend::HostMounter;
+use super::share::Share;
+use super::spec;
 use crate::error::{TaskError, TaskResult};
-use crate::spec;
 
 /// One mount of the container's rootfs as containerd hands it over (`type`, `source`, `options`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +58,7 @@ pub struct MountPlan {
 
 impl MountPlan {
     pub fn new(
-        shared_dir: &Path,
+        share: &Share,
         cid: &str,
         rootfs: Vec<RootfsMount>,
         bundle: &Path,
@@ -70,8 +70,8 @@ impl MountPlan {
         } else {
             RootfsSource::Mounts(rootfs)
         };
-        let container_dir = shared_dir.join(cid);
-        let mounts_dir = shared_dir.join(format!("{cid}-mounts"));
+        let container_dir = share.container_dir(cid);
+        let mounts_dir = share.mounts_dir(cid);
         let binds = spec::host_binds(spec)
             .into_iter()
             .enumerate()
@@ -81,11 +81,11 @@ impl MountPlan {
                     .file_name()
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_else(|| "root".to_string());
-                let name = format!("{n}-{base}");
+                let (host_target, guest_path) = share.bind_paths(cid, &format!("{n}-{base}"));
                 BindPlan {
                     index: b.index,
-                    host_target: mounts_dir.join(&name),
-                    guest_path: format!("{}/{cid}-mounts/{name}", protocol::GUEST_SHARED_DIR),
+                    host_target,
+                    guest_path,
                     source,
                     readonly: b.readonly,
                     recursive: b.recursive,
@@ -95,7 +95,7 @@ impl MountPlan {
         Ok(Self {
             container_id: cid.to_string(),
             rootfs,
-            rootfs_target: container_dir.join("rootfs"),
+            rootfs_target: share.rootfs_dir(cid),
             container_dir,
             mounts_dir,
             binds,
@@ -109,6 +109,15 @@ impl MountPlan {
             .map(|b| (b.index, b.guest_path.clone()))
             .collect()
     }
+}
+
+/// Host mounts of a container's rootfs and bind-mount sources into the shared directory.
+/// Blocking calls (mount(2)); the task layer runs them on the blocking pool.
+pub trait HostMounter: Send + Sync + 'static {
+    /// Mount everything in the plan. On error nothing of the plan stays mounted.
+    fn mount(&self, plan: &MountPlan) -> TaskResult<()>;
+    /// Unmount and remove everything the plan created (best effort, idempotent).
+    fn unmount(&self, plan: &MountPlan) -> TaskResult<()>;
 }
 
 /// Splits mount options into flags and the filesystem-specific data string.
@@ -335,7 +344,10 @@ mod tests {
             ],
         };
         let plan = MountPlan::new(
-            Path::new("/run/kata-containers/sb/shared"),
+            &Share::in_vm_dir(
+                Path::new("/run/kata-containers/sb"),
+                crate::config::SharedFs::VirtioFs,
+            ),
             "c1",
             vec![overlay.clone()],
             Path::new("/b"),
@@ -369,7 +381,7 @@ mod tests {
     #[test]
     fn without_rootfs_mounts_the_bundle_dir_is_used() {
         let rel = MountPlan::new(
-            Path::new("/s"),
+            &Share::in_vm_dir(Path::new("/"), crate::config::SharedFs::VirtioFs),
             "c",
             vec![],
             Path::new("/b"),
@@ -380,7 +392,7 @@ mod tests {
         .unwrap();
         assert_eq!(rel.rootfs, RootfsSource::Dir(PathBuf::from("/b/myroot")));
         let abs = MountPlan::new(
-            Path::new("/s"),
+            &Share::in_vm_dir(Path::new("/"), crate::config::SharedFs::VirtioFs),
             "c",
             vec![],
             Path::new("/b"),

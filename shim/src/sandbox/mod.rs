@@ -1,0 +1,186 @@
+//! The sandbox: one VM, its agent, its share and the containers in it. The first Create boots
+//! it, the last Delete shuts it down; while it lives, its VM's death ends every process and the
+//! guest's OOM kills reach containerd (`watch`).
+
+pub mod seams;
+mod watch;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use protocol::agent as pb;
+
+use crate::error::{TaskError, TaskResult};
+use crate::events::EventSender;
+use crate::guest::GuestAgent;
+use crate::resources::share::Share;
+use crate::task::container::Container;
+use seams::{BootRequest, SandboxVm, VmLauncher};
+
+pub struct Sandbox {
+    pub id: String,
+    pub agent: Arc<dyn GuestAgent>,
+    pub share: Share,
+    pub containers: HashMap<String, Container>,
+    vm: Box<dyn SandboxVm>,
+}
+
+impl Sandbox {
+    /// Whether the VM is gone.
+    pub fn is_dead(&self) -> bool {
+        *self.vm.exited().borrow()
+    }
+
+    pub fn container(&self, id: &str) -> TaskResult<&Container> {
+        self.containers
+            .get(id)
+            .ok_or_else(|| TaskError::not_found(format!("container {id:?} not found")))
+    }
+
+    pub fn container_mut(&mut self, id: &str) -> TaskResult<&mut Container> {
+        self.containers
+            .get_mut(id)
+            .ok_or_else(|| TaskError::not_found(format!("container {id:?} not found")))
+    }
+}
+
+/// The shim's sandbox slot: empty until the first Create boots one, empty again once the last
+/// container is deleted.
+pub type Slot = Arc<Mutex<Option<Sandbox>>>;
+
+/// Locks the slot (a poisoned lock still holds valid state: every update is one assignment).
+pub fn lock(slot: &Mutex<Option<Sandbox>>) -> MutexGuard<'_, Option<Sandbox>> {
+    slot.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What the task layer gets from [`SandboxOwner::ensure`].
+pub struct Ready {
+    pub agent: Arc<dyn GuestAgent>,
+    pub share: Share,
+    /// Whether this call booted the sandbox (so a failed Create shuts it down again).
+    pub booted: bool,
+}
+
+/// Boots, watches and shuts down the shim's one sandbox.
+pub struct SandboxOwner {
+    launcher: Arc<dyn VmLauncher>,
+    events: EventSender,
+    slot: Slot,
+}
+
+impl SandboxOwner {
+    pub fn new(launcher: Arc<dyn VmLauncher>, events: EventSender) -> Self {
+        Self {
+            launcher,
+            events,
+            slot: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Option<Sandbox>> {
+        lock(&self.slot)
+    }
+
+    /// The running sandbox's agent.
+    pub fn agent(&self) -> TaskResult<Arc<dyn GuestAgent>> {
+        self.lock()
+            .as_ref()
+            .map(|s| s.agent.clone())
+            .ok_or_else(|| TaskError::precondition("the sandbox is not running"))
+    }
+
+    /// The sandbox's agent and share, booting its VM first if none runs yet.
+    pub async fn ensure(&self, req: BootRequest, hostname: String) -> TaskResult<Ready> {
+        if let Some(sb) = self.lock().as_ref() {
+            if sb.is_dead() {
+                return Err(TaskError::precondition(format!(
+                    "the VM of sandbox {:?} is gone",
+                    sb.id
+                )));
+            }
+            if sb.id != req.sandbox_id {
+                tracing::warn!(
+                    "a container names sandbox {}, this shim runs {}",
+                    req.sandbox_id,
+                    sb.id
+                );
+            }
+            return Ok(Ready {
+                agent: sb.agent.clone(),
+                share: sb.share.clone(),
+                booted: false,
+            });
+        }
+        protocol::rules::check_id(&req.sandbox_id).map_err(|reason| {
+            TaskError::invalid(format!("invalid sandbox id {:?}: {reason}", req.sandbox_id))
+        })?;
+        let sb = boot(self.launcher.as_ref(), req, hostname).await?;
+        tokio::spawn(watch::vm_death(
+            self.slot.clone(),
+            self.events.clone(),
+            sb.vm.exited(),
+        ));
+        tokio::spawn(watch::oom_events(sb.agent.clone(), self.events.clone()));
+        let ready = Ready {
+            agent: sb.agent.clone(),
+            share: sb.share.clone(),
+            booted: true,
+        };
+        *self.lock() = Some(sb);
+        Ok(ready)
+    }
+
+    /// Shuts the sandbox down if no container is left in it.
+    pub async fn shutdown_if_empty(&self) {
+        let sb = {
+            let mut slot = self.lock();
+            if slot.as_ref().is_some_and(|s| !s.containers.is_empty()) {
+                return;
+            }
+            slot.take()
+        };
+        if let Some(sb) = sb {
+            let id = sb.id.clone();
+            if let Err(e) = sb.vm.shutdown().await {
+                tracing::warn!("shutting down sandbox {id}: {e}");
+            }
+        }
+    }
+}
+
+/// Boots the VM and creates the sandbox in the guest. On error nothing is left running.
+async fn boot(
+    launcher: &dyn VmLauncher,
+    req: BootRequest,
+    hostname: String,
+) -> TaskResult<Sandbox> {
+    let id = req.sandbox_id.clone();
+    let vm = launcher.boot(req).await?;
+    let agent = vm.agent();
+    let share = vm.share().clone();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let create = pb::CreateSandboxRequest {
+        sandbox_id: id.clone(),
+        hostname,
+        storages: vec![share.storage()],
+        host_time_sec: now.as_secs() as i64,
+        host_time_nsec: i64::from(now.subsec_nanos()),
+        ..Default::default()
+    };
+    if let Err(e) = agent.create_sandbox(create).await {
+        if let Err(se) = vm.shutdown().await {
+            tracing::warn!("shutting down sandbox {id} after a failed CreateSandbox: {se}");
+        }
+        return Err(e.context(format_args!("creating sandbox {id} in the guest")));
+    }
+    Ok(Sandbox {
+        id,
+        agent,
+        share,
+        containers: HashMap::new(),
+        vm,
+    })
+}

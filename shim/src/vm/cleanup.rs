@@ -1,0 +1,135 @@
+//! Removing a VM's directory: after a normal stop, and after a shim that died (its leftover
+//! processes killed first).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::{validate_vm_id, VmError};
+use crate::hypervisor::layout::run_root;
+use crate::hypervisor::VmPaths;
+use crate::resources::mount_table;
+
+/// Unmounts everything under `dir` and removes it.
+pub(super) async fn remove_vm_dir(dir: &Path) -> Result<(), VmError> {
+    let d = dir.to_path_buf();
+    let errors = tokio::task::spawn_blocking(move || mount_table::unmount_all_under(&d))
+        .await
+        .map_err(|e| VmError::Dir {
+            path: dir.to_path_buf(),
+            source: std::io::Error::other(e),
+        })?;
+    if !errors.is_empty() {
+        return Err(VmError::Dir {
+            path: dir.to_path_buf(),
+            source: std::io::Error::other(errors.join("; ")),
+        });
+    }
+    match tokio::fs::remove_dir_all(dir).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(VmError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// For a shim that died: kill the processes recorded in the VM dir's pid files (only if
+/// they still are ours: their command line names the dir), unmount and remove the dir.
+pub async fn cleanup_vm_dir(vm_id: &str) -> Result<(), VmError> {
+    validate_vm_id(vm_id)?;
+    cleanup_dir(&run_root().join(vm_id)).await
+}
+
+/// [`cleanup_vm_dir`] for an explicit directory.
+pub async fn cleanup_dir(dir: &Path) -> Result<(), VmError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    for name in ["qemu", "virtiofsd", "vhost-device-vsock"] {
+        let pidfile = VmPaths::new(dir).pidfile(name);
+        let Ok(text) = tokio::fs::read_to_string(&pidfile).await else {
+            continue;
+        };
+        let Ok(pid) = text.trim().parse::<i32>() else {
+            continue;
+        };
+        if pid <= 1 {
+            continue;
+        }
+        // Only a process whose command line mentions this dir is ours (pids get reused).
+        let cmdline = tokio::fs::read(format!("/proc/{pid}/cmdline"))
+            .await
+            .unwrap_or_default();
+        let needle = dir.as_os_str().as_encoded_bytes();
+        if cmdline.windows(needle.len()).any(|w| w == needle) {
+            tracing::info!(dir = %dir.display(), name, pid, "killing leftover process");
+            let p = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+            wait_gone(pid).await;
+        }
+    }
+    remove_vm_dir(dir).await
+}
+
+/// Waits (bounded) until /proc/<pid> is gone or a zombie: a killed process we are not the
+/// parent of has no event to wait on.
+async fn wait_gone(pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        match tokio::fs::read_to_string(format!("/proc/{pid}/stat")).await {
+            Err(_) => return,
+            Ok(s)
+                if s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z')) =>
+            {
+                return
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn cleanup_kills_only_our_leftovers_and_removes_the_dir() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("s1");
+        std::fs::create_dir(&dir).expect("dir");
+        let paths = VmPaths::new(&dir);
+        // A leftover "QEMU": its command line names the sandbox dir.
+        let mut ours = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("sleep 100")
+            .arg(&dir)
+            .spawn()
+            .expect("spawn");
+        std::fs::write(paths.pidfile("qemu"), format!("{}\n", ours.id())).expect("pidfile");
+        // A stranger that reused a recorded pid: must survive.
+        let mut stranger = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .expect("spawn");
+        std::fs::write(paths.pidfile("virtiofsd"), format!("{}\n", stranger.id()))
+            .expect("pidfile");
+        cleanup_dir(&dir).await.expect("cleanup");
+        assert!(!dir.exists());
+        let status = ours.wait().expect("wait");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+        assert!(
+            stranger.try_wait().expect("try_wait").is_none(),
+            "stranger killed"
+        );
+        stranger.kill().expect("kill");
+        stranger.wait().expect("reap");
+        // A second cleanup of a gone dir is fine.
+        cleanup_dir(&dir).await.expect("idempotent");
+    }
+}
