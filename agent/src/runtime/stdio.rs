@@ -10,7 +10,7 @@ use nix::unistd;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Mutex;
 
-use crate::spawn::ChildStdio;
+use crate::runtime::spawn::ChildStdio;
 
 /// Largest chunk one ReadStdout/ReadStderr returns (keeps the agent's memory small).
 const MAX_READ: usize = 128 * 1024;

@@ -25,7 +25,8 @@ use oci_spec::runtime::{LinuxNamespaceType, LinuxSeccomp, Process, Spec};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::{mount, reaper, setup};
+use crate::guest::reaper;
+use crate::runtime::{mount, setup};
 
 pub const HELPER_ARG: &str = "__spawn";
 const SETUP_FD: RawFd = 3;
