@@ -58,7 +58,7 @@ fn console_size(p: &OciProcess) -> Option<(u16, u16)> {
 }
 
 /// Pipes, or (terminal) placeholders until the process passes back its pty master.
-fn make_stdio(p: &OciProcess) -> Result<(spawn::ChildStdio, Option<stdio::AgentStdio>)> {
+fn make_stdio(p: &OciProcess) -> Result<(stdio::ChildStdio, Option<stdio::AgentStdio>)> {
     let r = if p.terminal().unwrap_or(false) {
         stdio::null_child().map(|c| (c, None))
     } else {
