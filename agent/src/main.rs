@@ -1,27 +1,16 @@
 //! kata-agent: PID 1 of the guest. Sets up the guest, then serves the agent API on vsock.
-mod cgroup;
-mod container;
-mod debug_console;
-mod error;
+mod api;
 mod guest;
-mod init;
-mod logging;
-mod mount;
-mod netlink;
-mod process;
-mod reaper;
-mod rpc;
-mod sandbox;
-mod seccomp;
-mod setup;
-mod spawn;
-mod stdio;
-mod validate;
+mod runtime;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tracing::{error, info, warn};
+
+use crate::api::rpc;
+use crate::guest::{debug_console, init, logging, reaper, requests};
+use crate::runtime::{cgroup, sandbox, spawn};
 
 fn main() {
     if std::env::args().nth(1).as_deref() == Some(spawn::HELPER_ARG) {
@@ -105,7 +94,7 @@ async fn serve(pid1: bool, opts: init::Options) -> anyhow::Result<()> {
     agent.listen_uptime_ms.store(uptime, Ordering::Relaxed);
     info!(
         uptime_ms = uptime,
-        rss_bytes = guest::rss_bytes(),
+        rss_bytes = requests::rss_bytes(),
         "agent listening on {addr}"
     );
     // Serve until the guest powers off.

@@ -14,7 +14,7 @@ use oci_spec::runtime::{
     Capabilities, LinuxCapabilities, LinuxSeccomp, PosixRlimit, PosixRlimitType, Process, Spec,
 };
 
-use crate::seccomp;
+use crate::runtime::seccomp;
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -72,7 +72,7 @@ pub fn terminal(is_init: bool, size: Option<(u16, u16)>) -> Result<OwnedFd, Stri
     let slave = unsafe { OwnedFd::from_raw_fd(slave) };
     if let Some((rows, cols)) = size {
         // Before exec, so the process never sees a 0x0 terminal.
-        crate::stdio::set_winsize(&master, rows, cols)
+        crate::runtime::stdio::set_winsize(&master, rows, cols)
             .map_err(|e| format!("setting the terminal size: {e}"))?;
     }
     for fd in 0..3 {

@@ -9,9 +9,10 @@ use oci_spec::runtime::Spec;
 use protocol::agent::Storage;
 use tracing::{info, warn};
 
-use crate::container::Container;
-use crate::error::{AgentError, Result};
-use crate::{cgroup, mount, validate};
+use crate::api::error::{AgentError, Result};
+use crate::api::validate;
+use crate::runtime::container::Container;
+use crate::runtime::{cgroup, mount};
 
 /// How often GetOOMEvent looks at the containers' memory.events.
 const OOM_POLL: Duration = Duration::from_millis(500);

@@ -10,9 +10,12 @@ use protocol::agent_ttrpc::AgentService;
 use tracing::{debug, info, warn};
 use ttrpc::r#async::TtrpcContext;
 
-use crate::error::{internal, AgentError};
-use crate::sandbox::Sandbox;
-use crate::{guest, init, validate};
+use crate::api::error::{internal, AgentError};
+use crate::api::validate;
+use crate::guest::netlink::Netlink;
+use crate::guest::{init, requests};
+use crate::runtime::cgroup;
+use crate::runtime::sandbox::Sandbox;
 
 /// Time DestroySandbox's reply gets to reach the host before the guest powers off. ttrpc
 /// offers no "reply flushed" event to wait on.
@@ -110,7 +113,7 @@ impl AgentService for Agent {
         _: &TtrpcContext,
         _: GuestDetailsRequest,
     ) -> R<GuestDetailsResponse> {
-        Ok(guest::details(
+        Ok(requests::details(
             self.listen_uptime_ms.load(Ordering::Relaxed),
         ))
     }
@@ -209,7 +212,7 @@ impl AgentService for Agent {
         let r = self
             .sandbox
             .get(&req.container_id)
-            .map(|c| crate::cgroup::stats(&c.cgroup));
+            .map(|c| cgroup::stats(&c.cgroup));
         logged("StatsContainer", r)
     }
 
@@ -224,7 +227,7 @@ impl AgentService for Agent {
                 .lock()
                 .map(|m| m.values().map(|p| (p.pid, p.exec_id.clone())).collect())
                 .unwrap_or_default();
-            let processes = crate::cgroup::pids(&c.cgroup)
+            let processes = cgroup::pids(&c.cgroup)
                 .into_iter()
                 .map(|pid| ProcessInfo {
                     pid: pid as u32,
@@ -411,12 +414,13 @@ impl AgentService for Agent {
     }
 
     async fn online_cpu_mem(&self, _: &TtrpcContext, req: OnlineCPUMemRequest) -> R<Empty> {
-        let r =
-            tokio::task::spawn_blocking(move || guest::online_cpu_mem(req.nb_cpus, req.cpu_only))
-                .await
-                .map_err(internal)
-                .and_then(|r| r)
-                .map(|()| Empty::new());
+        let r = tokio::task::spawn_blocking(move || {
+            requests::online_cpu_mem(req.nb_cpus, req.cpu_only)
+        })
+        .await
+        .map_err(internal)
+        .and_then(|r| r)
+        .map(|()| Empty::new());
         logged("OnlineCPUMem", r)
     }
 
@@ -425,12 +429,12 @@ impl AgentService for Agent {
         _: &TtrpcContext,
         req: MemHotplugByProbeRequest,
     ) -> R<Empty> {
-        let r = guest::mem_probe(&req.mem_hotplug_probe_addr).map(|()| Empty::new());
+        let r = requests::mem_probe(&req.mem_hotplug_probe_addr).map(|()| Empty::new());
         logged("MemHotplugByProbe", r)
     }
 
     async fn copy_file(&self, _: &TtrpcContext, req: CopyFileRequest) -> R<Empty> {
-        let r = tokio::task::spawn_blocking(move || guest::copy_file(&req))
+        let r = tokio::task::spawn_blocking(move || requests::copy_file(&req))
             .await
             .map_err(internal)
             .and_then(|r| r)
@@ -450,10 +454,10 @@ async fn detached<T: Send + 'static>(
 
 /// Runs a netlink job on the blocking pool (netlink calls are synchronous).
 async fn blocking_net<T: Send + 'static>(
-    f: impl FnOnce(&mut crate::netlink::Netlink) -> Result<T, String> + Send + 'static,
+    f: impl FnOnce(&mut Netlink) -> Result<T, String> + Send + 'static,
 ) -> Result<T, AgentError> {
     tokio::task::spawn_blocking(move || {
-        let mut nl = crate::netlink::Netlink::open()
+        let mut nl = Netlink::open()
             .map_err(|e| AgentError::Internal(format!("opening a netlink socket: {e}")))?;
         f(&mut nl).map_err(AgentError::InvalidArgument)
     })

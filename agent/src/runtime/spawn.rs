@@ -25,7 +25,9 @@ use oci_spec::runtime::{LinuxNamespaceType, LinuxSeccomp, Process, Spec};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::{mount, reaper, setup};
+use crate::guest::reaper;
+use crate::runtime::stdio::ChildStdio;
+use crate::runtime::{mount, setup};
 
 pub const HELPER_ARG: &str = "__spawn";
 const SETUP_FD: RawFd = 3;
@@ -58,13 +60,6 @@ pub struct SpawnRequest {
     pub cgroup: Option<PathBuf>,
     /// The container's seccomp profile, applied last (init and execs alike).
     pub seccomp: Option<LinuxSeccomp>,
-}
-
-/// The container process's ends of its stdio, as the helper's fds 0/1/2.
-pub struct ChildStdio {
-    pub stdin: OwnedFd,
-    pub stdout: OwnedFd,
-    pub stderr: OwnedFd,
 }
 
 /// A process whose setup succeeded: it runs (exec) or waits for the start byte (init).

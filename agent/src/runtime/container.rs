@@ -9,10 +9,11 @@ use std::time::Duration;
 use oci_spec::runtime::{LinuxResources, Process as OciProcess, Spec};
 use tracing::{info, warn};
 
-use crate::error::{internal, AgentError, Result};
-use crate::process::Process;
-use crate::spawn::{self, Report, SpawnKind, SpawnRequest};
-use crate::{cgroup, stdio, validate};
+use crate::api::error::{internal, AgentError, Result};
+use crate::api::validate;
+use crate::runtime::process::Process;
+use crate::runtime::spawn::{self, Report, SpawnKind, SpawnRequest};
+use crate::runtime::{cgroup, stdio};
 
 /// Time RemoveContainer waits for the processes to die when the request gives none.
 const DEFAULT_REMOVE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,7 +58,7 @@ fn console_size(p: &OciProcess) -> Option<(u16, u16)> {
 }
 
 /// Pipes, or (terminal) placeholders until the process passes back its pty master.
-fn make_stdio(p: &OciProcess) -> Result<(spawn::ChildStdio, Option<stdio::AgentStdio>)> {
+fn make_stdio(p: &OciProcess) -> Result<(stdio::ChildStdio, Option<stdio::AgentStdio>)> {
     let r = if p.terminal().unwrap_or(false) {
         stdio::null_child().map(|c| (c, None))
     } else {
@@ -100,7 +101,7 @@ pub fn check_spec(spec: &Spec) -> Result<(PathBuf, OciProcess)> {
         )));
     }
     if let Some(sc) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
-        crate::seccomp::compile(sc).map_err(AgentError::InvalidArgument)?;
+        crate::runtime::seccomp::compile(sc).map_err(AgentError::InvalidArgument)?;
     }
     Ok((root_path, process))
 }

@@ -1,8 +1,8 @@
 //! One process of a container (its init or an exec): pid, exit status and stdio.
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::reaper::{self, ExitReceiver};
-use crate::stdio::AgentStdio;
+use crate::guest::reaper::{self, ExitReceiver};
+use crate::runtime::stdio::AgentStdio;
 
 pub struct Process {
     pub exec_id: String,

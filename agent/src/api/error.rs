@@ -2,7 +2,7 @@
 use thiserror::Error;
 use ttrpc::{get_status, Code};
 
-use crate::validate::ValidationError;
+use crate::api::validate::ValidationError;
 
 #[derive(Debug, Error)]
 pub enum AgentError {

@@ -48,6 +48,6 @@ fn spawn_shell(shell: &str, raw: std::os::fd::RawFd) -> std::io::Result<i32> {
         .spawn()?;
     let pid = child.id() as i32;
     // The reaper collects it; nobody waits for its status.
-    drop(crate::reaper::global().register(pid));
+    drop(crate::guest::reaper::global().register(pid));
     Ok(pid)
 }

@@ -1,5 +1,5 @@
-//! The agent's ends of a process's stdio: pipes, or a pty master for terminal processes.
-//! Reads and writes are asynchronous (non-blocking fds on tokio's reactor).
+//! A process's stdio: the container process's ends and the agent's (pipes, or a pty master).
+//! The agent's reads and writes are asynchronous (non-blocking fds on tokio's reactor).
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,8 +9,6 @@ use nix::pty::Winsize;
 use nix::unistd;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Mutex;
-
-use crate::spawn::ChildStdio;
 
 /// Largest chunk one ReadStdout/ReadStderr returns (keeps the agent's memory small).
 const MAX_READ: usize = 128 * 1024;
@@ -120,6 +118,13 @@ impl InStream {
     pub async fn close(&self) {
         self.fd.lock().await.take();
     }
+}
+
+/// The container process's ends of its stdio, given to the spawn helper as its fds 0/1/2.
+pub struct ChildStdio {
+    pub stdin: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
 }
 
 /// The agent side of one process's stdio.

@@ -1,0 +1,7 @@
+//! Guest-wide PID 1 duties: boot init, reaping, networking, logging, debug console, guest requests.
+pub(crate) mod debug_console;
+pub(crate) mod init;
+pub(crate) mod logging;
+pub(crate) mod netlink;
+pub(crate) mod reaper;
+pub(crate) mod requests;

@@ -1,0 +1,10 @@
+//! Containers and their processes: spawn and setup, mounts, cgroups, seccomp, stdio, sandbox state.
+pub(crate) mod cgroup;
+mod container;
+mod mount;
+mod process;
+pub(crate) mod sandbox;
+mod seccomp;
+mod setup;
+pub(crate) mod spawn;
+mod stdio;
