@@ -1,7 +1,10 @@
 //! kata-agent: PID 1 of the guest. Sets up the guest, then serves the agent API on vsock.
+// Layers, each importing only those below it: api -> runtime -> guest -> error, validate.
 mod api;
+mod error;
 mod guest;
 mod runtime;
+mod validate;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

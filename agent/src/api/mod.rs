@@ -1,4 +1,3 @@
-//! The agent API: the ttrpc service, request validation and the errors it returns.
-pub(crate) mod error;
+//! The agent API: the ttrpc service, which validates each request and delegates to the
+//! runtime (containers) and the guest (guest-wide duties).
 pub(crate) mod rpc;
-pub(crate) mod validate;

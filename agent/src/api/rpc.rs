@@ -10,12 +10,12 @@ use protocol::agent_ttrpc::AgentService;
 use tracing::{debug, info, warn};
 use ttrpc::r#async::TtrpcContext;
 
-use crate::api::error::{internal, AgentError};
-use crate::api::validate;
+use crate::error::{internal, AgentError};
 use crate::guest::netlink::Netlink;
 use crate::guest::{init, requests};
 use crate::runtime::cgroup;
 use crate::runtime::sandbox::Sandbox;
+use crate::validate;
 
 /// Time DestroySandbox's reply gets to reach the host before the guest powers off. ttrpc
 /// offers no "reply flushed" event to wait on.

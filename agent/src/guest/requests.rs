@@ -6,8 +6,8 @@ use std::path::Path;
 
 use protocol::agent::{CopyFileRequest, GuestDetailsResponse};
 
-use crate::api::error::{AgentError, Result};
-use crate::api::validate;
+use crate::error::{AgentError, Result};
+use crate::validate;
 
 const MEM_BLOCK_SIZE: &str = "/sys/devices/system/memory/block_size_bytes";
 const MEM_PROBE: &str = "/sys/devices/system/memory/probe";

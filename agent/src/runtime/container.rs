@@ -9,11 +9,11 @@ use std::time::Duration;
 use oci_spec::runtime::{LinuxResources, Process as OciProcess, Spec};
 use tracing::{info, warn};
 
-use crate::api::error::{internal, AgentError, Result};
-use crate::api::validate;
+use crate::error::{internal, AgentError, Result};
 use crate::runtime::process::Process;
 use crate::runtime::spawn::{self, Report, SpawnKind, SpawnRequest};
 use crate::runtime::{cgroup, stdio};
+use crate::validate;
 
 /// Time RemoveContainer waits for the processes to die when the request gives none.
 const DEFAULT_REMOVE_TIMEOUT: Duration = Duration::from_secs(10);

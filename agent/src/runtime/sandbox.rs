@@ -9,10 +9,10 @@ use oci_spec::runtime::Spec;
 use protocol::agent::Storage;
 use tracing::{info, warn};
 
-use crate::api::error::{AgentError, Result};
-use crate::api::validate;
+use crate::error::{AgentError, Result};
 use crate::runtime::container::Container;
 use crate::runtime::{cgroup, mount};
+use crate::validate;
 
 /// How often GetOOMEvent looks at the containers' memory.events.
 const OOM_POLL: Duration = Duration::from_millis(500);

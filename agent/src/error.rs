@@ -2,7 +2,7 @@
 use thiserror::Error;
 use ttrpc::{get_status, Code};
 
-use crate::api::validate::ValidationError;
+use crate::validate::ValidationError;
 
 #[derive(Debug, Error)]
 pub enum AgentError {
