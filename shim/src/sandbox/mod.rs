@@ -1,6 +1,7 @@
 //! The sandbox: one VM, its agent, its share and the containers in it. The first Create boots
 //! it, the last Delete shuts it down; while it lives, its VM's death ends every process and the
-//! guest's OOM kills reach containerd (`watch`).
+//! guest's OOM kills reach containerd (`watch`). Generic over what it holds ([`Member`]), so
+//! it does not depend on the task layer above it.
 
 pub mod seams;
 mod watch;
@@ -15,30 +16,38 @@ use crate::error::{TaskError, TaskResult};
 use crate::events::EventSender;
 use crate::guest::GuestAgent;
 use crate::resources::share::Share;
-use crate::task::container::Container;
 use seams::{BootRequest, SandboxVm, VmLauncher};
 
-pub struct Sandbox {
+/// Exit status reported when the VM is gone and the real status cannot be known.
+pub const VM_GONE_EXIT_STATUS: u32 = 255;
+
+/// What the sandbox needs of the containers it holds.
+pub trait Member: Send + 'static {
+    /// The VM is gone: every process still running ends with [`VM_GONE_EXIT_STATUS`].
+    fn vm_gone(&self, events: &EventSender);
+}
+
+pub struct Sandbox<C> {
     pub id: String,
     pub agent: Arc<dyn GuestAgent>,
     pub share: Share,
-    pub containers: HashMap<String, Container>,
+    pub containers: HashMap<String, C>,
     vm: Box<dyn SandboxVm>,
 }
 
-impl Sandbox {
+impl<C> Sandbox<C> {
     /// Whether the VM is gone.
     pub fn is_dead(&self) -> bool {
         *self.vm.exited().borrow()
     }
 
-    pub fn container(&self, id: &str) -> TaskResult<&Container> {
+    pub fn container(&self, id: &str) -> TaskResult<&C> {
         self.containers
             .get(id)
             .ok_or_else(|| TaskError::not_found(format!("container {id:?} not found")))
     }
 
-    pub fn container_mut(&mut self, id: &str) -> TaskResult<&mut Container> {
+    pub fn container_mut(&mut self, id: &str) -> TaskResult<&mut C> {
         self.containers
             .get_mut(id)
             .ok_or_else(|| TaskError::not_found(format!("container {id:?} not found")))
@@ -47,10 +56,10 @@ impl Sandbox {
 
 /// The shim's sandbox slot: empty until the first Create boots one, empty again once the last
 /// container is deleted.
-pub type Slot = Arc<Mutex<Option<Sandbox>>>;
+pub type Slot<C> = Arc<Mutex<Option<Sandbox<C>>>>;
 
 /// Locks the slot (a poisoned lock still holds valid state: every update is one assignment).
-pub fn lock(slot: &Mutex<Option<Sandbox>>) -> MutexGuard<'_, Option<Sandbox>> {
+pub fn lock<C>(slot: &Mutex<Option<Sandbox<C>>>) -> MutexGuard<'_, Option<Sandbox<C>>> {
     slot.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -63,13 +72,13 @@ pub struct Ready {
 }
 
 /// Boots, watches and shuts down the shim's one sandbox.
-pub struct SandboxOwner {
+pub struct SandboxOwner<C> {
     launcher: Arc<dyn VmLauncher>,
     events: EventSender,
-    slot: Slot,
+    slot: Slot<C>,
 }
 
-impl SandboxOwner {
+impl<C: Member> SandboxOwner<C> {
     pub fn new(launcher: Arc<dyn VmLauncher>, events: EventSender) -> Self {
         Self {
             launcher,
@@ -78,7 +87,7 @@ impl SandboxOwner {
         }
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, Option<Sandbox>> {
+    pub fn lock(&self) -> MutexGuard<'_, Option<Sandbox<C>>> {
         lock(&self.slot)
     }
 
@@ -150,11 +159,11 @@ impl SandboxOwner {
 }
 
 /// Boots the VM and creates the sandbox in the guest. On error nothing is left running.
-async fn boot(
+async fn boot<C>(
     launcher: &dyn VmLauncher,
     req: BootRequest,
     hostname: String,
-) -> TaskResult<Sandbox> {
+) -> TaskResult<Sandbox<C>> {
     let id = req.sandbox_id.clone();
     let vm = launcher.boot(req).await?;
     let agent = vm.agent();

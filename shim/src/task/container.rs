@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use super::process::Process;
 use crate::error::{TaskError, TaskResult};
+use crate::events::EventSender;
 use crate::resources::rootfs::MountPlan;
+use crate::sandbox::{Member, VM_GONE_EXIT_STATUS};
 
 pub struct Container {
     pub id: String,
@@ -50,6 +52,21 @@ impl Container {
             String::new()
         } else {
             exec_id.to_string()
+        }
+    }
+}
+
+impl Member for Container {
+    fn vm_gone(&self, events: &EventSender) {
+        let init = std::iter::once((&self.id, &self.init));
+        let execs = self
+            .execs
+            .values()
+            .filter(|p| p.is_running())
+            .map(|p| (&p.exec_id, p));
+        for (event_id, p) in init.chain(execs) {
+            p.exit_handle()
+                .publish(events, VM_GONE_EXIT_STATUS, &self.id, event_id, p.pid);
         }
     }
 }

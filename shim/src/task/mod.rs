@@ -31,7 +31,7 @@ use containerd_shim::ExitSignal;
 use protocol::agent as pb;
 
 use self::container::Container;
-use self::process::{Exit, Process, VM_GONE_EXIT_STATUS};
+use self::process::{Exit, Process};
 use self::stdio::{Copiers, StdioPaths};
 use crate::error::{TaskError, TaskResult};
 use crate::events::{self, EventSender, TaskEvent};
@@ -40,7 +40,11 @@ use crate::resources::rootfs::{HostMounter, MountPlan, RootfsMount};
 use crate::resources::share::Share;
 use crate::resources::spec;
 use crate::sandbox::seams::{BootRequest, Platform};
-use crate::sandbox::{Sandbox, SandboxOwner};
+use crate::sandbox::VM_GONE_EXIT_STATUS;
+
+/// The sandbox as the task layer holds it: its members are containers.
+type Sandbox = crate::sandbox::Sandbox<Container>;
+type SandboxOwner = crate::sandbox::SandboxOwner<Container>;
 
 /// Exit status of a process that was removed before it exited (as if SIGKILLed).
 const KILLED_EXIT_STATUS: u32 = 128 + libc::SIGKILL as u32;

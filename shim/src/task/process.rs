@@ -22,9 +22,6 @@ pub struct Exit {
     pub at: SystemTime,
 }
 
-/// Exit status reported when the VM is gone and the real status cannot be known.
-pub const VM_GONE_EXIT_STATUS: u32 = 255;
-
 /// Where a process is in its life before it exits (the exit itself is in the exit watch).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
