@@ -45,3 +45,20 @@ impl NetDevice {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backend_without_networking_names_the_device_it_refuses() {
+        assert_eq!(NetDevice::unsupported("QEMU", &[]), None);
+        let nic = NetDevice {
+            tap: "tap0_kata".into(),
+            mac: "02:00:00:00:00:01".into(),
+            mtu: 1500,
+        };
+        let why = NetDevice::unsupported("QEMU", &[nic]).expect("refused");
+        assert!(why.contains("02:00:00:00:00:01") && why.contains("tap0_kata"), "{why}");
+    }
+}
