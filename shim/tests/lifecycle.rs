@@ -410,7 +410,7 @@ fn spec(hostname: &str) -> serde_json::Value {
     serde_json::json!({
         "ociVersion": "1.0.2",
         "hostname": hostname,
-        "process": {"args": ["sh"], "cwd": "/"},
+        "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
         "root": {"path": "rootfs"},
         "linux": {"namespaces": [{"type": "pid"}, {"type": "network", "path": "/proc/1/ns/net"}]}
     })

@@ -59,6 +59,9 @@ mod tests {
             mtu: 1500,
         };
         let why = NetDevice::unsupported("QEMU", &[nic]).expect("refused");
-        assert!(why.contains("02:00:00:00:00:01") && why.contains("tap0_kata"), "{why}");
+        assert!(
+            why.contains("02:00:00:00:00:01") && why.contains("tap0_kata"),
+            "{why}"
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use serde_json::Value;
+use oci_spec::runtime::Spec;
 
 use super::share::Share;
 use super::spec;
@@ -62,10 +62,10 @@ impl MountPlan {
         cid: &str,
         rootfs: Vec<RootfsMount>,
         bundle: &Path,
-        spec: &Value,
+        spec: &Spec,
     ) -> TaskResult<Self> {
         let rootfs = if rootfs.is_empty() {
-            let root = spec::root_path(spec).unwrap_or("rootfs");
+            let root = spec::root_path(spec).unwrap_or(Path::new("rootfs"));
             RootfsSource::Dir(bundle.join(root))
         } else {
             RootfsSource::Mounts(rootfs)
@@ -323,9 +323,13 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn spec(v: serde_json::Value) -> Spec {
+        serde_json::from_value(v).expect("a valid spec")
+    }
+
     #[test]
     fn targets_are_under_the_share() {
-        let spec = json!({
+        let spec = spec(json!({
             "root": {"path": "rootfs"},
             "mounts": [
                 {"destination": "/proc", "type": "proc", "source": "proc"},
@@ -333,7 +337,7 @@ mod tests {
                  "source": "/var/lib/c/resolv.conf", "options": ["rbind", "ro"]},
                 {"destination": "/data", "type": "bind", "source": "/srv/data/", "options": ["bind"]}
             ]
-        });
+        }));
         let overlay = RootfsMount {
             fstype: "overlay".into(),
             source: "overlay".into(),
@@ -385,9 +389,9 @@ mod tests {
             "c",
             vec![],
             Path::new("/b"),
-            &json!({
+            &spec(json!({
                 "root": {"path": "myroot"}
-            }),
+            })),
         )
         .unwrap();
         assert_eq!(rel.rootfs, RootfsSource::Dir(PathBuf::from("/b/myroot")));
@@ -396,9 +400,9 @@ mod tests {
             "c",
             vec![],
             Path::new("/b"),
-            &json!({
+            &spec(json!({
                 "root": {"path": "/abs/root"}
-            }),
+            })),
         )
         .unwrap();
         assert_eq!(abs.rootfs, RootfsSource::Dir(PathBuf::from("/abs/root")));

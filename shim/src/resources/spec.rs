@@ -1,8 +1,12 @@
-//! Rewrites a container's OCI runtime spec (config.json, as JSON) for the guest agent:
-//! paths point into the shared directory as the guest sees it, and everything that only means
-//! something on the host is dropped. Pure: no I/O, unit-tested.
+//! Rewrites a container's OCI runtime spec (config.json, as `oci_spec::runtime::Spec`) for
+//! the guest agent: paths point into the shared directory as the guest sees it, and everything
+//! that only means something on the host is dropped. Pure: no I/O, unit-tested, and checked
+//! against real specs containerd writes (`shim/tests/oci_specs.rs`).
 
-use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::path::Path;
+
+use oci_spec::runtime::{LinuxNamespaceType, Root, Spec};
 
 use super::share::guest_rootfs;
 use crate::error::{TaskError, TaskResult};
@@ -10,50 +14,38 @@ use crate::error::{TaskError, TaskResult};
 /// Annotation CRI sets on every container of a pod: the pod sandbox's id.
 pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 
-/// Parses config.json bytes into a JSON object, naming the file in the error.
-pub fn parse(bytes: &[u8], what: &str) -> TaskResult<Value> {
-    let v: Value = serde_json::from_slice(bytes)
-        .map_err(|e| TaskError::invalid(format!("{what}: not a valid OCI spec: {e}")))?;
-    if !v.is_object() {
-        return Err(TaskError::invalid(format!(
-            "{what}: OCI spec is not a JSON object"
-        )));
-    }
-    Ok(v)
+/// Parses config.json bytes, naming the file in the error.
+pub fn parse(bytes: &[u8], what: &str) -> TaskResult<Spec> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| TaskError::invalid(format!("{what}: not a valid OCI spec: {e}")))
 }
 
 /// `annotations` of the spec (empty when absent).
-pub fn annotations(spec: &Value) -> std::collections::HashMap<String, String> {
-    spec.get("annotations")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
-                .collect()
-        })
-        .unwrap_or_default()
+pub fn annotations(spec: &Spec) -> HashMap<String, String> {
+    spec.annotations().clone().unwrap_or_default()
 }
 
 /// The sandbox a container belongs to: CRI's sandbox-id annotation, else the container itself.
-pub fn sandbox_id(spec: &Value, container_id: &str) -> String {
-    spec.pointer("/annotations/io.kubernetes.cri.sandbox-id")
-        .and_then(Value::as_str)
+pub fn sandbox_id(spec: &Spec, container_id: &str) -> String {
+    spec.annotations()
+        .as_ref()
+        .and_then(|a| a.get(SANDBOX_ID_ANNOTATION))
         .filter(|s| !s.is_empty())
-        .unwrap_or(container_id)
+        .map_or(container_id, String::as_str)
         .to_string()
 }
 
 /// The spec's hostname, empty when unset.
-pub fn hostname(spec: &Value) -> String {
-    spec.get("hostname")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string()
+pub fn hostname(spec: &Spec) -> String {
+    spec.hostname().clone().unwrap_or_default()
 }
 
 /// `root.path` of the spec, if set.
-pub fn root_path(spec: &Value) -> Option<&str> {
-    spec.pointer("/root/path").and_then(Value::as_str)
+pub fn root_path(spec: &Spec) -> Option<&Path> {
+    spec.root()
+        .as_ref()
+        .map(|r| r.path().as_path())
+        .filter(|p| !p.as_os_str().is_empty())
 }
 
 /// One spec mount that is a host bind mount: its index in `mounts`, source and options.
@@ -66,22 +58,18 @@ pub struct HostBind {
 }
 
 /// The spec's bind mounts whose source is a host path (they must be shared into the guest).
-pub fn host_binds(spec: &Value) -> Vec<HostBind> {
-    let Some(mounts) = spec.get("mounts").and_then(Value::as_array) else {
+pub fn host_binds(spec: &Spec) -> Vec<HostBind> {
+    let Some(mounts) = spec.mounts() else {
         return Vec::new();
     };
     mounts
         .iter()
         .enumerate()
         .filter_map(|(index, m)| {
-            let options: Vec<&str> = m
-                .get("options")
-                .and_then(Value::as_array)
-                .map(|o| o.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            let is_bind = m.get("type").and_then(Value::as_str) == Some("bind")
+            let options: Vec<&str> = m.options().iter().flatten().map(String::as_str).collect();
+            let is_bind = m.typ().as_deref() == Some("bind")
                 || options.iter().any(|o| *o == "bind" || *o == "rbind");
-            let source = m.get("source").and_then(Value::as_str)?;
+            let source = m.source().as_ref()?.to_str()?;
             if !is_bind || !source.starts_with('/') {
                 return None;
             }
@@ -97,64 +85,56 @@ pub fn host_binds(spec: &Value) -> Vec<HostBind> {
 
 /// Rewrites `spec` for container `cid` in the guest. `binds` maps indices of `mounts` to the
 /// guest path of their shared copy.
-pub fn rewrite_for_guest(spec: &Value, cid: &str, binds: &[(usize, String)]) -> TaskResult<Value> {
+pub fn rewrite_for_guest(spec: &Spec, cid: &str, binds: &[(usize, String)]) -> TaskResult<Spec> {
     let mut spec = spec.clone();
-    let obj = spec
-        .as_object_mut()
-        .ok_or_else(|| TaskError::invalid("OCI spec is not a JSON object"))?;
-    if !obj.get("process").is_some_and(Value::is_object) {
+    if spec.process().is_none() {
         return Err(TaskError::invalid(format!(
             "OCI spec of container {cid:?} has no process: nothing to run"
         )));
     }
 
-    let root = obj
-        .entry("root")
-        .or_insert_with(|| Value::Object(Map::new()));
-    if let Some(root) = root.as_object_mut() {
-        root.insert("path".into(), Value::String(guest_rootfs(cid)));
-    }
+    let root = spec.root_mut().get_or_insert_with(|| {
+        let mut r = Root::default();
+        r.set_readonly(None);
+        r
+    });
+    root.set_path(guest_rootfs(cid).into());
 
-    if let Some(mounts) = obj.get_mut("mounts").and_then(Value::as_array_mut) {
+    if let Some(mounts) = spec.mounts_mut() {
         for (index, guest) in binds {
-            if let Some(m) = mounts.get_mut(*index).and_then(Value::as_object_mut) {
-                m.insert("source".into(), Value::String(guest.clone()));
+            if let Some(m) = mounts.get_mut(*index) {
+                m.set_source(Some(guest.into()));
             }
         }
     }
 
     // Host-only: hooks run host binaries; LSM labels name host policies.
-    obj.remove("hooks");
-    if let Some(process) = obj.get_mut("process").and_then(Value::as_object_mut) {
-        process.remove("apparmorProfile");
-        process.remove("selinuxLabel");
+    spec.set_hooks(None);
+    if let Some(process) = spec.process_mut() {
+        process.set_apparmor_profile(None);
+        process.set_selinux_label(None);
     }
 
-    if let Some(linux) = obj.get_mut("linux").and_then(Value::as_object_mut) {
+    if let Some(linux) = spec.linux_mut() {
         // The guest builds its own cgroup; host device nodes do not exist in the guest.
-        linux.remove("cgroupsPath");
-        linux.remove("devices");
-        linux.remove("mountLabel");
-        linux.remove("intelRdt");
-        if let Some(ns) = linux.get_mut("namespaces").and_then(Value::as_array_mut) {
-            ns.retain_mut(|entry| {
-                let Some(e) = entry.as_object_mut() else {
-                    return false;
-                };
-                match e.get("type").and_then(Value::as_str) {
-                    // No path: the container joins the sandbox's (the agent's) netns.
-                    Some("network") => {
-                        e.remove("path");
-                        true
-                    }
-                    // A path names a host namespace (/proc/<pid>/ns/...), meaningless in the
-                    // guest: the container gets a new one (never the agent's own).
-                    Some("pid" | "ipc" | "uts" | "mount") => {
-                        e.remove("path");
-                        true
-                    }
-                    _ => !e.contains_key("path"),
+        linux.set_cgroups_path(None);
+        linux.set_devices(None);
+        linux.set_mount_label(None);
+        linux.set_intel_rdt(None);
+        if let Some(namespaces) = linux.namespaces_mut() {
+            namespaces.retain_mut(|ns| match ns.typ() {
+                // No path: the container joins the sandbox's (the agent's) netns.
+                LinuxNamespaceType::Network
+                // A path names a host namespace (/proc/<pid>/ns/...), meaningless in the
+                // guest: the container gets a new one (never the agent's own).
+                | LinuxNamespaceType::Pid
+                | LinuxNamespaceType::Ipc
+                | LinuxNamespaceType::Uts
+                | LinuxNamespaceType::Mount => {
+                    ns.set_path(None);
+                    true
                 }
+                _ => ns.path().is_none(),
             });
         }
     }
@@ -164,13 +144,22 @@ pub fn rewrite_for_guest(spec: &Value, cid: &str, binds: &[(usize, String)]) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
-    fn cri_spec() -> Value {
-        json!({
+    fn spec(v: Value) -> Spec {
+        serde_json::from_value(v).expect("a valid spec")
+    }
+
+    /// The rewrite as JSON, to look at it the way the agent receives it.
+    fn rewritten(spec: &Spec, cid: &str, binds: &[(usize, String)]) -> Value {
+        serde_json::to_value(rewrite_for_guest(spec, cid, binds).expect("rewrite")).expect("json")
+    }
+
+    fn cri_spec() -> Spec {
+        spec(json!({
             "ociVersion": "1.0.2",
             "hostname": "pod1",
-            "process": {"args": ["sh"], "cwd": "/", "apparmorProfile": "cri-default",
+            "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}, "apparmorProfile": "cri-default",
                         "selinuxLabel": "x", "capabilities": {"bounding": ["CAP_KILL"]},
                         "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}]},
             "root": {"path": "rootfs", "readonly": true},
@@ -200,12 +189,12 @@ mod tests {
                     {"type": "user", "path": "/proc/42/ns/user"}
                 ]
             }
-        })
+        }))
     }
 
     #[test]
     fn root_path_points_into_the_guest_share() {
-        let out = rewrite_for_guest(&cri_spec(), "c1", &[]).unwrap();
+        let out = rewritten(&cri_spec(), "c1", &[]);
         assert_eq!(
             out.pointer("/root/path").unwrap(),
             &json!(format!("{}/c1/rootfs", protocol::GUEST_SHARED_DIR))
@@ -234,12 +223,11 @@ mod tests {
                 },
             ]
         );
-        let out = rewrite_for_guest(
+        let out = rewritten(
             &spec,
             "c1",
             &[(1, "/g/hosts".into()), (3, "/g/data".into())],
-        )
-        .unwrap();
+        );
         assert_eq!(out.pointer("/mounts/1/source").unwrap(), "/g/hosts");
         assert_eq!(out.pointer("/mounts/3/source").unwrap(), "/g/data");
         assert_eq!(out.pointer("/mounts/0/source").unwrap(), "proc");
@@ -248,7 +236,7 @@ mod tests {
 
     #[test]
     fn namespaces_lose_their_host_paths() {
-        let out = rewrite_for_guest(&cri_spec(), "c1", &[]).unwrap();
+        let out = rewritten(&cri_spec(), "c1", &[]);
         let ns = out
             .pointer("/linux/namespaces")
             .unwrap()
@@ -261,7 +249,7 @@ mod tests {
 
     #[test]
     fn host_only_fields_are_dropped_and_the_rest_kept() {
-        let out = rewrite_for_guest(&cri_spec(), "c1", &[]).unwrap();
+        let out = rewritten(&cri_spec(), "c1", &[]);
         assert!(out.get("hooks").is_none());
         assert!(out.pointer("/process/apparmorProfile").is_none());
         assert!(out.pointer("/process/selinuxLabel").is_none());
@@ -283,7 +271,7 @@ mod tests {
     #[test]
     fn spec_without_process_is_refused_by_name() {
         let mut spec = cri_spec();
-        spec.as_object_mut().unwrap().remove("process");
+        spec.set_process(None);
         let err = rewrite_for_guest(&spec, "c1", &[]).unwrap_err();
         assert!(err.message.contains("no process"), "{err}");
     }
@@ -291,9 +279,12 @@ mod tests {
     #[test]
     fn sandbox_id_comes_from_the_cri_annotation_or_the_container() {
         assert_eq!(sandbox_id(&cri_spec(), "c1"), "sb1");
-        assert_eq!(sandbox_id(&json!({}), "c1"), "c1");
+        assert_eq!(sandbox_id(&spec(json!({})), "c1"), "c1");
         assert_eq!(
-            sandbox_id(&json!({"annotations": {SANDBOX_ID_ANNOTATION: ""}}), "c1"),
+            sandbox_id(
+                &spec(json!({"annotations": {SANDBOX_ID_ANNOTATION: ""}})),
+                "c1"
+            ),
             "c1"
         );
         assert_eq!(hostname(&cri_spec()), "pod1");

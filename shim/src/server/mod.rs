@@ -36,7 +36,7 @@ pub struct Service {
 pub fn grouping(bundle: &Path, container_id: &str) -> String {
     std::fs::read(bundle.join("config.json"))
         .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|b| spec::parse(&b, "config.json").ok())
         .map(|s| spec::sandbox_id(&s, container_id))
         .unwrap_or_else(|| container_id.to_string())
 }

@@ -28,6 +28,7 @@ use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::{CodedInputStream, MessageField};
 use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::ExitSignal;
+use oci_spec::runtime::Spec;
 use protocol::agent as pb;
 
 use self::container::Container;
@@ -146,11 +147,7 @@ impl TaskCore {
     }
 
     /// What booting the sandbox for this Create needs.
-    fn boot_request(
-        req: &CreateTaskRequest,
-        bundle: &Path,
-        spec: &serde_json::Value,
-    ) -> (BootRequest, String) {
+    fn boot_request(req: &CreateTaskRequest, bundle: &Path, spec: &Spec) -> (BootRequest, String) {
         let boot = BootRequest {
             sandbox_id: spec::sandbox_id(spec, &req.id),
             bundle: bundle.to_path_buf(),
@@ -188,7 +185,7 @@ impl TaskCore {
         &self,
         req: &CreateTaskRequest,
         bundle: &Path,
-        spec: &serde_json::Value,
+        spec: &Spec,
         agent: Arc<dyn GuestAgent>,
         share: &Share,
     ) -> TaskResult<Container> {
