@@ -217,6 +217,43 @@ mod tests {
     }
 
     #[test]
+    fn a_clh_file_lists_its_own_section() {
+        let text = "[hypervisor.clh]\ndefault_memory = 1024\n";
+        let (config, _) = Config::parse_str_for_host(text, Path::new("/tmp/t.toml"), Arch::X86_64)
+            .expect("valid config");
+        let e = entries(&config, text);
+        let mem = e
+            .iter()
+            .find(|e| e.section == "hypervisor.clh" && e.key == "default_memory")
+            .expect("entry present");
+        assert_eq!((mem.value.as_str(), mem.origin.as_str()), ("1024", "file"));
+        assert!(e.iter().all(|e| e.section != "hypervisor.qemu"), "{e:?}");
+        // Exactly the keys the shipped clh file documents.
+        let shipped: toml::Value =
+            toml::from_str(include_str!("../../../configs/configuration-clh.toml"))
+                .expect("valid TOML");
+        let mut documented: Vec<&str> = shipped["hypervisor"]["clh"]
+            .as_table()
+            .expect("[hypervisor.clh]")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut listed: Vec<&str> = e
+            .iter()
+            .filter(|e| e.section == "hypervisor.clh")
+            .map(|e| e.key)
+            .collect();
+        documented.sort_unstable();
+        listed.sort_unstable();
+        assert_eq!(listed, documented);
+        let r = render(&config, Path::new("/tmp/t.toml"), text, true);
+        assert!(
+            r.contains("# vsock: hybrid vsock built into cloud-hypervisor"),
+            "{r}"
+        );
+    }
+
+    #[test]
     fn render_names_the_file_and_host_decisions() {
         let text = "[hypervisor.qemu]\naccel = \"tcg\"\n";
         let (config, _) = Config::parse_str_for_host(text, Path::new("/x/c.toml"), Arch::X86_64)
