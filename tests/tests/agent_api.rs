@@ -34,14 +34,14 @@ fn config(default: &str, env_prefix: &str) -> Config {
     let mut config =
         Config::from_file(&path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
     if let Some(p) = var("INITRD") {
-        config.hypervisor.initrd = p;
+        config.vmm.guest_mut().initrd = p;
     }
     if let Some(p) = var("KERNEL") {
-        config.hypervisor.kernel = p;
+        config.vmm.guest_mut().kernel = p;
     }
     require_built(&[
-        config.hypervisor.kernel.clone(),
-        config.hypervisor.initrd.clone(),
+        config.vmm.guest().kernel.clone(),
+        config.vmm.guest().initrd.clone(),
     ]);
     config
 }
@@ -232,8 +232,8 @@ async fn agent_api_end_to_end_arm64() {
 
 async fn run(mut config: Config, prefix: &str, busybox: &Path) {
     // The debug console is covered too (the guest image carries a busybox shell).
-    config.hypervisor.kernel_params =
-        format!("{} agent.debug_console", config.hypervisor.kernel_params);
+    let guest = config.vmm.guest_mut();
+    guest.kernel_params = format!("{} agent.debug_console", guest.kernel_params);
     let sandbox_id = unique_id(prefix);
     let vm = Vm::boot(&VmSpec::new(sandbox_id.clone(), config))
         .await

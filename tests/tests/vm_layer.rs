@@ -38,8 +38,8 @@ fn config_from(env: &str, default: &str) -> Config {
     let config =
         Config::from_file(&path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
     require_built(&[
-        config.hypervisor.kernel.clone(),
-        config.hypervisor.initrd.clone(),
+        config.vmm.guest().kernel.clone(),
+        config.vmm.guest().initrd.clone(),
     ]);
     config
 }
@@ -65,8 +65,12 @@ async fn shared_fs_roundtrip(machine: MachineType, fs: SharedFs) {
     } else {
         BUSYBOX.to_string()
     };
-    config.hypervisor.machine_type = machine;
-    config.hypervisor.shared_fs = fs;
+    config
+        .vmm
+        .qemu_mut()
+        .expect("a QEMU configuration")
+        .machine_type = machine;
+    config.vmm.guest_mut().shared_fs = fs;
     let id = unique_id(&format!("vm-{machine}-{fs}"));
     let started = Instant::now();
     let vm = Vm::boot(&VmSpec::new(id.clone(), config.clone()))
@@ -220,7 +224,7 @@ async fn failed_boot_names_the_cause_and_leaves_nothing() {
     let mut config = config();
     let junk = tempfile::NamedTempFile::new().expect("tempfile");
     std::fs::write(junk.path(), b"not a cpio archive").expect("write");
-    config.hypervisor.initrd = junk.path().to_path_buf();
+    config.vmm.guest_mut().initrd = junk.path().to_path_buf();
     let id = unique_id("vm-badinitrd");
     let err = Vm::boot(&VmSpec::new(id.clone(), config.clone()))
         .await
@@ -235,7 +239,7 @@ async fn failed_boot_names_the_cause_and_leaves_nothing() {
 
     // A missing kernel is named with the key and file it came from, before anything starts.
     let mut config = self::config();
-    config.hypervisor.kernel = PathBuf::from("/nonexistent/vmlinux");
+    config.vmm.guest_mut().kernel = PathBuf::from("/nonexistent/vmlinux");
     let id = unique_id("vm-nokernel");
     let msg = Vm::boot(&VmSpec::new(id.clone(), config.clone()))
         .await

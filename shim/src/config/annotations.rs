@@ -25,8 +25,9 @@ pub struct Overrides {
 }
 
 impl Overrides {
+    /// Changes the selected hypervisor's section.
     pub fn apply(&self, config: &mut Config) {
-        let h = &mut config.hypervisor;
+        let h = config.vmm.guest_mut();
         if let Some(n) = self.default_vcpus {
             h.default_vcpus = n;
             if h.default_maxvcpus != 0 && h.default_maxvcpus < n {

@@ -11,8 +11,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    one_of, AccelMode, Arch, Backend, Config, ConfigError, InterNetworkingModel, MachineType,
-    SharedFs, VirtioFsCache, VsockMode, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB,
+    one_of, AccelMode, AgentConfig, Arch, ClhConfig, Config, ConfigError, GuestConfig,
+    InterNetworkingModel, MachineType, QemuConfig, RuntimeConfig, SharedFs, VirtioFsCache, Vmm,
+    VsockMode, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB,
 };
 
 #[derive(Deserialize, Default)]
@@ -27,13 +28,15 @@ struct RawFile {
 
 #[derive(Deserialize, Default)]
 struct RawHypervisor {
-    qemu: Option<RawQemu>,
-    /// cloud-hypervisor: the keys it shares with QEMU, same names and meaning.
-    clh: Option<RawQemu>,
+    qemu: Option<RawVmmSection>,
+    /// cloud-hypervisor: the shared keys, same names and meaning; QEMU's own keys are warned
+    /// about and ignored.
+    clh: Option<RawVmmSection>,
 }
 
+/// A `[hypervisor.*]` section as written: the keys of [`GuestConfig`], `path`, and QEMU's own.
 #[derive(Deserialize, Default)]
-struct RawQemu {
+struct RawVmmSection {
     path: Option<PathBuf>,
     kernel: Option<PathBuf>,
     initrd: Option<PathBuf>,
@@ -74,8 +77,8 @@ struct RawRuntime {
     static_sandbox_resource_mgmt: Option<bool>,
 }
 
-const QEMU: &str = "hypervisor.qemu";
-const CLH: &str = "hypervisor.clh";
+const QEMU: &str = QemuConfig::SECTION;
+const CLH: &str = ClhConfig::SECTION;
 const AGENT: &str = "agent.kata";
 const RUNTIME: &str = "runtime";
 /// Longest agent dial timeout we accept, seconds.
@@ -96,10 +99,11 @@ pub(super) fn parse(
         message: e.to_string().trim_end().to_string(),
     })?;
 
-    let (sec, q) =
+    let v = Validator { path };
+    let vmm =
         match (raw.hypervisor.qemu, raw.hypervisor.clh) {
-            (Some(q), None) => (QEMU, q),
-            (None, Some(c)) => (CLH, c),
+            (Some(q), None) => Vmm::Qemu(qemu_section(&v, q, host)?),
+            (None, Some(c)) => Vmm::Clh(clh_section(&v, c, &mut warnings)?),
             (Some(_), Some(_)) => return Err(ConfigError::Unsupported {
                 path: path.to_path_buf(),
                 message:
@@ -113,143 +117,12 @@ pub(super) fn parse(
                 })
             }
         };
-    let clh = sec == CLH;
-    if clh {
-        // QEMU-only keys: harmless in a clh file, but they do nothing there.
-        for (key, set) in [
-            ("machine_type", q.machine_type.is_some()),
-            ("accel", q.accel.is_some()),
-            ("vsock", q.vsock.is_some()),
-            (
-                "vhost_user_vsock_daemon",
-                q.vhost_user_vsock_daemon.is_some(),
-            ),
-            ("memory_slots", q.memory_slots.is_some()),
-        ] {
-            if set {
-                warnings.push(format!(
-                    "{}: [{CLH}] {key} is not used by cloud-hypervisor (ignored)",
-                    path.display()
-                ));
-            }
-        }
-    }
-    let v = Validator { path };
-
-    // The machine type decides the guest arch, and with it the defaults of every other key.
-    let machine_type = match &q.machine_type {
-        Some(s) if !clh => Some(v.choice(
-            sec,
-            "machine_type",
-            s,
-            MachineType::parse,
-            MachineType::ALLOWED,
-        )?),
-        _ => None,
+    let mut config = Config {
+        vmm,
+        agent: AgentConfig::default(),
+        runtime: RuntimeConfig::default(),
+        source: Some(path.to_path_buf()),
     };
-    let arch = machine_type.map(MachineType::arch).unwrap_or(host);
-    let mut config = Config::defaults_for(arch);
-    config.source = Some(path.to_path_buf());
-    if clh {
-        let mut vmm = PathBuf::from(super::DEFAULT_CLH_PATH);
-        set_path(&v, sec, "path", q.path.clone(), &mut vmm)?;
-        config.backend = Backend::Clh { path: vmm };
-    }
-
-    let h = &mut config.hypervisor;
-    if let Some(m) = machine_type {
-        h.machine_type = m;
-    }
-    if !clh {
-        set_path(&v, sec, "path", q.path, &mut h.path)?;
-    }
-    set_path(&v, sec, "kernel", q.kernel, &mut h.kernel)?;
-    set_path(&v, sec, "initrd", q.initrd, &mut h.initrd)?;
-    set_path(
-        &v,
-        sec,
-        "virtio_fs_daemon",
-        q.virtio_fs_daemon,
-        &mut h.virtio_fs_daemon,
-    )?;
-    set_path(
-        &v,
-        sec,
-        "vhost_user_vsock_daemon",
-        q.vhost_user_vsock_daemon,
-        &mut h.vhost_user_vsock_daemon,
-    )?;
-    if let Some(p) = q.kernel_params {
-        h.kernel_params = p;
-    }
-    if let Some(n) = q.default_vcpus {
-        h.default_vcpus = v.range(sec, "default_vcpus", n, 1, MAX_VCPUS.into())?;
-    }
-    if let Some(n) = q.default_maxvcpus {
-        h.default_maxvcpus = v.range(sec, "default_maxvcpus", n, 0, MAX_VCPUS.into())?;
-    }
-    if h.default_maxvcpus != 0 && h.default_maxvcpus < h.default_vcpus {
-        return Err(v.invalid(
-            sec,
-            "default_maxvcpus",
-            h.default_maxvcpus,
-            format!(
-                "must be 0 (= host CPUs) or at least default_vcpus ({})",
-                h.default_vcpus
-            ),
-        ));
-    }
-    if let Some(n) = q.default_memory {
-        h.default_memory = v.range(
-            sec,
-            "default_memory",
-            n,
-            MIN_MEMORY_MIB.into(),
-            MAX_MEMORY_MIB.into(),
-        )?;
-    }
-    if let Some(n) = q.memory_slots {
-        h.memory_slots = v.range(sec, "memory_slots", n, 0, 256)?;
-    }
-    if let Some(s) = q.shared_fs {
-        h.shared_fs = if clh {
-            // cloud-hypervisor has no virtio-9p.
-            const CLH_FS: &[&str] = &["virtio-fs", "none"];
-            let parse = |s: &str| SharedFs::parse(s).filter(|f| *f != SharedFs::Virtio9p);
-            v.choice(sec, "shared_fs", &s, parse, CLH_FS)?
-        } else {
-            v.choice(sec, "shared_fs", &s, SharedFs::parse, SharedFs::ALLOWED)?
-        };
-    }
-    if let Some(s) = q.virtio_fs_cache {
-        h.virtio_fs_cache = v.choice(
-            sec,
-            "virtio_fs_cache",
-            &s,
-            VirtioFsCache::parse,
-            VirtioFsCache::ALLOWED,
-        )?;
-    }
-    if let Some(args) = q.virtio_fs_extra_args {
-        if let Some(bad) = args.iter().find(|a| !a.starts_with('-')) {
-            return Err(v.invalid(
-                sec,
-                "virtio_fs_extra_args",
-                format!("[.. \"{bad}\" ..]"),
-                "each entry must be one virtiofsd option starting with '-' (e.g. \"--thread-pool-size=1\")",
-            ));
-        }
-        h.virtio_fs_extra_args = args;
-    }
-    if let Some(b) = q.enable_debug {
-        h.enable_debug = b;
-    }
-    if let Some(s) = q.accel {
-        h.accel = v.choice(sec, "accel", &s, AccelMode::parse, AccelMode::ALLOWED)?;
-    }
-    if let Some(s) = q.vsock {
-        h.vsock = v.choice(sec, "vsock", &s, VsockMode::parse, VsockMode::ALLOWED)?;
-    }
 
     if let Some(a) = raw.agent.kata {
         let ag = &mut config.agent;
@@ -299,6 +172,207 @@ pub(super) fn parse(
     Ok((config, warnings))
 }
 
+/// `[hypervisor.qemu]`.
+fn qemu_section(
+    v: &Validator<'_>,
+    mut raw: RawVmmSection,
+    host: Arch,
+) -> Result<QemuConfig, ConfigError> {
+    // The machine type decides the guest arch, and with it the defaults of every other key.
+    let machine_type = match &raw.machine_type {
+        Some(s) => Some(v.choice(
+            QEMU,
+            "machine_type",
+            s,
+            MachineType::parse,
+            MachineType::ALLOWED,
+        )?),
+        None => None,
+    };
+    let arch = machine_type.map(MachineType::arch).unwrap_or(host);
+    let mut q = QemuConfig::defaults_for(arch);
+    if let Some(m) = machine_type {
+        q.machine_type = m;
+    }
+    set_path(v, QEMU, "path", raw.path.take(), &mut q.path)?;
+    guest_keys(
+        v,
+        QEMU,
+        &mut raw,
+        SharedFs::parse,
+        SharedFs::ALLOWED,
+        &mut q.guest,
+    )?;
+    let own = QemuKeys::read(v, QEMU, raw)?;
+    if let Some(n) = own.memory_slots {
+        q.memory_slots = n;
+    }
+    if let Some(a) = own.accel {
+        q.accel = a;
+    }
+    if let Some(m) = own.vsock {
+        q.vsock = m;
+    }
+    if let Some(p) = own.vhost_user_vsock_daemon {
+        q.vhost_user_vsock_daemon = p;
+    }
+    Ok(q)
+}
+
+/// `[hypervisor.clh]`: QEMU's own keys are harmless there, but they do nothing: a warning
+/// each.
+fn clh_section(
+    v: &Validator<'_>,
+    mut raw: RawVmmSection,
+    warnings: &mut Vec<String>,
+) -> Result<ClhConfig, ConfigError> {
+    for (key, set) in [
+        ("machine_type", raw.machine_type.is_some()),
+        ("accel", raw.accel.is_some()),
+        ("vsock", raw.vsock.is_some()),
+        (
+            "vhost_user_vsock_daemon",
+            raw.vhost_user_vsock_daemon.is_some(),
+        ),
+        ("memory_slots", raw.memory_slots.is_some()),
+    ] {
+        if set {
+            warnings.push(format!(
+                "{}: [{CLH}] {key} is not used by cloud-hypervisor (ignored)",
+                v.path.display()
+            ));
+        }
+    }
+    let mut c = ClhConfig::default();
+    set_path(v, CLH, "path", raw.path.take(), &mut c.path)?;
+    guest_keys(
+        v,
+        CLH,
+        &mut raw,
+        ClhConfig::parse_shared_fs,
+        ClhConfig::SHARED_FS_ALLOWED,
+        &mut c.guest,
+    )?;
+    // Ignored, but a bad value is an error all the same (as it always was).
+    QemuKeys::read(v, CLH, raw)?;
+    Ok(c)
+}
+
+/// The keys every hypervisor section shares, taken out of `raw` into `g`. `shared_fs` takes
+/// the values `parse_fs` accepts, `allowed_fs` lists them for the error.
+fn guest_keys(
+    v: &Validator<'_>,
+    sec: &str,
+    raw: &mut RawVmmSection,
+    parse_fs: fn(&str) -> Option<SharedFs>,
+    allowed_fs: &[&str],
+    g: &mut GuestConfig,
+) -> Result<(), ConfigError> {
+    set_path(v, sec, "kernel", raw.kernel.take(), &mut g.kernel)?;
+    set_path(v, sec, "initrd", raw.initrd.take(), &mut g.initrd)?;
+    set_path(
+        v,
+        sec,
+        "virtio_fs_daemon",
+        raw.virtio_fs_daemon.take(),
+        &mut g.virtio_fs_daemon,
+    )?;
+    if let Some(p) = raw.kernel_params.take() {
+        g.kernel_params = p;
+    }
+    if let Some(n) = raw.default_vcpus {
+        g.default_vcpus = v.range(sec, "default_vcpus", n, 1, MAX_VCPUS.into())?;
+    }
+    if let Some(n) = raw.default_maxvcpus {
+        g.default_maxvcpus = v.range(sec, "default_maxvcpus", n, 0, MAX_VCPUS.into())?;
+    }
+    if g.default_maxvcpus != 0 && g.default_maxvcpus < g.default_vcpus {
+        return Err(v.invalid(
+            sec,
+            "default_maxvcpus",
+            g.default_maxvcpus,
+            format!(
+                "must be 0 (= host CPUs) or at least default_vcpus ({})",
+                g.default_vcpus
+            ),
+        ));
+    }
+    if let Some(n) = raw.default_memory {
+        g.default_memory = v.range(
+            sec,
+            "default_memory",
+            n,
+            MIN_MEMORY_MIB.into(),
+            MAX_MEMORY_MIB.into(),
+        )?;
+    }
+    if let Some(s) = raw.shared_fs.take() {
+        g.shared_fs = v.choice(sec, "shared_fs", &s, parse_fs, allowed_fs)?;
+    }
+    if let Some(s) = raw.virtio_fs_cache.take() {
+        g.virtio_fs_cache = v.choice(
+            sec,
+            "virtio_fs_cache",
+            &s,
+            VirtioFsCache::parse,
+            VirtioFsCache::ALLOWED,
+        )?;
+    }
+    if let Some(args) = raw.virtio_fs_extra_args.take() {
+        if let Some(bad) = args.iter().find(|a| !a.starts_with('-')) {
+            return Err(v.invalid(
+                sec,
+                "virtio_fs_extra_args",
+                format!("[.. \"{bad}\" ..]"),
+                "each entry must be one virtiofsd option starting with '-' (e.g. \"--thread-pool-size=1\")",
+            ));
+        }
+        g.virtio_fs_extra_args = args;
+    }
+    if let Some(b) = raw.enable_debug {
+        g.enable_debug = b;
+    }
+    Ok(())
+}
+
+/// QEMU's own keys, validated (None: not in the file). machine_type is not among them: it
+/// decides the defaults, so [`qemu_section`] reads it first.
+struct QemuKeys {
+    memory_slots: Option<u32>,
+    accel: Option<AccelMode>,
+    vsock: Option<VsockMode>,
+    vhost_user_vsock_daemon: Option<PathBuf>,
+}
+
+impl QemuKeys {
+    fn read(v: &Validator<'_>, sec: &str, raw: RawVmmSection) -> Result<QemuKeys, ConfigError> {
+        let vhost_user_vsock_daemon = absolute(
+            v,
+            sec,
+            "vhost_user_vsock_daemon",
+            raw.vhost_user_vsock_daemon,
+        )?;
+        let memory_slots = match raw.memory_slots {
+            Some(n) => Some(v.range(sec, "memory_slots", n, 0, 256)?),
+            None => None,
+        };
+        let accel = match raw.accel {
+            Some(s) => Some(v.choice(sec, "accel", &s, AccelMode::parse, AccelMode::ALLOWED)?),
+            None => None,
+        };
+        let vsock = match raw.vsock {
+            Some(s) => Some(v.choice(sec, "vsock", &s, VsockMode::parse, VsockMode::ALLOWED)?),
+            None => None,
+        };
+        Ok(QemuKeys {
+            memory_slots,
+            accel,
+            vsock,
+            vhost_user_vsock_daemon,
+        })
+    }
+}
+
 /// serde_ignored names a key by its dotted path: "hypervisor.qemu.foo" -> "[hypervisor.qemu] foo".
 fn unknown_key_warning(path: &Path, dotted: &str) -> String {
     // serde_ignored marks the inside of an Option with a "?" segment: drop it.
@@ -317,18 +391,28 @@ fn set_path(
     value: Option<PathBuf>,
     dst: &mut PathBuf,
 ) -> Result<(), ConfigError> {
-    if let Some(p) = value {
-        if !p.is_absolute() {
-            return Err(v.invalid(
-                section,
-                key,
-                format!("\"{}\"", p.display()),
-                "must be an absolute path",
-            ));
-        }
+    if let Some(p) = absolute(v, section, key, value)? {
         *dst = p;
     }
     Ok(())
+}
+
+/// `value`, refused unless it is an absolute path.
+fn absolute(
+    v: &Validator<'_>,
+    section: &str,
+    key: &str,
+    value: Option<PathBuf>,
+) -> Result<Option<PathBuf>, ConfigError> {
+    match value {
+        Some(p) if !p.is_absolute() => Err(v.invalid(
+            section,
+            key,
+            format!("\"{}\"", p.display()),
+            "must be an absolute path",
+        )),
+        value => Ok(value),
+    }
 }
 
 struct Validator<'a> {

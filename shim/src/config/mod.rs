@@ -1,17 +1,23 @@
-//! Runtime configuration: Kata-compatible TOML (`[hypervisor.qemu]`, `[agent.kata]`,
-//! `[runtime]`), per-arch defaults, validation with errors naming file, key and allowed values,
-//! the lookup order of the configuration file and the annotation allowlist.
+//! Runtime configuration: Kata-compatible TOML (`[hypervisor.qemu]` or `[hypervisor.clh]`,
+//! `[agent.kata]`, `[runtime]`), per-arch defaults, validation with errors naming file, key and
+//! allowed values, the lookup order of the configuration file and the annotation allowlist.
 
 mod annotations;
+mod clh;
 mod file;
+mod guest;
 mod load;
+mod qemu;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use annotations::{annotation_overrides, Overrides, ANNOTATION_CONFIG_PATH, ANNOTATION_PREFIX};
+pub use clh::ClhConfig;
+pub use guest::GuestConfig;
 pub use load::{load, load_from, LoadRequest, Loaded, DEFAULT_CONFIG_PATHS, ENV_CONFIG_FILE};
+pub use qemu::QemuConfig;
 
 /// Smallest and largest guest memory (MiB) we accept.
 pub const MIN_MEMORY_MIB: u32 = 64;
@@ -151,50 +157,88 @@ string_enum!(
     }
 );
 
-/// Which VMM runs the sandbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Backend {
-    /// `[hypervisor.qemu]`: QEMU, configured by every key of [`Config::hypervisor`].
-    Qemu,
-    /// `[hypervisor.clh]`: cloud-hypervisor at `path`; the keys it shares with QEMU (kernel,
-    /// initrd, vCPUs, memory, shared fs...) are in [`Config::hypervisor`].
-    Clh { path: PathBuf },
+/// Which VMM runs the sandbox, with its section of the file: a file has either a
+/// `[hypervisor.qemu]` or a `[hypervisor.clh]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Vmm {
+    /// `[hypervisor.qemu]`
+    Qemu(QemuConfig),
+    /// `[hypervisor.clh]`
+    Clh(ClhConfig),
+}
+
+impl Vmm {
+    /// The keys every hypervisor section shares.
+    pub fn guest(&self) -> &GuestConfig {
+        match self {
+            Vmm::Qemu(q) => &q.guest,
+            Vmm::Clh(c) => &c.guest,
+        }
+    }
+
+    pub fn guest_mut(&mut self) -> &mut GuestConfig {
+        match self {
+            Vmm::Qemu(q) => &mut q.guest,
+            Vmm::Clh(c) => &mut c.guest,
+        }
+    }
+
+    /// "hypervisor.qemu" or "hypervisor.clh": the section, for messages.
+    pub fn section(&self) -> &'static str {
+        match self {
+            Vmm::Qemu(_) => QemuConfig::SECTION,
+            Vmm::Clh(_) => ClhConfig::SECTION,
+        }
+    }
+
+    /// The VMM binary (`path` of the section).
+    pub fn path(&self) -> &Path {
+        match self {
+            Vmm::Qemu(q) => &q.path,
+            Vmm::Clh(c) => &c.path,
+        }
+    }
+
+    /// Architecture of the guest: QEMU's follows its machine type, cloud-hypervisor's is the
+    /// host's.
+    pub fn arch(&self) -> Arch {
+        match self {
+            Vmm::Qemu(q) => q.arch(),
+            Vmm::Clh(c) => c.arch(),
+        }
+    }
+
+    pub fn qemu(&self) -> Option<&QemuConfig> {
+        match self {
+            Vmm::Qemu(q) => Some(q),
+            Vmm::Clh(_) => None,
+        }
+    }
+
+    pub fn qemu_mut(&mut self) -> Option<&mut QemuConfig> {
+        match self {
+            Vmm::Qemu(q) => Some(q),
+            Vmm::Clh(_) => None,
+        }
+    }
+
+    pub fn clh(&self) -> Option<&ClhConfig> {
+        match self {
+            Vmm::Clh(c) => Some(c),
+            Vmm::Qemu(_) => None,
+        }
+    }
 }
 
 /// The whole runtime configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    pub backend: Backend,
-    /// The hypervisor section's values (for cloud-hypervisor, the keys it shares with QEMU).
-    pub hypervisor: QemuConfig,
+    /// The selected hypervisor and its section.
+    pub vmm: Vmm,
     pub agent: AgentConfig,
     pub runtime: RuntimeConfig,
     /// The file this configuration was read from (None for built-in defaults); used in errors.
     pub source: Option<PathBuf>,
-}
-
-/// `[hypervisor.qemu]`
-#[derive(Debug, Clone, PartialEq)]
-pub struct QemuConfig {
-    pub path: PathBuf,
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
-    pub machine_type: MachineType,
-    pub kernel_params: String,
-    pub default_vcpus: u32,
-    /// 0 = as many as the host has.
-    pub default_maxvcpus: u32,
-    /// MiB.
-    pub default_memory: u32,
-    pub memory_slots: u32,
-    pub shared_fs: SharedFs,
-    pub virtio_fs_daemon: PathBuf,
-    pub virtio_fs_cache: VirtioFsCache,
-    pub virtio_fs_extra_args: Vec<String>,
-    pub enable_debug: bool,
-    pub accel: AccelMode,
-    pub vsock: VsockMode,
-    pub vhost_user_vsock_daemon: PathBuf,
 }
 
 /// `[agent.kata]`
@@ -229,39 +273,6 @@ pub const INSTALLED_VHOST_USER_VSOCK: &str = "/usr/libexec/kata-containers/vhost
 /// cloud-hypervisor binary when `[hypervisor.clh]` names no path.
 pub const DEFAULT_CLH_PATH: &str = "/usr/bin/cloud-hypervisor";
 
-impl QemuConfig {
-    /// Defaults for a guest of `arch` (used for every key a file leaves out).
-    pub fn defaults_for(arch: Arch) -> QemuConfig {
-        let (path, machine_type) = match arch {
-            Arch::X86_64 => ("/usr/bin/qemu-system-x86_64", MachineType::Microvm),
-            Arch::Aarch64 => ("/usr/bin/qemu-system-aarch64", MachineType::Virt),
-        };
-        QemuConfig {
-            path: path.into(),
-            kernel: INSTALLED_KERNEL.into(),
-            initrd: INSTALLED_INITRD.into(),
-            machine_type,
-            kernel_params: String::new(),
-            default_vcpus: 1,
-            default_maxvcpus: 0,
-            default_memory: 512,
-            memory_slots: 10,
-            shared_fs: SharedFs::VirtioFs,
-            virtio_fs_daemon: INSTALLED_VIRTIOFSD.into(),
-            virtio_fs_cache: VirtioFsCache::Auto,
-            virtio_fs_extra_args: vec!["--thread-pool-size=1".into()],
-            enable_debug: false,
-            accel: AccelMode::Auto,
-            vsock: VsockMode::Auto,
-            vhost_user_vsock_daemon: INSTALLED_VHOST_USER_VSOCK.into(),
-        }
-    }
-
-    pub fn arch(&self) -> Arch {
-        self.machine_type.arch()
-    }
-}
-
 impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
@@ -294,8 +305,7 @@ impl Default for Config {
 impl Config {
     pub fn defaults_for(arch: Arch) -> Config {
         Config {
-            backend: Backend::Qemu,
-            hypervisor: QemuConfig::defaults_for(arch),
+            vmm: Vmm::Qemu(QemuConfig::defaults_for(arch)),
             agent: AgentConfig::default(),
             runtime: RuntimeConfig::default(),
             source: None,
@@ -346,6 +356,11 @@ impl Config {
             Some(p) => format!("[{section}] {key} in {}", p.display()),
             None => format!("built-in default of [{section}] {key}"),
         }
+    }
+
+    /// [`Config::origin`] of a key of the selected hypervisor's section.
+    pub fn vmm_origin(&self, key: &str) -> String {
+        self.origin(self.vmm.section(), key)
     }
 }
 

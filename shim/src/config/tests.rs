@@ -49,25 +49,26 @@ fn err(text: &str) -> String {
 fn every_key_is_read() {
     let (c, warnings) = parse(FULL).expect("valid");
     assert!(warnings.is_empty(), "{warnings:?}");
-    let h = &c.hypervisor;
-    assert_eq!(h.path, PathBuf::from("/opt/qemu/bin/qemu-system-x86_64"));
+    let q = c.vmm.qemu().expect("[hypervisor.qemu]");
+    let h = &q.guest;
+    assert_eq!(q.path, PathBuf::from("/opt/qemu/bin/qemu-system-x86_64"));
     assert_eq!(h.kernel, PathBuf::from("/opt/k/vmlinux"));
     assert_eq!(h.initrd, PathBuf::from("/opt/k/initrd.img"));
-    assert_eq!(h.machine_type, MachineType::Q35);
+    assert_eq!(q.machine_type, MachineType::Q35);
     assert_eq!(h.kernel_params, "foo=1 bar");
     assert_eq!(h.default_vcpus, 2);
     assert_eq!(h.default_maxvcpus, 4);
     assert_eq!(h.default_memory, 1024);
-    assert_eq!(h.memory_slots, 8);
+    assert_eq!(q.memory_slots, 8);
     assert_eq!(h.shared_fs, SharedFs::Virtio9p);
     assert_eq!(h.virtio_fs_daemon, PathBuf::from("/opt/bin/virtiofsd"));
     assert_eq!(h.virtio_fs_cache, VirtioFsCache::Never);
     assert_eq!(h.virtio_fs_extra_args, ["--thread-pool-size=4", "--xattr"]);
     assert!(h.enable_debug);
-    assert_eq!(h.accel, AccelMode::Tcg);
-    assert_eq!(h.vsock, VsockMode::VhostUser);
+    assert_eq!(q.accel, AccelMode::Tcg);
+    assert_eq!(q.vsock, VsockMode::VhostUser);
     assert_eq!(
-        h.vhost_user_vsock_daemon,
+        q.vhost_user_vsock_daemon,
         PathBuf::from("/opt/bin/vhost-device-vsock")
     );
     assert_eq!(c.agent.dial_timeout, Duration::from_secs(12));
@@ -85,18 +86,19 @@ fn every_key_is_read() {
 fn defaults_x86_64() {
     let (c, w) = parse("[hypervisor.qemu]\n").expect("valid");
     assert!(w.is_empty());
-    let h = &c.hypervisor;
-    assert_eq!(h.machine_type, MachineType::Microvm);
-    assert_eq!(h.path, PathBuf::from("/usr/bin/qemu-system-x86_64"));
+    let q = c.vmm.qemu().expect("[hypervisor.qemu]");
+    let h = &q.guest;
+    assert_eq!(q.machine_type, MachineType::Microvm);
+    assert_eq!(q.path, PathBuf::from("/usr/bin/qemu-system-x86_64"));
     assert_eq!(h.kernel, PathBuf::from(INSTALLED_KERNEL));
     assert_eq!(h.initrd, PathBuf::from(INSTALLED_INITRD));
-    assert_eq!(h.arch().console(), "ttyS0");
+    assert_eq!(q.arch().console(), "ttyS0");
     assert_eq!(h.default_vcpus, 1);
     assert_eq!(h.default_memory, 512);
     assert_eq!(h.shared_fs, SharedFs::VirtioFs);
     assert_eq!(h.virtio_fs_cache, VirtioFsCache::Auto);
-    assert_eq!(h.accel, AccelMode::Auto);
-    assert_eq!(h.vsock, VsockMode::Auto);
+    assert_eq!(q.accel, AccelMode::Auto);
+    assert_eq!(q.vsock, VsockMode::Auto);
     assert_eq!(c.agent, AgentConfig::default());
     assert_eq!(c.runtime, RuntimeConfig::default());
 }
@@ -105,19 +107,14 @@ fn defaults_x86_64() {
 fn defaults_aarch64_host_and_machine_type_decides_arch() {
     let (c, _) = Config::parse_str_for_host("[hypervisor.qemu]\n", Path::new("/x"), Arch::Aarch64)
         .expect("valid");
-    assert_eq!(c.hypervisor.machine_type, MachineType::Virt);
-    assert_eq!(
-        c.hypervisor.path,
-        PathBuf::from("/usr/bin/qemu-system-aarch64")
-    );
-    assert_eq!(c.hypervisor.arch().console(), "ttyAMA0");
+    let q = c.vmm.qemu().expect("[hypervisor.qemu]");
+    assert_eq!(q.machine_type, MachineType::Virt);
+    assert_eq!(q.path, PathBuf::from("/usr/bin/qemu-system-aarch64"));
+    assert_eq!(q.arch().console(), "ttyAMA0");
     // An arm64 guest config on an x86_64 host: defaults follow the machine type.
     let (c, _) = parse("[hypervisor.qemu]\nmachine_type = \"virt\"\n").expect("valid");
-    assert_eq!(
-        c.hypervisor.path,
-        PathBuf::from("/usr/bin/qemu-system-aarch64")
-    );
-    assert_eq!(c.hypervisor.arch(), Arch::Aarch64);
+    assert_eq!(c.vmm.path(), Path::new("/usr/bin/qemu-system-aarch64"));
+    assert_eq!(c.vmm.arch(), Arch::Aarch64);
 }
 
 #[test]
@@ -191,8 +188,8 @@ fn shipped_config_is_valid_and_warning_free() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/configuration-qemu.toml");
     let (c, w) = Config::parse_file(&path).expect("shipped config parses");
     assert!(w.is_empty(), "{w:?}");
-    assert_eq!(c.hypervisor.kernel, PathBuf::from(INSTALLED_KERNEL));
-    assert_eq!(c.hypervisor.initrd, PathBuf::from(INSTALLED_INITRD));
+    assert_eq!(c.vmm.guest().kernel, PathBuf::from(INSTALLED_KERNEL));
+    assert_eq!(c.vmm.guest().initrd, PathBuf::from(INSTALLED_INITRD));
     // build-guest.sh rewrites these by key name: each exactly once, uncommented.
     let text = std::fs::read_to_string(&path).expect("read");
     for key in [
@@ -239,7 +236,7 @@ fn lookup_order() {
     // Only the packaged default exists.
     let l = load_from(&req, None, &defaults).expect("share");
     assert_eq!(l.path, share_file);
-    assert_eq!(l.config.hypervisor.default_vcpus, 2);
+    assert_eq!(l.config.vmm.guest().default_vcpus, 2);
     // /etc wins over it.
     write(
         &etc,
@@ -270,7 +267,7 @@ fn lookup_order() {
     };
     let l = load_from(&req, Some(env_file), &defaults).expect("opt");
     assert_eq!(l.path, opt_file);
-    assert_eq!(l.config.hypervisor.default_vcpus, 5);
+    assert_eq!(l.config.vmm.guest().default_vcpus, 5);
     assert_eq!(l.warnings.len(), 1);
     // An explicitly named file must exist.
     let req = LoadRequest {
@@ -323,7 +320,7 @@ fn config_path_annotation() {
     );
     let l = load_from(&ann(&other), None, &defaults).expect("allowed");
     assert_eq!(l.path, other);
-    assert_eq!(l.config.hypervisor.default_vcpus, 2);
+    assert_eq!(l.config.vmm.guest().default_vcpus, 2);
     // Never a file elsewhere on the host.
     let e = load_from(&ann(Path::new("/tmp/evil.toml")), None, &defaults)
         .expect_err("outside")
@@ -345,8 +342,8 @@ fn annotation_overrides_follow_the_allowlist() {
     assert_eq!(o.default_vcpus, Some(3));
     assert_eq!(o.kernel_params.as_deref(), Some("x=1"));
     o.apply(&mut c);
-    assert_eq!(c.hypervisor.default_vcpus, 3);
-    assert_eq!(c.hypervisor.kernel_params, "foo=1 bar x=1");
+    assert_eq!(c.vmm.guest().default_vcpus, 3);
+    assert_eq!(c.vmm.guest().kernel_params, "foo=1 bar x=1");
 
     let e = annotation_overrides(&c, &a(&[("default_memory", "2048")]))
         .expect_err("not allowed")
@@ -383,14 +380,13 @@ fn clh_section_selects_cloud_hypervisor() {
         "[hypervisor.clh]\npath = \"/opt/clh\"\nkernel = \"/k/vmlinux\"\ndefault_memory = 256\nmachine_type = \"q35\"\n",
     )
     .expect("valid");
-    assert_eq!(
-        c.backend,
-        Backend::Clh {
-            path: PathBuf::from("/opt/clh")
-        }
-    );
-    assert_eq!(c.hypervisor.kernel, PathBuf::from("/k/vmlinux"));
-    assert_eq!(c.hypervisor.default_memory, 256);
+    let clh = c
+        .vmm
+        .clh()
+        .expect("[hypervisor.clh] selects cloud-hypervisor");
+    assert_eq!(clh.path, PathBuf::from("/opt/clh"));
+    assert_eq!(clh.guest.kernel, PathBuf::from("/k/vmlinux"));
+    assert_eq!(clh.guest.default_memory, 256);
     assert_eq!(
         w,
         ["/etc/x.toml: [hypervisor.clh] machine_type is not used by cloud-hypervisor (ignored)"]
@@ -406,13 +402,11 @@ fn clh_section_selects_cloud_hypervisor() {
     // Default binary.
     let (c, _) = parse("[hypervisor.clh]\n").expect("valid");
     assert_eq!(
-        c.backend,
-        Backend::Clh {
-            path: PathBuf::from(super::DEFAULT_CLH_PATH)
-        }
+        c.vmm.clh().map(|c| c.path.as_path()),
+        Some(Path::new(super::DEFAULT_CLH_PATH))
     );
     let (c, _) = parse("[hypervisor.qemu]\n").expect("valid");
-    assert_eq!(c.backend, Backend::Qemu);
+    assert!(matches!(c.vmm, Vmm::Qemu(_)));
 }
 
 #[test]
@@ -420,7 +414,7 @@ fn shipped_clh_config_is_valid_and_warning_free() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/configuration-clh.toml");
     let (c, w) = Config::parse_file(&path).expect("shipped clh config parses");
     assert!(w.is_empty(), "{w:?}");
-    assert!(matches!(c.backend, Backend::Clh { .. }));
+    assert!(matches!(c.vmm, Vmm::Clh(_)));
 }
 
 #[test]
@@ -437,5 +431,5 @@ fn load_reads_kata_conf_file_from_the_environment() {
     std::env::remove_var(ENV_CONFIG_FILE);
     let loaded = loaded.expect("loads $KATA_CONF_FILE");
     assert_eq!(loaded.path, file);
-    assert_eq!(loaded.config.hypervisor.default_vcpus, 3);
+    assert_eq!(loaded.config.vmm.guest().default_vcpus, 3);
 }

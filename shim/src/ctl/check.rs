@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use tokio::process::Command;
 
-use crate::config::{Arch, Backend, Config, SharedFs};
+use crate::config::{Arch, Config, QemuConfig, SharedFs, Vmm};
 use crate::hypervisor::accel::{self, Accel};
 use crate::hypervisor::host;
 use crate::hypervisor::qemu::vsock_device::{self, VsockKind, VHOST_VSOCK_DEV};
@@ -90,34 +90,25 @@ impl Default for CheckInputs {
     }
 }
 
-/// The configuration section of the selected hypervisor, for messages.
-fn section(config: &Config) -> &'static str {
-    match config.backend {
-        Backend::Qemu => "hypervisor.qemu",
-        Backend::Clh { .. } => "hypervisor.clh",
-    }
-}
-
 /// Runs every check against `config` (already loaded and validated by the caller).
 pub async fn run(config: &Config, inputs: &CheckInputs) -> Vec<Finding> {
-    let q = &config.hypervisor;
     let mut out = Vec::new();
-    match &config.backend {
-        Backend::Qemu => {
-            out.push(check_accel(config, &inputs.root));
-            out.push(check_vsock(config, &inputs.root));
-            out.extend(check_qemu(config).await);
+    match &config.vmm {
+        Vmm::Qemu(q) => {
+            out.push(check_accel(q, &inputs.root));
+            out.push(check_vsock(config, q, &inputs.root));
+            out.extend(check_qemu(config, q).await);
         }
-        Backend::Clh { path } => {
+        Vmm::Clh(c) => {
             out.push(check_clh_kvm(config, &inputs.root));
             out.push(Finding::ok(
                 "vsock",
                 "hybrid vsock built into cloud-hypervisor (no daemon needed)",
             ));
-            out.push(check_clh_binary(config, path).await);
+            out.push(check_clh_binary(config, &c.path).await);
         }
     }
-    if q.shared_fs == SharedFs::VirtioFs {
+    if config.vmm.guest().shared_fs == SharedFs::VirtioFs {
         out.push(check_virtiofsd(config).await);
     }
     out.push(check_kernel(config));
@@ -127,8 +118,7 @@ pub async fn run(config: &Config, inputs: &CheckInputs) -> Vec<Finding> {
     out
 }
 
-fn check_accel(config: &Config, root: &Path) -> Finding {
-    let q = &config.hypervisor;
+fn check_accel(q: &QemuConfig, root: &Path) -> Finding {
     let choice = accel::choose(q.accel, q.arch(), Arch::host(), root);
     match choice.accel {
         Accel::Kvm => Finding::ok("accelerator", format!("KVM ({})", choice.reason)),
@@ -143,8 +133,8 @@ fn check_accel(config: &Config, root: &Path) -> Finding {
 
 /// cloud-hypervisor has no software emulation: it needs a KVM that can boot a guest.
 fn check_clh_kvm(config: &Config, root: &Path) -> Finding {
-    let q = &config.hypervisor;
-    let choice = accel::choose(crate::config::AccelMode::Auto, q.arch(), Arch::host(), root);
+    let arch = config.vmm.arch();
+    let choice = accel::choose(crate::config::AccelMode::Auto, arch, Arch::host(), root);
     match choice.accel {
         Accel::Kvm => Finding::ok("accelerator", format!("KVM ({})", choice.reason)),
         Accel::Tcg => Finding::fail(
@@ -167,7 +157,7 @@ async fn check_clh_binary(config: &Config, path: &Path) -> Finding {
             format!(
                 "{} (from {}) is not an executable file",
                 path.display(),
-                config.origin(section(config), "path")
+                config.vmm_origin("path")
             ),
             fix,
         );
@@ -190,8 +180,7 @@ async fn check_clh_binary(config: &Config, path: &Path) -> Finding {
     }
 }
 
-fn check_vsock(config: &Config, root: &Path) -> Finding {
-    let q = &config.hypervisor;
+fn check_vsock(config: &Config, q: &QemuConfig, root: &Path) -> Finding {
     let dev = root.join(VHOST_VSOCK_DEV.trim_start_matches('/'));
     match vsock_device::choose(q.vsock, &dev) {
         Err(e) => Finding::fail(
@@ -210,7 +199,7 @@ fn check_vsock(config: &Config, root: &Path) -> Finding {
                     format!(
                         "{why}, but {} (from {}) is not an executable file",
                         daemon.display(),
-                        config.origin(section(config), "vhost_user_vsock_daemon")
+                        config.vmm_origin("vhost_user_vsock_daemon")
                     ),
                     "`make install` (installs vhost-device-vsock 0.3.0), or load the vhost_vsock \
                      kernel module so /dev/vhost-vsock exists",
@@ -221,8 +210,7 @@ fn check_vsock(config: &Config, root: &Path) -> Finding {
 }
 
 /// QEMU device names the configured machine needs.
-pub fn required_devices(config: &Config) -> Vec<&'static str> {
-    let q = &config.hypervisor;
+pub fn required_devices(q: &QemuConfig) -> Vec<&'static str> {
     let mmio = q.machine_type.uses_mmio();
     let dev =
         |mmio_name: &'static str, pci_name: &'static str| if mmio { mmio_name } else { pci_name };
@@ -231,7 +219,7 @@ pub fn required_devices(config: &Config) -> Vec<&'static str> {
         Ok((VsockKind::Vhost, _)) => need.push(dev("vhost-vsock-device", "vhost-vsock-pci")),
         _ => need.push(dev("vhost-user-vsock-device", "vhost-user-vsock-pci")),
     }
-    match q.shared_fs {
+    match q.guest.shared_fs {
         SharedFs::VirtioFs => need.push(dev("vhost-user-fs-device", "vhost-user-fs-pci")),
         SharedFs::Virtio9p => need.push(dev("virtio-9p-device", "virtio-9p-pci")),
         SharedFs::None => {}
@@ -239,9 +227,8 @@ pub fn required_devices(config: &Config) -> Vec<&'static str> {
     need
 }
 
-async fn check_qemu(config: &Config) -> Vec<Finding> {
-    let q = &config.hypervisor;
-    let origin = config.origin("hypervisor.qemu", "path");
+async fn check_qemu(config: &Config, q: &QemuConfig) -> Vec<Finding> {
+    let origin = config.origin(QemuConfig::SECTION, "path");
     if !is_executable(&q.path) {
         return vec![Finding::fail(
             "qemu",
@@ -279,7 +266,7 @@ async fn check_qemu(config: &Config) -> Vec<Finding> {
     )
     .await;
     let machines = help_output(&q.path, &["-machine", "help"]).await;
-    let missing: Vec<&str> = required_devices(config)
+    let missing: Vec<&str> = required_devices(q)
         .into_iter()
         .filter(|d| !devices.contains(&format!("\"{d}\"")))
         .collect();
@@ -309,11 +296,7 @@ async fn check_qemu(config: &Config) -> Vec<Finding> {
     } else {
         out.push(Finding::ok(
             "qemu devices",
-            format!(
-                "machine {} with {:?}",
-                q.machine_type,
-                required_devices(config)
-            ),
+            format!("machine {} with {:?}", q.machine_type, required_devices(q)),
         ));
     }
     out
@@ -327,16 +310,14 @@ async fn help_output(qemu: &Path, args: &[&str]) -> String {
 }
 
 async fn check_virtiofsd(config: &Config) -> Finding {
-    let q = &config.hypervisor;
+    let q = config.vmm.guest();
     // cloud-hypervisor has no 9p: there the only fix is installing virtiofsd.
-    let fix = match config.backend {
-        Backend::Qemu => {
+    let fix = match config.vmm {
+        Vmm::Qemu(_) => {
             "`make install` (installs virtiofsd), Debian: apt-get install virtiofsd, or set \
              shared_fs = \"virtio-9p\""
         }
-        Backend::Clh { .. } => {
-            "`make install` (installs virtiofsd), Debian: apt-get install virtiofsd"
-        }
+        Vmm::Clh(_) => "`make install` (installs virtiofsd), Debian: apt-get install virtiofsd",
     };
     if !is_executable(&q.virtio_fs_daemon) {
         return Finding::fail(
@@ -344,7 +325,7 @@ async fn check_virtiofsd(config: &Config) -> Finding {
             format!(
                 "{} (from {}) is not an executable file",
                 q.virtio_fs_daemon.display(),
-                config.origin(section(config), "virtio_fs_daemon")
+                config.vmm_origin("virtio_fs_daemon")
             ),
             fix,
         );
@@ -408,9 +389,9 @@ fn read_head(path: &Path, len: usize) -> std::io::Result<Vec<u8>> {
 }
 
 fn check_kernel(config: &Config) -> Finding {
-    let q = &config.hypervisor;
-    let origin = config.origin(section(config), "kernel");
-    let want = q.arch();
+    let q = config.vmm.guest();
+    let origin = config.vmm_origin("kernel");
+    let want = config.vmm.arch();
     match read_head(&q.kernel, 4096) {
         Err(e) => Finding::fail(
             "guest kernel",
@@ -425,10 +406,13 @@ fn check_kernel(config: &Config) -> Finding {
             Some(a) => Finding::fail(
                 "guest kernel",
                 format!(
-                    "{} is an {} kernel but machine_type {} needs {}",
+                    "{} is an {} kernel but {} needs {}",
                     q.kernel.display(),
                     a.name(),
-                    q.machine_type,
+                    match &config.vmm {
+                        Vmm::Qemu(q) => format!("machine_type {}", q.machine_type),
+                        Vmm::Clh(_) => "cloud-hypervisor".to_string(),
+                    },
                     want.name()
                 ),
                 "use the kernel built for the guest arch (build/guest/<arch>/)",
@@ -463,8 +447,8 @@ pub fn initrd_format(head: &[u8]) -> Option<&'static str> {
 }
 
 fn check_initrd(config: &Config) -> Finding {
-    let q = &config.hypervisor;
-    let origin = config.origin(section(config), "initrd");
+    let q = config.vmm.guest();
+    let origin = config.vmm_origin("initrd");
     match read_head(&q.initrd, 16) {
         Err(e) => Finding::fail(
             "guest initrd",
@@ -699,15 +683,15 @@ version = 3
 
     #[test]
     fn required_devices_follow_machine_type_and_shared_fs() {
-        let mut c = Config::defaults_for(Arch::X86_64);
-        c.hypervisor.vsock = crate::config::VsockMode::VhostUser;
-        c.hypervisor.machine_type = MachineType::Microvm;
+        let mut c = QemuConfig::defaults_for(Arch::X86_64);
+        c.vsock = crate::config::VsockMode::VhostUser;
+        c.machine_type = MachineType::Microvm;
         assert_eq!(
             required_devices(&c),
             vec!["vhost-user-vsock-device", "vhost-user-fs-device"]
         );
-        c.hypervisor.machine_type = MachineType::Q35;
-        c.hypervisor.shared_fs = SharedFs::Virtio9p;
+        c.machine_type = MachineType::Q35;
+        c.guest.shared_fs = SharedFs::Virtio9p;
         assert_eq!(
             required_devices(&c),
             vec!["vhost-user-vsock-pci", "virtio-9p-pci"]

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::config::{Arch, Config, DEFAULT_CONFIG_PATHS, ENV_CONFIG_FILE};
+use crate::config::{AccelMode, Arch, Config, DEFAULT_CONFIG_PATHS, ENV_CONFIG_FILE};
 use crate::hypervisor::accel;
 use crate::hypervisor::host;
 use crate::hypervisor::qemu::vsock_device::{self, VHOST_VSOCK_DEV};
@@ -26,44 +26,60 @@ fn list(v: &[String]) -> String {
     format!("{v:?}")
 }
 
-/// Every key of the configuration with its effective value.
+/// Every key of the configuration with its effective value: the selected hypervisor's
+/// section, `[agent.kata]`, `[runtime]`.
 pub fn values(c: &Config) -> Vec<(&'static str, &'static str, String)> {
-    let q = &c.hypervisor;
+    let sec = c.vmm.section();
+    let g = c.vmm.guest();
+    let q = c.vmm.qemu();
     let a = &c.agent;
     let r = &c.runtime;
-    const QEMU: &str = "hypervisor.qemu";
     const AGENT: &str = "agent.kata";
     const RUNTIME: &str = "runtime";
-    vec![
-        (QEMU, "path", quoted(&q.path)),
-        (QEMU, "kernel", quoted(&q.kernel)),
-        (QEMU, "initrd", quoted(&q.initrd)),
-        (
-            QEMU,
+    let mut v = vec![
+        (sec, "path", quoted(c.vmm.path())),
+        (sec, "kernel", quoted(&g.kernel)),
+        (sec, "initrd", quoted(&g.initrd)),
+    ];
+    if let Some(q) = q {
+        v.push((
+            sec,
             "machine_type",
             format!("{:?}", q.machine_type.as_str()),
-        ),
-        (QEMU, "kernel_params", format!("{:?}", q.kernel_params)),
-        (QEMU, "default_vcpus", q.default_vcpus.to_string()),
-        (QEMU, "default_maxvcpus", q.default_maxvcpus.to_string()),
-        (QEMU, "default_memory", q.default_memory.to_string()),
-        (QEMU, "memory_slots", q.memory_slots.to_string()),
-        (QEMU, "shared_fs", format!("{:?}", q.shared_fs.as_str())),
-        (QEMU, "virtio_fs_daemon", quoted(&q.virtio_fs_daemon)),
+        ));
+    }
+    v.extend([
+        (sec, "kernel_params", format!("{:?}", g.kernel_params)),
+        (sec, "default_vcpus", g.default_vcpus.to_string()),
+        (sec, "default_maxvcpus", g.default_maxvcpus.to_string()),
+        (sec, "default_memory", g.default_memory.to_string()),
+    ]);
+    if let Some(q) = q {
+        v.push((sec, "memory_slots", q.memory_slots.to_string()));
+    }
+    v.extend([
+        (sec, "shared_fs", format!("{:?}", g.shared_fs.as_str())),
+        (sec, "virtio_fs_daemon", quoted(&g.virtio_fs_daemon)),
         (
-            QEMU,
+            sec,
             "virtio_fs_cache",
-            format!("{:?}", q.virtio_fs_cache.as_str()),
+            format!("{:?}", g.virtio_fs_cache.as_str()),
         ),
-        (QEMU, "virtio_fs_extra_args", list(&q.virtio_fs_extra_args)),
-        (QEMU, "enable_debug", q.enable_debug.to_string()),
-        (QEMU, "accel", format!("{:?}", q.accel.as_str())),
-        (QEMU, "vsock", format!("{:?}", q.vsock.as_str())),
-        (
-            QEMU,
-            "vhost_user_vsock_daemon",
-            quoted(&q.vhost_user_vsock_daemon),
-        ),
+        (sec, "virtio_fs_extra_args", list(&g.virtio_fs_extra_args)),
+        (sec, "enable_debug", g.enable_debug.to_string()),
+    ]);
+    if let Some(q) = q {
+        v.extend([
+            (sec, "accel", format!("{:?}", q.accel.as_str())),
+            (sec, "vsock", format!("{:?}", q.vsock.as_str())),
+            (
+                sec,
+                "vhost_user_vsock_daemon",
+                quoted(&q.vhost_user_vsock_daemon),
+            ),
+        ]);
+    }
+    v.extend([
         (AGENT, "dial_timeout", a.dial_timeout.as_secs().to_string()),
         (AGENT, "enable_debug", a.enable_debug.to_string()),
         (
@@ -88,7 +104,8 @@ pub fn values(c: &Config) -> Vec<(&'static str, &'static str, String)> {
             "static_sandbox_resource_mgmt",
             r.static_sandbox_resource_mgmt.to_string(),
         ),
-    ]
+    ]);
+    v
 }
 
 /// Whether the TOML text sets `[section] key` (section written dotted, e.g. "hypervisor.qemu").
@@ -105,7 +122,7 @@ pub fn entries(config: &Config, file_text: &str) -> Vec<Entry> {
     let doc: toml::Value = file_text
         .parse()
         .unwrap_or(toml::Value::Table(Default::default()));
-    let default_origin = format!("default for {}", config.hypervisor.arch().name());
+    let default_origin = format!("default for {}", config.vmm.arch().name());
     values(config)
         .into_iter()
         .map(|(section, key, value)| Entry {
@@ -148,16 +165,20 @@ pub fn render(config: &Config, path: &Path, file_text: &str, explicit: bool) -> 
         }
         out.push_str(&format!("{} = {}    # {}\n", e.key, e.value, e.origin));
     }
-    let q = &config.hypervisor;
-    let accel = accel::choose(q.accel, q.arch(), Arch::host(), Path::new("/"));
+    // cloud-hypervisor has no accel or vsock key: KVM only (`auto` tells whether it is
+    // usable), and its own hybrid vsock.
+    let q = config.vmm.qemu();
+    let accel_mode = q.map_or(AccelMode::Auto, |q| q.accel);
+    let accel = accel::choose(accel_mode, config.vmm.arch(), Arch::host(), Path::new("/"));
     out.push_str("\n# derived from this host\n");
     out.push_str(&format!(
         "# accelerator: {:?} ({})\n",
         accel.accel, accel.reason
     ));
-    match vsock_device::choose(q.vsock, Path::new(VHOST_VSOCK_DEV)) {
-        Ok((kind, why)) => out.push_str(&format!("# vsock: {kind:?} ({why})\n")),
-        Err(e) => out.push_str(&format!("# vsock: unusable: {e}\n")),
+    match q.map(|q| vsock_device::choose(q.vsock, Path::new(VHOST_VSOCK_DEV))) {
+        Some(Ok((kind, why))) => out.push_str(&format!("# vsock: {kind:?} ({why})\n")),
+        Some(Err(e)) => out.push_str(&format!("# vsock: unusable: {e}\n")),
+        None => out.push_str("# vsock: hybrid vsock built into cloud-hypervisor\n"),
     }
     match host::tsc_khz() {
         Some(k) => out.push_str(&format!("# host TSC: {k} kHz (passed to microvm guests)\n")),
@@ -193,6 +214,43 @@ mod tests {
         keys.sort();
         keys.dedup();
         assert_eq!(keys.len(), e.len());
+    }
+
+    #[test]
+    fn a_clh_file_lists_its_own_section() {
+        let text = "[hypervisor.clh]\ndefault_memory = 1024\n";
+        let (config, _) = Config::parse_str_for_host(text, Path::new("/tmp/t.toml"), Arch::X86_64)
+            .expect("valid config");
+        let e = entries(&config, text);
+        let mem = e
+            .iter()
+            .find(|e| e.section == "hypervisor.clh" && e.key == "default_memory")
+            .expect("entry present");
+        assert_eq!((mem.value.as_str(), mem.origin.as_str()), ("1024", "file"));
+        assert!(e.iter().all(|e| e.section != "hypervisor.qemu"), "{e:?}");
+        // Exactly the keys the shipped clh file documents.
+        let shipped: toml::Value =
+            toml::from_str(include_str!("../../../configs/configuration-clh.toml"))
+                .expect("valid TOML");
+        let mut documented: Vec<&str> = shipped["hypervisor"]["clh"]
+            .as_table()
+            .expect("[hypervisor.clh]")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut listed: Vec<&str> = e
+            .iter()
+            .filter(|e| e.section == "hypervisor.clh")
+            .map(|e| e.key)
+            .collect();
+        documented.sort_unstable();
+        listed.sort_unstable();
+        assert_eq!(listed, documented);
+        let r = render(&config, Path::new("/tmp/t.toml"), text, true);
+        assert!(
+            r.contains("# vsock: hybrid vsock built into cloud-hypervisor"),
+            "{r}"
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 pub use devices::Devices;
 pub use layout::VmPaths;
 
-use crate::config::{Backend, Config};
+use crate::config::{Config, Vmm};
 use crate::guest::vsock::Dialer;
 
 #[async_trait]
@@ -60,15 +60,9 @@ pub trait Hypervisor: Send + Sync {
 
 /// The backend the configuration selects, for VM `id` with its files under `paths`.
 pub fn new(config: &Config, devices: Devices, id: &str, paths: VmPaths) -> Box<dyn Hypervisor> {
-    match &config.backend {
-        Backend::Qemu => Box::new(qemu::Qemu::new(config, devices, id, paths)),
-        Backend::Clh { path } => Box::new(clh::Clh::new(
-            config,
-            clh::ClhConfig::from_qemu_like(&config.hypervisor, path.clone()),
-            devices,
-            id,
-            paths,
-        )),
+    match &config.vmm {
+        Vmm::Qemu(q) => Box::new(qemu::Qemu::new(config, q.clone(), devices, id, paths)),
+        Vmm::Clh(c) => Box::new(clh::Clh::new(config, c.clone(), devices, id, paths)),
     }
 }
 

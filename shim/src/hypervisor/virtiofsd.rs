@@ -7,7 +7,7 @@ use tokio::process::Command;
 
 use super::process::{wait_for_socket, Process};
 use super::{HypervisorError, VmPaths};
-use crate::config::QemuConfig;
+use crate::config::GuestConfig;
 use crate::resources::share;
 
 /// How long virtiofsd may take to create its socket.
@@ -21,8 +21,8 @@ pub async fn export_mount(shared: PathBuf) -> Result<(), HypervisorError> {
         .map_err(|e| HypervisorError::io("shared directory", e))
 }
 
-/// The virtiofsd command line.
-pub fn command(config: &QemuConfig, socket: &Path, shared: &Path, debug: bool) -> Command {
+/// The virtiofsd command line (`config` supplies the daemon and its options).
+pub fn command(config: &GuestConfig, socket: &Path, shared: &Path, debug: bool) -> Command {
     let mut cmd = Command::new(&config.virtio_fs_daemon);
     cmd.arg(format!("--socket-path={}", socket.display()))
         .arg(format!("--shared-dir={}", shared.display()))
@@ -38,7 +38,7 @@ pub fn command(config: &QemuConfig, socket: &Path, shared: &Path, debug: bool) -
 
 /// Starts virtiofsd and waits for its socket.
 pub async fn start(
-    config: &QemuConfig,
+    config: &GuestConfig,
     paths: &VmPaths,
     shared: &Path,
     debug: bool,

@@ -110,7 +110,7 @@ impl Vm {
         let started = Instant::now();
         let dir = vm_dir(config, vm_id);
         let paths = VmPaths::new(&dir);
-        let share = Share::in_vm_dir(&dir, config.hypervisor.shared_fs);
+        let share = Share::in_vm_dir(&dir, config.vmm.guest().shared_fs);
         let devices = Devices {
             shared_dir: share.host_dir().to_path_buf(),
             net: spec.net.clone(),
@@ -340,13 +340,13 @@ mod tests {
         let mut c = Config::default();
         c.runtime.run_dir = Some(root.path().to_path_buf());
         c.source = Some("/etc/x.toml".into());
-        let h = &mut c.hypervisor;
+        let h = c.vmm.qemu_mut().expect("QEMU by default");
         h.path = "/bin/true".into();
-        h.kernel = script(bin.path(), "vmlinux", "");
-        h.initrd = script(bin.path(), "initrd", "");
-        h.shared_fs = crate::config::SharedFs::VirtioFs;
+        h.guest.kernel = script(bin.path(), "vmlinux", "");
+        h.guest.initrd = script(bin.path(), "initrd", "");
+        h.guest.shared_fs = crate::config::SharedFs::VirtioFs;
         h.vsock = crate::config::VsockMode::VhostUser;
-        h.virtio_fs_daemon = script(
+        h.guest.virtio_fs_daemon = script(
             bin.path(),
             "virtiofsd",
             "echo 'cannot serve: boom' >&2; exit 3",
@@ -382,9 +382,10 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         let mut c = Config::default();
         c.runtime.run_dir = Some(root.path().to_path_buf());
-        c.hypervisor.path = "/bin/true".into();
-        c.hypervisor.kernel = root.path().join("no-vmlinux");
-        c.hypervisor.vsock = crate::config::VsockMode::VhostUser;
+        let h = c.vmm.qemu_mut().expect("QEMU by default");
+        h.path = "/bin/true".into();
+        h.guest.kernel = root.path().join("no-vmlinux");
+        h.vsock = crate::config::VsockMode::VhostUser;
         c.source = Some("/etc/x.toml".into());
         let err = Vm::boot(&VmSpec::new("s1", c))
             .await

@@ -30,14 +30,9 @@ use super::kernel_cmdline;
 use super::layout::MAX_SOCKET_PATH;
 use super::process::{wait_for_socket, Process};
 use super::{host, log_tail, require_file, virtiofsd, Hypervisor, HypervisorError, VmPaths};
-use crate::config::{
-    Arch, Config, MachineType, QemuConfig, SharedFs, VirtioFsCache, DEFAULT_CLH_PATH,
-};
+use crate::config::{ClhConfig, Config, SharedFs};
 use crate::guest::vsock::Dialer;
 
-/// Config section of this backend, for error messages.
-pub const SECTION: &str = "hypervisor.clh";
-/// Where distributions install cloud-hypervisor.
 /// Name of the VMM's API socket in the sandbox dir.
 pub const API_SOCKET_NAME: &str = "clh-api.sock";
 /// Name of the VMM process (log file `<name>.log`, pid file `<name>.pid`).
@@ -58,87 +53,6 @@ const DAEMON_GRACE: Duration = Duration::from_secs(1);
 const STOP_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Log lines quoted in start-up errors.
 const LOG_TAIL_LINES: usize = 20;
-
-/// The `[hypervisor.clh]` section (Kata's key names). Keys with the same name as in
-/// `[hypervisor.qemu]` mean the same.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ClhConfig {
-    /// cloud-hypervisor binary.
-    pub path: PathBuf,
-    /// PVH `vmlinux` (x86_64) or `Image` (aarch64).
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
-    pub kernel_params: String,
-    pub default_vcpus: u32,
-    /// 0 = as many as the host has.
-    pub default_maxvcpus: u32,
-    /// MiB.
-    pub default_memory: u32,
-    /// `VirtioFs` or `None` (cloud-hypervisor has no virtio-9p).
-    pub shared_fs: SharedFs,
-    pub virtio_fs_daemon: PathBuf,
-    pub virtio_fs_cache: VirtioFsCache,
-    pub virtio_fs_extra_args: Vec<String>,
-    /// Verbose VMM/virtiofsd logs and a non-quiet guest kernel.
-    pub enable_debug: bool,
-}
-
-impl Default for ClhConfig {
-    fn default() -> Self {
-        ClhConfig::from_qemu_like(
-            &QemuConfig::defaults_for(Arch::host()),
-            PathBuf::from(DEFAULT_CLH_PATH),
-        )
-    }
-}
-
-impl ClhConfig {
-    /// The keys both sections share, taken from a parsed `[hypervisor.qemu]`-shaped config,
-    /// with `path` naming the cloud-hypervisor binary.
-    pub fn from_qemu_like(q: &QemuConfig, path: PathBuf) -> ClhConfig {
-        ClhConfig {
-            path,
-            kernel: q.kernel.clone(),
-            initrd: q.initrd.clone(),
-            kernel_params: q.kernel_params.clone(),
-            default_vcpus: q.default_vcpus,
-            default_maxvcpus: q.default_maxvcpus,
-            default_memory: q.default_memory,
-            shared_fs: q.shared_fs,
-            virtio_fs_daemon: q.virtio_fs_daemon.clone(),
-            virtio_fs_cache: q.virtio_fs_cache,
-            virtio_fs_extra_args: q.virtio_fs_extra_args.clone(),
-            enable_debug: q.enable_debug,
-        }
-    }
-
-    /// The same values in the shape the shared helpers (guest kernel command line, virtiofsd
-    /// command line) take, so both backends build those from one definition. cloud-hypervisor
-    /// runs guests of the host's arch only; the machine type stands for that arch (a PCI
-    /// machine: no microvm-only kernel parameters).
-    fn qemu_like(&self) -> QemuConfig {
-        let arch = Arch::host();
-        let machine_type = match arch {
-            Arch::X86_64 => MachineType::Q35,
-            Arch::Aarch64 => MachineType::Virt,
-        };
-        QemuConfig {
-            kernel: self.kernel.clone(),
-            initrd: self.initrd.clone(),
-            machine_type,
-            kernel_params: self.kernel_params.clone(),
-            default_vcpus: self.default_vcpus,
-            default_maxvcpus: self.default_maxvcpus,
-            default_memory: self.default_memory,
-            shared_fs: self.shared_fs,
-            virtio_fs_daemon: self.virtio_fs_daemon.clone(),
-            virtio_fs_cache: self.virtio_fs_cache,
-            virtio_fs_extra_args: self.virtio_fs_extra_args.clone(),
-            enable_debug: self.enable_debug,
-            ..QemuConfig::defaults_for(arch)
-        }
-    }
-}
 
 /// Bounds of the waits of this backend (shorter in tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,12 +87,13 @@ pub fn vm_config(
     paths: &VmPaths,
     host_cpus: u32,
 ) -> VmConfig {
-    let max_vcpus = if clh.default_maxvcpus == 0 {
+    let g = &clh.guest;
+    let max_vcpus = if g.default_maxvcpus == 0 {
         host_cpus
     } else {
-        clh.default_maxvcpus
+        g.default_maxvcpus
     };
-    let fs = match clh.shared_fs {
+    let fs = match g.shared_fs {
         SharedFs::VirtioFs => vec![FsConfig {
             tag: protocol::SHARED_FS_TAG.to_string(),
             socket: paths.virtiofsd_socket(),
@@ -190,16 +105,16 @@ pub fn vm_config(
     };
     VmConfig {
         payload: PayloadConfig {
-            kernel: Some(clh.kernel.clone()),
-            initramfs: Some(clh.initrd.clone()),
+            kernel: Some(g.kernel.clone()),
+            initramfs: Some(g.initrd.clone()),
             cmdline: Some(kernel_cmdline),
         },
         cpus: Some(CpusConfig {
-            boot_vcpus: clh.default_vcpus,
-            max_vcpus: max_vcpus.max(clh.default_vcpus),
+            boot_vcpus: g.default_vcpus,
+            max_vcpus: max_vcpus.max(g.default_vcpus),
         }),
         memory: Some(MemoryConfig {
-            size: u64::from(clh.default_memory) << 20,
+            size: u64::from(g.default_memory) << 20,
             // vhost-user (virtiofsd) maps guest RAM: it must be shared.
             shared: Some(true),
         }),
@@ -305,18 +220,19 @@ impl Clh {
     }
 
     fn origin(&self, key: &str) -> String {
-        self.config.origin(SECTION, key)
+        self.config.origin(ClhConfig::SECTION, key)
     }
 
     fn debug(&self) -> bool {
-        self.clh.enable_debug || self.config.runtime.enable_debug
+        self.clh.guest.enable_debug || self.config.runtime.enable_debug
     }
 
     /// The guest kernel command line, shared with the QEMU backend: console, panic/reboot
     /// behaviour, agent options, then kernel_params.
     pub fn kernel_cmdline(&self) -> String {
         kernel_cmdline::kernel_cmdline(
-            &self.clh.qemu_like(),
+            &self.clh.guest,
+            self.clh.arch(),
             &self.config.agent,
             self.config.agent_debug(),
             None,
@@ -335,24 +251,25 @@ impl Clh {
 
     /// Named errors for everything the VM needs, before anything is started.
     fn check(&self) -> Result<(), HypervisorError> {
-        if self.clh.shared_fs == SharedFs::Virtio9p {
+        let g = &self.clh.guest;
+        if g.shared_fs == SharedFs::Virtio9p {
             return Err(HypervisorError::Unsupported(format!(
                 "{}: cloud-hypervisor has no virtio-9p device; use \"virtio-fs\" or \"none\"",
                 self.origin("shared_fs")
             )));
         }
         require_file("cloud-hypervisor", &self.clh.path, self.origin("path"))?;
-        require_file("kernel", &self.clh.kernel, self.origin("kernel"))?;
-        require_file("initrd", &self.clh.initrd, self.origin("initrd"))?;
-        if self.clh.shared_fs == SharedFs::VirtioFs {
+        require_file("kernel", &g.kernel, self.origin("kernel"))?;
+        require_file("initrd", &g.initrd, self.origin("initrd"))?;
+        if g.shared_fs == SharedFs::VirtioFs {
             require_file(
                 "virtiofsd",
-                &self.clh.virtio_fs_daemon,
+                &g.virtio_fs_daemon,
                 self.origin("virtio_fs_daemon"),
             )?;
         }
         let mut sockets = vec![api_socket(&self.paths), self.paths.hybrid_vsock()];
-        if self.clh.shared_fs == SharedFs::VirtioFs {
+        if g.shared_fs == SharedFs::VirtioFs {
             sockets.push(self.paths.virtiofsd_socket());
         }
         if let Some(long) = sockets
@@ -383,7 +300,7 @@ impl Clh {
         if let Some(why) = NetDevice::unsupported("cloud-hypervisor", &self.devices.net) {
             return Err(HypervisorError::Unsupported(why));
         }
-        let virtio_fs = self.clh.shared_fs == SharedFs::VirtioFs;
+        let virtio_fs = self.clh.guest.shared_fs == SharedFs::VirtioFs;
         if virtio_fs {
             let shared = self.devices.shared_dir.clone();
             tokio::fs::create_dir(&shared)
@@ -411,12 +328,16 @@ impl Clh {
 
         // virtiofsd and the VMM's API come up in parallel; vm.create needs both.
         let debug = self.debug();
-        let fs_config = self.clh.qemu_like();
         let fs_fut = async {
             if virtio_fs {
-                virtiofsd::start(&fs_config, &self.paths, &self.devices.shared_dir, debug)
-                    .await
-                    .map(Some)
+                virtiofsd::start(
+                    &self.clh.guest,
+                    &self.paths,
+                    &self.devices.shared_dir,
+                    debug,
+                )
+                .await
+                .map(Some)
             } else {
                 Ok(None)
             }

@@ -315,12 +315,10 @@ mod tests {
     }
 
     fn body(shared_fs: SharedFs) -> Value {
-        let c = ClhConfig {
-            shared_fs,
-            default_vcpus: 2,
-            default_maxvcpus: 0,
-            ..ClhConfig::default()
-        };
+        let mut c = ClhConfig::default();
+        c.guest.shared_fs = shared_fs;
+        c.guest.default_vcpus = 2;
+        c.guest.default_maxvcpus = 0;
         let paths = VmPaths::new("/run/kata-containers/s1");
         serde_json::to_value(vm_config(&c, "console=ttyS0".into(), &paths, 8)).expect("json")
     }

@@ -15,7 +15,7 @@ use tokio::net::{UnixListener, UnixStream};
 use super::api::{FsConfig, NetConfig, VmState};
 use super::schema;
 use super::*;
-use crate::config::{Arch, Config, SharedFs};
+use crate::config::{Arch, Config, GuestConfig, SharedFs};
 use crate::guest::vsock::Dialer;
 use crate::hypervisor::{Devices, Hypervisor, HypervisorError, VmPaths};
 
@@ -292,10 +292,12 @@ impl Env {
         };
         let clh = ClhConfig {
             path: clh_path,
-            kernel: self.file("vmlinux"),
-            initrd: self.file("initrd.img"),
-            shared_fs: SharedFs::None,
-            ..ClhConfig::default()
+            guest: GuestConfig {
+                kernel: self.file("vmlinux"),
+                initrd: self.file("initrd.img"),
+                shared_fs: SharedFs::None,
+                ..GuestConfig::default()
+            },
         };
         (c, clh)
     }
@@ -706,7 +708,7 @@ async fn no_kvm_is_named_before_anything_starts() {
 async fn virtio_9p_is_rejected_with_its_key() {
     let env = Env::new();
     let (config, mut clh) = env.config(env.script("cloud-hypervisor", SLEEPER));
-    clh.shared_fs = SharedFs::Virtio9p;
+    clh.guest.shared_fs = SharedFs::Virtio9p;
     let mut hv = env.backend(&config, clh, quick());
     let msg = hv.start().await.expect_err("must fail").to_string();
     assert!(
@@ -737,8 +739,8 @@ async fn virtio_fs_starts_virtiofsd_and_hands_its_socket_to_the_vmm() {
     let env = Env::new();
     let _unmount = UnmountOnDrop(env.paths.dir().to_path_buf());
     let (config, mut clh) = env.config(env.script("cloud-hypervisor", SLEEPER));
-    clh.shared_fs = SharedFs::VirtioFs;
-    clh.virtio_fs_daemon = env.script(
+    clh.guest.shared_fs = SharedFs::VirtioFs;
+    clh.guest.virtio_fs_daemon = env.script(
         "virtiofsd",
         "printf '%s\\n' \"$@\" > @TMP@/fs-args\nexec sleep 600",
     );
@@ -789,7 +791,7 @@ fn guest_kernel_cmdline_is_the_shared_one() {
     );
     config.agent.enable_debug = true;
     config.agent.debug_console_enabled = true;
-    clh.kernel_params = "foo=1".into();
+    clh.guest.kernel_params = "foo=1".into();
     let hv = env.backend(&config, clh, quick());
     assert_eq!(
         hv.kernel_cmdline(),
@@ -810,18 +812,16 @@ fn vmm_command_line() {
 #[test]
 fn vcpus_and_memory() {
     let paths = VmPaths::new("/r/s1");
-    let mut c = ClhConfig {
-        default_vcpus: 2,
-        default_maxvcpus: 4,
-        default_memory: 2048,
-        ..ClhConfig::default()
-    };
+    let mut c = ClhConfig::default();
+    c.guest.default_vcpus = 2;
+    c.guest.default_maxvcpus = 4;
+    c.guest.default_memory = 2048;
     let v = vm_config(&c, String::new(), &paths, 16);
     let cpus = v.cpus.expect("cpus");
     assert_eq!((cpus.boot_vcpus, cpus.max_vcpus), (2, 4));
     assert_eq!(v.memory.expect("memory").size, 2048 * 1024 * 1024);
     // 0 = host CPUs, never fewer than the boot vCPUs.
-    c.default_maxvcpus = 0;
+    c.guest.default_maxvcpus = 0;
     let cpus = vm_config(&c, String::new(), &paths, 16).cpus.expect("cpus");
     assert_eq!(cpus.max_vcpus, 16);
     let cpus = vm_config(&c, String::new(), &paths, 1).cpus.expect("cpus");
@@ -837,11 +837,12 @@ fn documented_config_file_matches_the_defaults() {
     let section = file["hypervisor"]["clh"]
         .as_table()
         .expect("[hypervisor.clh]");
-    let d = ClhConfig::default();
+    let c = ClhConfig::default();
+    let d = &c.guest;
     let path = |p: &Path| toml::Value::String(p.display().to_string());
     let int = |n: u32| toml::Value::Integer(n.into());
     let expected: Vec<(&str, toml::Value)> = vec![
-        ("path", path(&d.path)),
+        ("path", path(&c.path)),
         ("kernel", path(&d.kernel)),
         ("initrd", path(&d.initrd)),
         (
@@ -876,5 +877,5 @@ fn documented_config_file_matches_the_defaults() {
     documented.sort_unstable();
     known.sort_unstable();
     assert_eq!(documented, known);
-    assert_eq!(d.path, Path::new(crate::config::DEFAULT_CLH_PATH));
+    assert_eq!(c.path, Path::new(crate::config::DEFAULT_CLH_PATH));
 }

@@ -2,8 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{Arch, MachineType, QemuConfig};
+use crate::config::{AgentConfig, Arch, MachineType, QemuConfig};
 use crate::hypervisor::accel::Accel;
+use crate::hypervisor::kernel_cmdline;
 
 /// The guest's vsock device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +40,27 @@ pub struct Input<'a> {
     pub name: String,
 }
 
+/// The guest kernel command line (the one every backend builds) for this QEMU machine: a
+/// microvm guest also gets the host's TSC frequency (`host_tsc_khz`, when known), which it
+/// cannot calibrate by itself.
+pub fn guest_kernel_cmdline(
+    config: &QemuConfig,
+    agent: &AgentConfig,
+    agent_debug: bool,
+    host_tsc_khz: Option<u64>,
+    accel: Option<Accel>,
+) -> String {
+    let tsc_early_khz = host_tsc_khz.filter(|_| config.machine_type == MachineType::Microvm);
+    kernel_cmdline::kernel_cmdline_for(
+        &config.guest,
+        config.arch(),
+        agent,
+        agent_debug,
+        tsc_early_khz,
+        accel,
+    )
+}
+
 /// QEMU's option syntax doubles commas inside a value.
 fn esc(p: &Path) -> String {
     p.display().to_string().replace(',', ",,")
@@ -47,9 +69,10 @@ fn esc(p: &Path) -> String {
 /// The arguments after the QEMU binary.
 pub fn qemu_args(i: &Input<'_>) -> Vec<String> {
     let c = i.config;
+    let g = &c.guest;
     let mut a: Vec<String> = Vec::new();
     let mut push = |args: &[&str]| a.extend(args.iter().map(|s| s.to_string()));
-    let mem = format!("{}M", c.default_memory);
+    let mem = format!("{}M", g.default_memory);
 
     push(&[
         "-name",
@@ -89,14 +112,14 @@ pub fn qemu_args(i: &Input<'_>) -> Vec<String> {
     }
     let smp = if c.machine_type == MachineType::Microvm {
         // microvm has no CPU hotplug.
-        c.default_vcpus.to_string()
+        g.default_vcpus.to_string()
     } else {
-        let max = if c.default_maxvcpus == 0 {
+        let max = if g.default_maxvcpus == 0 {
             i.host_cpus
         } else {
-            c.default_maxvcpus
+            g.default_maxvcpus
         };
-        format!("{},maxcpus={}", c.default_vcpus, max.max(c.default_vcpus))
+        format!("{},maxcpus={}", g.default_vcpus, max.max(g.default_vcpus))
     };
     push(&["-smp", &smp, "-m", &mem]);
     push(&[
@@ -107,9 +130,9 @@ pub fn qemu_args(i: &Input<'_>) -> Vec<String> {
     // Kernel.
     push(&[
         "-kernel",
-        &c.kernel.display().to_string(),
+        &g.kernel.display().to_string(),
         "-initrd",
-        &c.initrd.display().to_string(),
+        &g.initrd.display().to_string(),
         "-append",
         &i.kernel_cmdline,
     ]);
@@ -301,7 +324,7 @@ mod tests {
     fn q35_uses_pci_devices_and_kvm() {
         let mut c = QemuConfig::defaults_for(Arch::X86_64);
         c.machine_type = MachineType::Q35;
-        c.default_vcpus = 2;
+        c.guest.default_vcpus = 2;
         let mut i = input(&c, user_vsock(), virtiofs());
         i.accel = Accel::Kvm;
         i.host_cpus = 8;
@@ -337,7 +360,7 @@ mod tests {
     #[test]
     fn arm64_virt() {
         let mut c = QemuConfig::defaults_for(Arch::Aarch64);
-        c.default_maxvcpus = 4;
+        c.guest.default_maxvcpus = 4;
         assert_eq!(c.machine_type, MachineType::Virt);
         let args = qemu_args(&input(&c, user_vsock(), FsDevice::None));
         assert_eq!(
@@ -351,6 +374,28 @@ mod tests {
         let mut i = input(&c, user_vsock(), FsDevice::None);
         i.accel = Accel::Kvm;
         assert_eq!(values(&qemu_args(&i), "-cpu"), ["host"]);
+    }
+
+    #[test]
+    fn only_microvm_gets_the_early_tsc_frequency() {
+        let mut c = QemuConfig::defaults_for(Arch::X86_64);
+        let mut agent = AgentConfig::default();
+        assert_eq!(
+            guest_kernel_cmdline(&c, &agent, false, Some(2_600_000), None),
+            "console=ttyS0 quiet panic=-1 reboot=k tsc_early_khz=2600000"
+        );
+        agent.debug_console_enabled = true;
+        c.guest.enable_debug = true;
+        c.machine_type = MachineType::Q35;
+        assert!(
+            !guest_kernel_cmdline(&c, &agent, false, Some(1000), None).contains("tsc_early_khz")
+        );
+        // The arch follows the machine type.
+        let a = QemuConfig::defaults_for(Arch::Aarch64);
+        assert_eq!(
+            guest_kernel_cmdline(&a, &AgentConfig::default(), false, Some(1000), None),
+            "console=ttyAMA0 quiet panic=-1 reboot=k"
+        );
     }
 
     #[test]

@@ -19,10 +19,9 @@ use self::cmdline::{FsDevice, VsockDevice};
 use self::vsock_device::{VsockKind, VHOST_VSOCK_DEV};
 use super::accel::{self, Accel};
 use super::devices::{Devices, NetDevice};
-use super::kernel_cmdline;
 use super::process::{wait_for_socket, Process};
 use super::{host, log_tail, require_file, virtiofsd, Hypervisor, HypervisorError, VmPaths};
-use crate::config::{Arch, Config, MachineType, SharedFs};
+use crate::config::{Arch, Config, MachineType, QemuConfig, SharedFs};
 use crate::guest::vsock::Dialer;
 
 /// How long QEMU may take to create its QMP socket.
@@ -34,6 +33,8 @@ const DAEMON_GRACE: Duration = Duration::from_secs(1);
 
 pub struct Qemu {
     config: Config,
+    /// The `[hypervisor.qemu]` section of `config`.
+    section: QemuConfig,
     id: String,
     paths: VmPaths,
     devices: Devices,
@@ -49,10 +50,19 @@ pub struct Qemu {
 }
 
 impl Qemu {
-    pub fn new(config: &Config, devices: Devices, id: &str, paths: VmPaths) -> Qemu {
+    /// `config` supplies the agent and runtime settings and the file name for error
+    /// messages; `section` is its `[hypervisor.qemu]` section.
+    pub fn new(
+        config: &Config,
+        section: QemuConfig,
+        devices: Devices,
+        id: &str,
+        paths: VmPaths,
+    ) -> Qemu {
         let (exited_tx, exited_rx) = watch::channel(false);
         Qemu {
             config: config.clone(),
+            section,
             id: id.to_string(),
             paths,
             devices,
@@ -69,18 +79,18 @@ impl Qemu {
 
     /// Named errors for every file the VM needs, before anything is started.
     fn check_files(&self, vsock: VsockKind) -> Result<(), HypervisorError> {
-        let h = &self.config.hypervisor;
-        let origin = |key: &str| self.config.origin("hypervisor.qemu", key);
-        require_file("QEMU", &h.path, origin("path"))?;
-        require_file("kernel", &h.kernel, origin("kernel"))?;
-        require_file("initrd", &h.initrd, origin("initrd"))?;
-        if h.shared_fs == SharedFs::VirtioFs {
-            require_file("virtiofsd", &h.virtio_fs_daemon, origin("virtio_fs_daemon"))?;
+        let (q, g) = (&self.section, &self.section.guest);
+        let origin = |key: &str| self.config.origin(QemuConfig::SECTION, key);
+        require_file("QEMU", &q.path, origin("path"))?;
+        require_file("kernel", &g.kernel, origin("kernel"))?;
+        require_file("initrd", &g.initrd, origin("initrd"))?;
+        if g.shared_fs == SharedFs::VirtioFs {
+            require_file("virtiofsd", &g.virtio_fs_daemon, origin("virtio_fs_daemon"))?;
         }
         if vsock == VsockKind::VhostUser {
             require_file(
                 "vhost-user vsock daemon",
-                &h.vhost_user_vsock_daemon,
+                &q.vhost_user_vsock_daemon,
                 origin("vhost_user_vsock_daemon"),
             )?;
         }
@@ -88,7 +98,7 @@ impl Qemu {
     }
 
     async fn start_inner(&mut self) -> Result<(), HypervisorError> {
-        let h = self.config.hypervisor.clone();
+        let h = self.section.clone();
         if let Some(why) = NetDevice::unsupported("QEMU", &self.devices.net) {
             return Err(HypervisorError::Unsupported(why));
         }
@@ -100,27 +110,27 @@ impl Qemu {
         if choice.accel == Accel::Kvm && h.arch() != Arch::host() {
             return Err(HypervisorError::Unsupported(format!(
                 "{}: accel = \"kvm\" cannot run a {} guest on a {} host",
-                self.config.origin("hypervisor.qemu", "accel"),
+                self.config.origin(QemuConfig::SECTION, "accel"),
                 h.arch().name(),
                 Arch::host().name()
             )));
         }
 
         let shared = &self.devices.shared_dir;
-        if h.shared_fs != SharedFs::None {
+        if h.guest.shared_fs != SharedFs::None {
             tokio::fs::create_dir(shared)
                 .await
                 .map_err(|e| HypervisorError::io(format!("create {}", shared.display()), e))?;
         }
-        if h.shared_fs == SharedFs::VirtioFs {
+        if h.guest.shared_fs == SharedFs::VirtioFs {
             virtiofsd::export_mount(shared.clone()).await?;
         }
 
         // Helpers and host facts in parallel: each daemon must have its socket before QEMU.
-        let debug = h.enable_debug || self.config.runtime.enable_debug;
+        let debug = h.guest.enable_debug || self.config.runtime.enable_debug;
         let fs_fut = async {
-            if h.shared_fs == SharedFs::VirtioFs {
-                virtiofsd::start(&h, &self.paths, shared, debug)
+            if h.guest.shared_fs == SharedFs::VirtioFs {
+                virtiofsd::start(&h.guest, &self.paths, shared, debug)
                     .await
                     .map(Some)
             } else {
@@ -200,7 +210,7 @@ impl Qemu {
                 )
             }
         };
-        let fs_dev = match h.shared_fs {
+        let fs_dev = match h.guest.shared_fs {
             SharedFs::VirtioFs => FsDevice::VirtioFs {
                 socket: self.paths.virtiofsd_socket(),
             },
@@ -209,7 +219,7 @@ impl Qemu {
             },
             SharedFs::None => FsDevice::None,
         };
-        let kernel_cmdline = kernel_cmdline::kernel_cmdline_for(
+        let kernel_cmdline = cmdline::guest_kernel_cmdline(
             &h,
             &self.config.agent,
             self.config.agent_debug(),

@@ -97,7 +97,11 @@ pub async fn start_daemon(
     // Its warnings (in the sandbox dir's log) are what explains a dead vsock.
     cmd.env(
         "RUST_LOG",
-        if config.enable_debug { "debug" } else { "warn" },
+        if config.guest.enable_debug {
+            "debug"
+        } else {
+            "warn"
+        },
     );
     let p = Process::spawn(
         "vhost-device-vsock",
