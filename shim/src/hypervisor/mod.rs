@@ -8,9 +8,9 @@ pub mod accel;
 pub mod clh;
 pub mod devices;
 pub mod host;
+pub mod host_process;
 pub mod kernel_cmdline;
 pub mod layout;
-pub mod process;
 pub mod qemu;
 pub mod virtiofsd;
 

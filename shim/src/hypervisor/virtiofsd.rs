@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-use super::process::{wait_for_socket, Process};
+use super::host_process::{wait_for_socket, HostProcess};
 use super::{HypervisorError, VmPaths};
 use crate::config::GuestConfig;
 use crate::resources::share;
@@ -42,9 +42,9 @@ pub async fn start(
     paths: &VmPaths,
     shared: &Path,
     debug: bool,
-) -> Result<Process, HypervisorError> {
+) -> Result<HostProcess, HypervisorError> {
     let cmd = command(config, &paths.virtiofsd_socket(), shared, debug);
-    let p = Process::spawn(
+    let p = HostProcess::spawn(
         "virtiofsd",
         cmd,
         &paths.log("virtiofsd"),

@@ -26,9 +26,9 @@ use self::api::{
 };
 use self::client::{decode, ApiClient, ClhError, Method};
 use super::devices::{Devices, NetDevice};
+use super::host_process::{wait_for_socket, HostProcess};
 use super::kernel_cmdline;
 use super::layout::MAX_SOCKET_PATH;
-use super::process::{wait_for_socket, Process};
 use super::{host, log_tail, require_file, virtiofsd, Hypervisor, HypervisorError, VmPaths};
 use crate::config::{ClhConfig, Config, SharedFs};
 use crate::guest::vsock::Dialer;
@@ -141,7 +141,7 @@ pub fn vm_config(
 }
 
 /// The VMM's command line: only the API socket (and verbosity); everything else goes through
-/// the API. Logs go to stderr, which [`Process`] appends to `cloud-hypervisor.log`.
+/// the API. Logs go to stderr, which [`HostProcess`] appends to `cloud-hypervisor.log`.
 pub fn vmm_args(api_socket: &Path, debug: bool) -> Vec<String> {
     let mut a = vec![
         "--api-socket".to_string(),
@@ -168,8 +168,8 @@ pub struct Clh {
     timeouts: ClhTimeouts,
     kvm_device: PathBuf,
     api: ApiClient,
-    vmm: Option<Process>,
-    virtiofsd: Option<Process>,
+    vmm: Option<HostProcess>,
+    virtiofsd: Option<HostProcess>,
     dialer: Option<Dialer>,
     exited_tx: watch::Sender<bool>,
     exited_rx: watch::Receiver<bool>,
@@ -212,7 +212,7 @@ impl Clh {
 
     /// Pid of the VMM once spawned (e.g. to move it into the sandbox cgroup).
     pub fn pid(&self) -> Option<u32> {
-        self.vmm.as_ref().map(Process::pid)
+        self.vmm.as_ref().map(HostProcess::pid)
     }
 
     pub fn api(&self) -> &ApiClient {
@@ -312,7 +312,7 @@ impl Clh {
         let socket = api_socket(&self.paths);
         let mut cmd = Command::new(&self.clh.path);
         cmd.args(vmm_args(&socket, self.debug()));
-        let vmm = Process::spawn(
+        let vmm = HostProcess::spawn(
             PROCESS_NAME,
             cmd,
             &self.paths.log(PROCESS_NAME),
@@ -424,7 +424,7 @@ impl Clh {
 /// appearing is polled (no portable event for "a socket was bound"); between the bind and the
 /// listen a connect is refused, so that is retried too, within the same deadline.
 async fn wait_for_api(
-    vmm: &Process,
+    vmm: &HostProcess,
     api: &ApiClient,
     timeout: Duration,
 ) -> Result<VmmPingResponse, HypervisorError> {

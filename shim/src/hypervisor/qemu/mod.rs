@@ -19,7 +19,7 @@ use self::cmdline::{FsDevice, VsockDevice};
 use self::vsock_device::{VsockKind, VHOST_VSOCK_DEV};
 use super::accel::{self, Accel};
 use super::devices::{Devices, NetDevice};
-use super::process::{wait_for_socket, Process};
+use super::host_process::{wait_for_socket, HostProcess};
 use super::{host, log_tail, require_file, virtiofsd, Hypervisor, HypervisorError, VmPaths};
 use crate::config::{Arch, Config, MachineType, QemuConfig, SharedFs};
 use crate::guest::vsock::Dialer;
@@ -38,9 +38,9 @@ pub struct Qemu {
     id: String,
     paths: VmPaths,
     devices: Devices,
-    qemu: Option<Process>,
-    virtiofsd: Option<Process>,
-    vsock_daemon: Option<Process>,
+    qemu: Option<HostProcess>,
+    virtiofsd: Option<HostProcess>,
+    vsock_daemon: Option<HostProcess>,
     dialer: Option<Dialer>,
     exited_tx: watch::Sender<bool>,
     exited_rx: watch::Receiver<bool>,
@@ -240,7 +240,7 @@ impl Qemu {
         });
         let mut cmd = Command::new(&h.path);
         cmd.args(&args);
-        let qemu = Process::spawn(
+        let qemu = HostProcess::spawn(
             "qemu",
             cmd,
             &self.paths.log("qemu"),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::process::Command;
 
 use crate::config::{QemuConfig, VsockMode};
-use crate::hypervisor::process::{wait_for_socket, Process};
+use crate::hypervisor::host_process::{wait_for_socket, HostProcess};
 use crate::hypervisor::{HypervisorError, VmPaths};
 
 pub const VHOST_VSOCK_DEV: &str = "/dev/vhost-vsock";
@@ -89,7 +89,7 @@ pub fn reserve_cid(dev: &Path) -> Result<(u32, OwnedFd), HypervisorError> {
 pub async fn start_daemon(
     config: &QemuConfig,
     paths: &VmPaths,
-) -> Result<Process, HypervisorError> {
+) -> Result<HostProcess, HypervisorError> {
     let mut cmd = Command::new(&config.vhost_user_vsock_daemon);
     cmd.arg(format!("--guest-cid={VHOST_USER_GUEST_CID}"))
         .arg(format!("--socket={}", paths.vhost_user_vsock().display()))
@@ -103,7 +103,7 @@ pub async fn start_daemon(
             "warn"
         },
     );
-    let p = Process::spawn(
+    let p = HostProcess::spawn(
         "vhost-device-vsock",
         cmd,
         &paths.log("vhost-device-vsock"),

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 use super::HypervisorError;
 
 #[derive(Debug)]
-pub struct Process {
+pub struct HostProcess {
     name: String,
     pid: u32,
     log: PathBuf,
@@ -24,14 +24,14 @@ pub struct Process {
     signals: mpsc::UnboundedSender<Signal>,
 }
 
-impl Process {
+impl HostProcess {
     /// Spawns `cmd` with stdin from /dev/null and stdout/stderr appended to `log`.
     pub fn spawn(
         name: &str,
         mut cmd: Command,
         log: &Path,
         pidfile: &Path,
-    ) -> Result<Process, HypervisorError> {
+    ) -> Result<HostProcess, HypervisorError> {
         let program = PathBuf::from(cmd.as_std().get_program());
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -91,7 +91,7 @@ impl Process {
             }
             let _ = exited_tx.send(true);
         });
-        Ok(Process {
+        Ok(HostProcess {
             name: name.to_string(),
             pid,
             log: log.to_path_buf(),
@@ -122,7 +122,7 @@ impl Process {
         self.status_reader().text()
     }
 
-    /// A handle that reads the exit status without holding the `Process`.
+    /// A handle that reads the exit status without holding the `HostProcess`.
     pub fn status_reader(&self) -> StatusReader {
         StatusReader(self.status.clone())
     }
@@ -162,7 +162,7 @@ impl Process {
     }
 }
 
-/// Reads the exit status of a [`Process`] once it exited.
+/// Reads the exit status of a [`HostProcess`] once it exited.
 #[derive(Debug, Clone)]
 pub struct StatusReader(Arc<Mutex<Option<ExitStatus>>>);
 
@@ -178,7 +178,7 @@ impl StatusReader {
 /// Waits until `path` exists (a daemon or QEMU created its socket), failing early if `process`
 /// exits. There is no portable event for "a socket was bound", so poll with a short interval.
 pub async fn wait_for_socket(
-    process: &Process,
+    process: &HostProcess,
     path: &Path,
     timeout: Duration,
 ) -> Result<(), HypervisorError> {
