@@ -1,16 +1,33 @@
 //! containerd-shim-kata-v2: containerd starts it per sandbox; it boots the sandbox's VM and
 //! serves the task API for the containers inside.
 
+use std::time::Duration;
+
 use containerd_shim::{asynchronous::run, Config};
 use kata_shim::server::Service;
 
-#[tokio::main]
-async fn main() {
+/// How long blocking work may hold the shim's exit. A thread can be stuck in open(2) of a
+/// stdio FIFO whose reader never came and whose path containerd already removed (`ctr run -d`
+/// exits before opening its ends); nothing can unblock it, and it must not keep the shim alive.
+const BLOCKING_WORK_AT_EXIT: Duration = Duration::from_secs(1);
+
+fn main() {
     let config = Config {
         // tokio::process reaps our children (QEMU, helpers); the crate's SIGCHLD reaper would
         // steal their exit statuses.
         no_reaper: true,
         ..Default::default()
     };
-    run::<Service>("io.containerd.kata.v2", Some(config)).await;
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("containerd-shim-kata-v2: starting the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    runtime.block_on(run::<Service>("io.containerd.kata.v2", Some(config)));
+    runtime.shutdown_timeout(BLOCKING_WORK_AT_EXIT);
 }
