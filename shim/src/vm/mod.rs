@@ -27,7 +27,7 @@ const DESTROY_TIMEOUT: Duration = Duration::from_secs(3);
 /// the host), so do not wait for the guest's own power-off.
 const EXIT_GRACE: Duration = Duration::ZERO;
 /// VMs started for one boot when the agent transport dies at start.
-const BOOT_ATTEMPTS: u32 = 2;
+const BOOT_ATTEMPTS: u32 = 3;
 /// How often the agent transport is checked while dialling the agent.
 const TRANSPORT_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// Console lines quoted in boot errors.
