@@ -8,7 +8,7 @@ HOST_ARCH := $(shell uname -m)
 GUEST_ARCHES ?= x86_64 aarch64
 PREFIX ?= /usr/local
 
-.PHONY: setup build agent guest demo test unit e2e lint bench install uninstall clean
+.PHONY: setup build agent guest probe demo test unit e2e lint bench install uninstall clean
 
 setup:
 	@bash scripts/setup-host.sh
@@ -38,7 +38,12 @@ lint: setup
 unit: setup
 	cargo test --workspace --exclude kata-e2e
 
-e2e: build guest
+# The isolation suite's probe: static, so it runs in any container image.
+probe: setup
+	@bash scripts/step.sh "build kata-vsock-probe" \
+	  cargo build --release -p kata-vsock-probe --target $(HOST_ARCH)-unknown-linux-musl
+
+e2e: build guest probe
 	cargo test -p kata-e2e -- --test-threads=1 --nocapture
 
 test: lint unit e2e

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tracing::{error, info, warn};
 
 use crate::api::rpc;
-use crate::guest::{debug_console, init, logging, reaper, requests};
+use crate::guest::{debug_console, host_vsock, init, logging, reaper, requests};
 use crate::runtime::{cgroup, sandbox, spawn};
 
 fn main() {
@@ -84,10 +84,11 @@ async fn serve(pid1: bool, opts: init::Options) -> anyhow::Result<()> {
     let sandbox = Arc::new(sandbox::Sandbox::default());
     let agent = Arc::new(rpc::Agent::new(sandbox, pid1));
     let service = protocol::agent_ttrpc::create_agent_service(agent.clone());
-    let addr = format!("vsock://-1:{}", protocol::AGENT_TTRPC_PORT);
+    let addr = format!("vsock port {} (host only)", protocol::AGENT_TTRPC_PORT);
+    let listener = host_vsock::HostListener::bind(protocol::AGENT_TTRPC_PORT)
+        .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
     let mut server = ttrpc::r#async::Server::new()
-        .bind(&addr)
-        .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?
+        .add_listener(listener.into_ttrpc())
         .register_service(service);
     server
         .start()

@@ -10,8 +10,7 @@ use tracing::{info, warn};
 const SHELLS: [&str; 2] = ["/bin/sh", "/bin/bash"];
 
 pub async fn serve(port: u32) -> std::io::Result<()> {
-    let listener =
-        tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(libc::VMADDR_CID_ANY, port))?;
+    let listener = super::host_vsock::HostListener::bind(port)?;
     info!("debug console listening on vsock port {port}");
     tokio::spawn(async move {
         loop {

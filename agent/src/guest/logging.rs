@@ -131,8 +131,7 @@ pub fn init(level: tracing::Level, console: bool) {
 
 /// Serves the log stream on vsock: each connection gets the buffered lines, then live ones.
 pub async fn serve(port: u32) -> io::Result<()> {
-    let listener =
-        tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(libc::VMADDR_CID_ANY, port))?;
+    let listener = super::host_vsock::HostListener::bind(port)?;
     tokio::spawn(async move {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else {
