@@ -15,6 +15,7 @@ use kata_shim::config::Config;
 use kata_shim::guest::client::Agent;
 use kata_shim::guest::vsock::Dialer;
 use kata_shim::hypervisor::VmPaths;
+use kata_shim::resources::share::Share;
 use kata_shim::vm::{Vm, VmSpec};
 use protocol::agent::*;
 use serde_json::json;
@@ -46,9 +47,10 @@ fn config(default: &str, env_prefix: &str) -> Config {
     config
 }
 
-/// A busybox rootfs at <shared>/<cid>/rootfs (the guest sees it under GUEST_SHARED_DIR).
-fn make_rootfs(busybox: &Path, shared: &Path, cid: &str) -> String {
-    let root = shared.join(cid).join("rootfs");
+/// A busybox rootfs where the shim puts container `cid`'s (the host side of the share); the
+/// guest sees it under GUEST_SHARED_DIR.
+fn make_rootfs(busybox: &Path, share: &Share, cid: &str) -> String {
+    let root = share.rootfs_dir(cid);
     for d in ["bin", "dev", "proc", "sys", "tmp", "etc"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
@@ -338,7 +340,7 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
     assert_eq!(seen, Ok(true), "the debug console ran a shell command");
 
     // 1. A short-lived container: stdout, stdin, stderr, exit code.
-    let root1 = make_rootfs(busybox, vm.share().host_dir(), "c1");
+    let root1 = make_rootfs(busybox, vm.share(), "c1");
     let pid = create(
         &agent,
         "c1",
@@ -381,7 +383,7 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
     remove(&agent, "c1").await;
 
     // 1b. A terminal container: the init's stdio is a pty from the container's devpts.
-    let root_t = make_rootfs(busybox, vm.share().host_dir(), "t1");
+    let root_t = make_rootfs(busybox, vm.share(), "t1");
     let mut t_spec: serde_json::Value =
         serde_json::from_slice(&spec(&root_t, &["sh", "-c", "tty; read x; echo got-$x"])).unwrap();
     t_spec["process"]["terminal"] = json!(true);
@@ -416,7 +418,7 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
     remove(&agent, "t1").await;
 
     // 2. A long-lived container: execs, tty, signals, stats, pause/resume.
-    let root2 = make_rootfs(busybox, vm.share().host_dir(), "c2");
+    let root2 = make_rootfs(busybox, vm.share(), "c2");
     // c2 forbids mkdir through seccomp (an OCI profile with a per-syscall errno).
     // CopyFile in two chunks, then bound read-only into c2 as a file mount.
     let copied = format!("{}/sandbox/copied.txt", protocol::GUEST_RUN_DIR);
@@ -627,7 +629,7 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
         .map_err(|e| format!("ResumeContainer: {e}"))?;
 
     // 2b. OOM: a container over its memory limit is OOM-killed and GetOOMEvent names it.
-    let root_o = make_rootfs(busybox, vm.share().host_dir(), "oom1");
+    let root_o = make_rootfs(busybox, vm.share(), "oom1");
     let mut o_spec: serde_json::Value = serde_json::from_slice(&spec(
         &root_o,
         &["sh", "-c", "a=x; while true; do a=$a$a; done"],
@@ -787,7 +789,8 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
         .to_string();
     assert!(e.contains("/run/kata-containers"), "{e}");
     // A symlink in the shared directory cannot redirect CopyFile out of the run dir.
-    std::os::unix::fs::symlink("/etc", vm.share().host_dir().join("evil")).unwrap();
+    // Planted on the host side of the share (the guest sees it at GUEST_SHARED_DIR/evil).
+    std::os::unix::fs::symlink("/etc", vm.share().container_dir("evil")).unwrap();
     let e = agent
         .copy_file(CopyFileRequest {
             path: format!("{}/evil/planted", protocol::GUEST_SHARED_DIR),

@@ -1,6 +1,6 @@
 //! virtiofsd: serves the sandbox's shared directory to the guest over vhost-user.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use tokio::process::Command;
@@ -8,18 +8,9 @@ use tokio::process::Command;
 use super::host_process::{wait_for_socket, HostProcess};
 use super::{HypervisorError, VmPaths};
 use crate::config::GuestConfig;
-use crate::resources::share;
 
 /// How long virtiofsd may take to create its socket.
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Prepares `shared` for virtiofsd: see [`share::make_shared_mount`] for why.
-pub async fn export_mount(shared: PathBuf) -> Result<(), HypervisorError> {
-    tokio::task::spawn_blocking(move || share::make_shared_mount(&shared))
-        .await
-        .map_err(|e| HypervisorError::io("mount task", std::io::Error::other(e)))?
-        .map_err(|e| HypervisorError::io("shared directory", e))
-}
 
 /// The virtiofsd command line (`config` supplies the daemon and its options).
 pub fn command(config: &GuestConfig, socket: &Path, shared: &Path, debug: bool) -> Command {
@@ -28,6 +19,8 @@ pub fn command(config: &GuestConfig, socket: &Path, shared: &Path, debug: bool) 
         .arg(format!("--shared-dir={}", shared.display()))
         .arg(format!("--cache={}", config.virtio_fs_cache))
         .arg("--sandbox=namespace")
+        // No device nodes and no file capabilities, whatever the guest asks for.
+        .arg("--modcaps=-mknod:-setfcap")
         .arg(format!(
             "--log-level={}",
             if debug { "debug" } else { "warn" }

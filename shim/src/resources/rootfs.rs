@@ -156,6 +156,11 @@ fn io_err(what: impl std::fmt::Display, e: impl std::fmt::Display) -> TaskError 
     TaskError::internal(format!("{what}: {e}"))
 }
 
+/// Flags every host-side mount of the share gets: nothing in it is a setuid program or a
+/// device node to the host, whatever the image or the guest put there.
+const SHARE_MOUNT_FLAGS: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV);
+
+/// mount(2) into the share, with [`SHARE_MOUNT_FLAGS`].
 fn do_mount(
     source: &str,
     target: &Path,
@@ -163,6 +168,7 @@ fn do_mount(
     flags: MsFlags,
     data: &str,
 ) -> TaskResult<()> {
+    let flags = flags | SHARE_MOUNT_FLAGS;
     let data = (!data.is_empty()).then_some(data);
     let fstype = (!fstype.is_empty() && !flags.contains(MsFlags::MS_BIND)).then_some(fstype);
     mount(Some(source), target, fstype, flags, data).map_err(|e| {
@@ -175,13 +181,16 @@ fn do_mount(
             e,
         )
     })?;
-    // A read-only bind needs a second, remounting call.
-    if flags.contains(MsFlags::MS_BIND) && flags.contains(MsFlags::MS_RDONLY) {
-        let re = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
+    // A bind takes its flags (read-only, nosuid, nodev) only from a second, remounting call.
+    if flags.contains(MsFlags::MS_BIND) {
+        let re = MsFlags::MS_REMOUNT
+            | MsFlags::MS_BIND
+            | SHARE_MOUNT_FLAGS
+            | (flags & MsFlags::MS_RDONLY);
         if let Err(e) = mount(None::<&str>, target, None::<&str>, re, None::<&str>) {
             let _ = umount2(target, MntFlags::MNT_DETACH);
             return Err(io_err(
-                format_args!("remounting {} read-only", target.display()),
+                format_args!("remounting {} ({re:?})", target.display()),
                 e,
             ));
         }
@@ -361,12 +370,12 @@ mod tests {
         assert_eq!(plan.rootfs, RootfsSource::Mounts(vec![overlay]));
         assert_eq!(
             plan.rootfs_target,
-            Path::new("/run/kata-containers/sb/shared/c1/rootfs")
+            Path::new("/run/kata-containers/sb/mounts/c1/rootfs")
         );
         assert_eq!(plan.binds.len(), 2);
         assert_eq!(
             plan.binds[0].host_target,
-            Path::new("/run/kata-containers/sb/shared/c1-mounts/0-resolv.conf")
+            Path::new("/run/kata-containers/sb/mounts/c1-mounts/0-resolv.conf")
         );
         assert_eq!(
             plan.binds[0].guest_path,

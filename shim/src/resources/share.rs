@@ -1,7 +1,14 @@
 //! The share: the one place that knows where the host's files for a sandbox live and where the
-//! guest sees them (a directory under the VM's dir, exported over virtio-fs or 9p, mounted by
-//! the agent at `protocol::GUEST_SHARED_DIR`).
+//! guest sees them, laid out so that the host never follows what the guest can write.
+//!
+//! Two directories under the VM's dir. `mounts/` is the host's: every host-side mount (a
+//! container's rootfs, its volumes) goes there, never exported. `shared/` is what virtio-fs or
+//! 9p exports, mounted by the agent at `protocol::GUEST_SHARED_DIR`: a read-only, nosuid,
+//! nodev bind of `mounts/` that receives its later mounts as a slave. The guest can write only
+//! inside the mounts that are writable themselves, never next to them, so it cannot plant a
+//! symlink where the host will create or mount something next.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
@@ -9,13 +16,18 @@ use protocol::agent::Storage;
 
 use crate::config::SharedFs;
 
-/// Name of the shared directory inside a VM's directory.
-const SHARE_DIR_NAME: &str = "shared";
+/// The exported directory inside a VM's directory.
+const EXPORT_DIR_NAME: &str = "shared";
+/// The host-only directory the host mounts into, inside a VM's directory.
+const MOUNTS_DIR_NAME: &str = "mounts";
 
-/// One sandbox's shared directory, host and guest side.
+/// One sandbox's share, host and guest side.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Share {
-    host: PathBuf,
+    /// What the host mounts into (host-only).
+    mounts: PathBuf,
+    /// What the guest sees (the export).
+    export: PathBuf,
     kind: SharedFs,
 }
 
@@ -28,14 +40,16 @@ impl Share {
     /// The share of the VM whose directory is `vm_dir`, reaching the guest as `kind`.
     pub fn in_vm_dir(vm_dir: &Path, kind: SharedFs) -> Share {
         Share {
-            host: vm_dir.join(SHARE_DIR_NAME),
+            mounts: vm_dir.join(MOUNTS_DIR_NAME),
+            export: vm_dir.join(EXPORT_DIR_NAME),
             kind,
         }
     }
 
-    /// The host directory the guest sees at `protocol::GUEST_SHARED_DIR`.
+    /// The host directory exported to the guest, seen there at `protocol::GUEST_SHARED_DIR`
+    /// (read-only: the host never writes through it).
     pub fn host_dir(&self) -> &Path {
-        &self.host
+        &self.export
     }
 
     /// The tag the guest mounts the share by.
@@ -47,19 +61,19 @@ impl Share {
         self.kind
     }
 
-    /// `<share>/<cid>`: everything of container `cid` that is not a volume.
+    /// `mounts/<cid>`: everything of container `cid` that is not a volume.
     pub fn container_dir(&self, cid: &str) -> PathBuf {
-        self.host.join(cid)
+        self.mounts.join(cid)
     }
 
-    /// `<share>/<cid>/rootfs`, seen by the guest at [`guest_rootfs`].
+    /// `mounts/<cid>/rootfs`, seen by the guest at [`guest_rootfs`].
     pub fn rootfs_dir(&self, cid: &str) -> PathBuf {
         self.container_dir(cid).join("rootfs")
     }
 
-    /// `<share>/<cid>-mounts`: the container's host bind mounts (volumes, resolv.conf, ...).
+    /// `mounts/<cid>-mounts`: the container's host bind mounts (volumes, resolv.conf, ...).
     pub fn mounts_dir(&self, cid: &str) -> PathBuf {
-        self.host.join(format!("{cid}-mounts"))
+        self.mounts.join(format!("{cid}-mounts"))
     }
 
     /// Host and guest path of bind mount `name` of container `cid`.
@@ -97,22 +111,54 @@ impl Share {
     }
 }
 
-/// Makes `dir` a bind mount of itself with shared propagation (blocking).
-///
-/// Container rootfs are mounted in the share AFTER virtiofsd started, and virtiofsd's default
-/// `--sandbox=namespace` works on a private copy of the mount tree taken at its start: with
-/// shared propagation the daemon's copy is a slave of the share and receives every later mount.
-pub fn make_shared_mount(dir: &Path) -> std::io::Result<()> {
-    let none: Option<&str> = None;
-    let context = |what: String| {
-        move |e: nix::errno::Errno| {
-            std::io::Error::new(std::io::Error::from(e).kind(), format!("{what}: {e}"))
+impl Share {
+    /// Creates `mounts/` and its read-only export `shared/` (blocking; needs root).
+    ///
+    /// `mounts/` is a bind mount of itself with shared propagation: container rootfs are
+    /// mounted there after virtiofsd started, and virtiofsd's `--sandbox=namespace` works on a
+    /// copy of the mount tree taken at its start, which receives later mounts only through
+    /// propagation. `shared/` is a bind of it, remounted read-only, nosuid and nodev, then made
+    /// its slave: mounts reach the export, nothing goes back. The caller removes both with the
+    /// VM's directory (unmounting what is under it) on every path.
+    pub fn prepare(&self) -> std::io::Result<()> {
+        let none: Option<&str> = None;
+        let context = |what: String| {
+            move |e: nix::errno::Errno| {
+                std::io::Error::new(std::io::Error::from(e).kind(), format!("{what}: {e}"))
+            }
+        };
+        for dir in [&self.mounts, &self.export] {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("create {}: {e}", dir.display()))
+                })?;
         }
-    };
-    mount(Some(dir), dir, none, MsFlags::MS_BIND, none)
-        .map_err(context(format!("bind-mount {} onto itself", dir.display())))?;
-    mount(none, dir, none, MsFlags::MS_SHARED, none)
-        .map_err(context(format!("make {} a shared mount", dir.display())))
+        let m = self.mounts.as_path();
+        mount(Some(m), m, none, MsFlags::MS_BIND, none)
+            .map_err(context(format!("bind-mount {} onto itself", m.display())))?;
+        mount(none, m, none, MsFlags::MS_SHARED, none)
+            .map_err(context(format!("make {} a shared mount", m.display())))?;
+        let x = self.export.as_path();
+        mount(Some(m), x, none, MsFlags::MS_BIND, none).map_err(context(format!(
+            "bind-mount {} on {}",
+            m.display(),
+            x.display()
+        )))?;
+        let read_only = MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV;
+        mount(none, x, none, read_only, none)
+            .map_err(context(format!("remount {} read-only", x.display())))?;
+        mount(none, x, none, MsFlags::MS_SLAVE, none).map_err(context(format!(
+            "make {} a slave of {}",
+            x.display(),
+            m.display()
+        )))
+    }
 }
 
 #[cfg(test)]
@@ -148,17 +194,45 @@ mod tests {
         let share = Share::in_vm_dir(Path::new("/run/k/sb"), SharedFs::VirtioFs);
         assert_eq!(
             share.rootfs_dir("c1"),
-            Path::new("/run/k/sb/shared/c1/rootfs")
+            Path::new("/run/k/sb/mounts/c1/rootfs")
         );
         assert_eq!(
             guest_rootfs("c1"),
             format!("{}/c1/rootfs", protocol::GUEST_SHARED_DIR)
         );
         let (host, guest) = share.bind_paths("c1", "0-data");
-        assert_eq!(host, Path::new("/run/k/sb/shared/c1-mounts/0-data"));
+        assert_eq!(host, Path::new("/run/k/sb/mounts/c1-mounts/0-data"));
         assert_eq!(
             guest,
             format!("{}/c1-mounts/0-data", protocol::GUEST_SHARED_DIR)
         );
+    }
+
+    /// Needs root (mount). A mount made in `mounts/` after `prepare` shows in the export; the
+    /// export itself takes no writes, a writable mount inside it does.
+    #[test]
+    fn the_export_is_a_read_only_slave_of_the_host_mounts() {
+        let vm = tempfile::tempdir().expect("tempdir");
+        let share = Share::in_vm_dir(vm.path(), SharedFs::VirtioFs);
+        share.prepare().expect("prepare");
+        let src = tempfile::tempdir().expect("tempdir");
+        std::fs::write(src.path().join("hello"), "hi").expect("write");
+        let rootfs = share.rootfs_dir("c1");
+        std::fs::create_dir_all(&rootfs).expect("rootfs dir");
+        let none: Option<&str> = None;
+        mount(Some(src.path()), &rootfs, none, MsFlags::MS_BIND, none).expect("bind");
+        let read = std::fs::read_to_string(share.host_dir().join("c1/rootfs/hello"));
+        let planted = std::os::unix::fs::symlink("/etc", share.host_dir().join("c2-mounts"));
+        let written = std::fs::write(share.host_dir().join("c1/rootfs/inside"), "ok");
+        let errors = crate::resources::mount_table::unmount_all_under(vm.path());
+        assert_eq!(read.expect("a later mount reaches the export"), "hi");
+        assert_eq!(
+            planted
+                .expect_err("the export root is read-only")
+                .raw_os_error(),
+            Some(libc::EROFS)
+        );
+        written.expect("a writable mount stays writable through the export");
+        assert!(errors.is_empty(), "{errors:?}");
     }
 }

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use self::spec::{validate_vm_id, vm_dir, VmSpec};
-use crate::config::Config;
+use crate::config::{Config, SharedFs};
 use crate::guest::client::{Agent, AgentError};
 use crate::hypervisor::layout::MAX_SOCKET_PATH;
 use crate::hypervisor::{self, log_tail, Devices, Hypervisor, HypervisorError, VmPaths};
@@ -123,6 +123,10 @@ impl Vm {
         let mut attempt = 1;
         loop {
             create_vm_dir(&dir).await?;
+            if let Err(e) = prepare_share(&share).await {
+                let _ = cleanup::remove_vm_dir(&dir).await;
+                return Err(e);
+            }
             let mut hv = hypervisor::new(config, devices.clone(), vm_id, paths.clone());
             match boot_in(config, vm_id, &paths, hv.as_mut()).await {
                 Ok(agent) => {
@@ -235,6 +239,22 @@ async fn create_vm_dir(dir: &Path) -> Result<(), VmError> {
             err(e)
         }
     })
+}
+
+/// Lays out the share (`mounts/` and its read-only export) before the hypervisor exports it.
+async fn prepare_share(share: &Share) -> Result<(), VmError> {
+    if share.kind() == SharedFs::None {
+        return Ok(());
+    }
+    let s = share.clone();
+    tokio::task::spawn_blocking(move || s.prepare())
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|source| VmError::Dir {
+            path: share.host_dir().to_path_buf(),
+            source,
+        })
 }
 
 /// Starts the hypervisor and connects to the agent, failing early if the VM dies.

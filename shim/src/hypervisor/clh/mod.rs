@@ -301,13 +301,6 @@ impl Clh {
             return Err(HypervisorError::Unsupported(why));
         }
         let virtio_fs = self.clh.guest.shared_fs == SharedFs::VirtioFs;
-        if virtio_fs {
-            let shared = self.devices.shared_dir.clone();
-            tokio::fs::create_dir(&shared)
-                .await
-                .map_err(|e| HypervisorError::io(format!("create {}", shared.display()), e))?;
-            virtiofsd::export_mount(shared).await?;
-        }
 
         let socket = api_socket(&self.paths);
         let mut cmd = Command::new(&self.clh.path);

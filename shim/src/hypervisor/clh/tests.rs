@@ -769,6 +769,11 @@ async fn virtio_fs_starts_virtiofsd_and_hands_its_socket_to_the_vmm() {
             .any(|a| a == format!("--shared-dir={}", env.shared().display())),
         "{fs_args}"
     );
+    // No device nodes, no file capabilities through the share.
+    assert!(
+        fs_args.lines().any(|a| a == "--modcaps=-mknod:-setfcap"),
+        "{fs_args}"
+    );
     assert_eq!(body["fs"][0]["tag"], protocol::SHARED_FS_TAG);
     assert_eq!(
         body["fs"][0]["socket"],

@@ -188,7 +188,7 @@ pub fn qemu_args(i: &Input<'_>) -> Vec<String> {
         FsDevice::NineP { dir } => push(&[
             "-fsdev",
             &format!(
-                "local,id=fs,path={},security_model=none,multidevs=remap",
+                "local,id=fs,path={},security_model=mapped-xattr,multidevs=remap",
                 esc(dir)
             ),
             "-device",
@@ -313,7 +313,7 @@ mod tests {
         assert!(devices.contains(&"virtio-9p-device,fsdev=fs,mount_tag=kataShared"));
         assert_eq!(
             values(&args, "-fsdev"),
-            ["local,id=fs,path=/run/k/s1/shared,security_model=none,multidevs=remap"]
+            ["local,id=fs,path=/run/k/s1/shared,security_model=mapped-xattr,multidevs=remap"]
         );
         assert!(!values(&args, "-chardev")
             .iter()

@@ -116,15 +116,8 @@ impl Qemu {
             )));
         }
 
+        // Prepared by the VM layer (`resources::share`): exported as it is.
         let shared = &self.devices.shared_dir;
-        if h.guest.shared_fs != SharedFs::None {
-            tokio::fs::create_dir(shared)
-                .await
-                .map_err(|e| HypervisorError::io(format!("create {}", shared.display()), e))?;
-        }
-        if h.guest.shared_fs == SharedFs::VirtioFs {
-            virtiofsd::export_mount(shared.clone()).await?;
-        }
 
         // Helpers and host facts in parallel: each daemon must have its socket before QEMU.
         let debug = h.guest.enable_debug || self.config.runtime.enable_debug;
