@@ -61,6 +61,15 @@ fn make_rootfs(busybox: &Path, share: &Share, cid: &str) -> String {
     ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
+    // A mount of its own, as the shim's rootfs are: the export is read-only around it and
+    // writable inside it.
+    let st = std::process::Command::new("timeout")
+        .args(["30", "mount", "--bind"])
+        .arg(&root)
+        .arg(&root)
+        .status()
+        .expect("mount --bind");
+    assert!(st.success(), "mount --bind {}: {st}", root.display());
     format!("{}/{cid}/rootfs", protocol::GUEST_SHARED_DIR)
 }
 
