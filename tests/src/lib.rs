@@ -181,8 +181,22 @@ impl Containerd {
 
     /// Starts a detached container (`ctr run -d`).
     pub fn run_detached(&self, id: &str, cmd: &[&str]) {
+        self.start_detached(id, &[], cmd);
+    }
+
+    /// Starts a detached container under a runtime configuration of its own
+    /// (`--runtime-config-path`) and waits until it runs.
+    pub fn run_detached_with_config(&self, id: &str, config: &Path, cmd: &[&str]) {
+        let config = config.to_string_lossy();
+        self.start_detached(id, &["--runtime-config-path", &config], cmd);
+        self.wait_status(id, "RUNNING", Duration::from_secs(60));
+    }
+
+    fn start_detached(&self, id: &str, flags: &[&str], cmd: &[&str]) {
         let image = test_image();
-        let mut args = vec!["run", "-d", "--runtime", RUNTIME, &image, id];
+        let mut args = vec!["run", "-d", "--runtime", RUNTIME];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&[&image, id]);
         args.extend_from_slice(cmd);
         let out = self.ctr(&args);
         assert!(
@@ -409,4 +423,29 @@ pub fn config_variant(name: &str, key: &str, value: &str) -> PathBuf {
     std::fs::create_dir_all(path.parent().expect("has parent")).expect("mkdir build/e2e");
     std::fs::write(&path, out.join("\n") + "\n").expect("writing config variant");
     path
+}
+
+/// Runs `script` in the guest debug console of sandbox `id` (`kata-ctl --config CONFIG exec`,
+/// the built kata-ctl, bounded by a timeout); returns what the shell printed.
+pub fn guest_console(config: &Path, id: &str, script: &str) -> Output {
+    use std::io::Write;
+    let bin = top_dir().join("target/release/kata-ctl");
+    let mut child = Command::new("timeout")
+        .arg("60")
+        .arg(&bin)
+        .arg("--config")
+        .arg(config)
+        .args(["exec", id])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning kata-ctl exec");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(script.as_bytes())
+        .expect("writing to kata-ctl exec");
+    child.wait_with_output().expect("kata-ctl exec")
 }

@@ -84,53 +84,16 @@ fn an_unprivileged_container_cannot_reach_the_agent_ports() {
 fn guest_root_cannot_write_next_to_the_host_mounts() {
     let ctrd = Containerd::start("isolation");
     let cfg = config_variant("isolation-console", "debug_console_enabled", "true");
-    let cfg = cfg.to_string_lossy().to_string();
     let id = unique_id("sharero");
-    let image = test_image();
     let _guard = ctrd.guard(&id);
-    let out = ctrd.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        "--runtime-config-path",
-        &cfg,
-        &image,
-        &id,
-        "sleep",
-        "1000",
-    ]);
-    assert!(
-        out.status.success(),
-        "ctr run -d: {}\n{}",
-        text(&out.stderr),
-        ctrd.log_tail(30)
-    );
-    ctrd.wait_status(&id, "RUNNING", Duration::from_secs(60));
+    ctrd.run_detached_with_config(&id, &cfg, &["sleep", "1000"]);
 
     let shared = protocol::GUEST_SHARED_DIR;
     let script = format!(
         "cd {shared} && for p in planted {id}-mounts; do ln -s /etc $p; done; touch file; \
          mkdir dir; touch {id}/rootfs/tmp/inside && echo rootfs-writable; exit\n"
     );
-    let bin = top_dir().join("target/release/kata-ctl");
-    let mut child = std::process::Command::new("timeout")
-        .arg("60")
-        .arg(&bin)
-        .args(["--config", &cfg, "exec", &id])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawning kata-ctl exec");
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().expect("piped stdin");
-        stdin
-            .write_all(script.as_bytes())
-            .expect("writing to kata-ctl exec");
-    }
-    let out = child.wait_with_output().expect("kata-ctl exec");
+    let out = guest_console(&cfg, &id, &script);
     let console = text(&out.stdout);
     assert!(out.status.success(), "kata-ctl exec: {}", text(&out.stderr));
     println!("{console}");

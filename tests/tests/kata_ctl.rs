@@ -114,47 +114,12 @@ fn bad_config_is_named() {
 fn exec_opens_the_guest_debug_console_only_when_enabled() {
     let ctrd = Containerd::start("kata-ctl");
     let cfg = config_variant("debug-console", "debug_console_enabled", "true");
-    let cfg = cfg.to_string_lossy().to_string();
     let id = unique_id("console");
-    let image = test_image();
     let _guard = ctrd.guard(&id);
-    let out = ctrd.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        "--runtime-config-path",
-        &cfg,
-        &image,
-        &id,
-        "sleep",
-        "1000",
-    ]);
-    assert!(
-        out.status.success(),
-        "ctr run -d: {}\n{}",
-        text(&out.stderr),
-        ctrd.log_tail(30)
-    );
-    ctrd.wait_status(&id, "RUNNING", std::time::Duration::from_secs(60));
+    ctrd.run_detached_with_config(&id, &cfg, &["sleep", "1000"]);
 
     // A shell in the guest (not in the container): it sees the agent as PID 1.
-    let bin = top_dir().join("target/release/kata-ctl");
-    let mut child = Command::new(&bin)
-        .args(["--config", &cfg, "exec", &id])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawning kata-ctl exec");
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().expect("piped stdin");
-        stdin
-            .write_all(b"echo guest-$((6*7)) $(cat /proc/1/comm); exit\n")
-            .expect("writing to kata-ctl exec");
-    }
-    let out = child.wait_with_output().expect("kata-ctl exec");
+    let out = guest_console(&cfg, &id, "echo guest-$((6*7)) $(cat /proc/1/comm); exit\n");
     let console = text(&out.stdout);
     assert!(
         out.status.success(),
@@ -167,14 +132,8 @@ fn exec_opens_the_guest_debug_console_only_when_enabled() {
     );
 
     // With the console disabled in the configuration, exec refuses and says how to enable it.
-    let plain = top_dir()
-        .join("build/configuration-qemu.toml")
-        .to_string_lossy()
-        .to_string();
-    let out = Command::new(&bin)
-        .args(["--config", &plain, "exec", &id])
-        .output()
-        .expect("kata-ctl exec");
+    let plain = top_dir().join("build/configuration-qemu.toml");
+    let out = guest_console(&plain, &id, "exit\n");
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("debug_console_enabled = true"),
