@@ -152,14 +152,39 @@ pub fn require_file(
     }
 }
 
+/// How much of a log's end [`log_tail`] reads.
+const LOG_TAIL_BYTES: u64 = 8192;
+
 /// The last `max_lines` lines of a log file (empty if unreadable): for error messages.
 pub fn log_tail(path: &Path, max_lines: usize) -> String {
-    let Ok(bytes) = std::fs::read(path) else {
+    use std::io::{Read, Seek, SeekFrom};
+    // Only the end is read: the guest decides how long a console log grows.
+    let mut bytes = Vec::new();
+    let read = std::fs::File::open(path).and_then(|mut f| {
+        let len = f.metadata()?.len();
+        f.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL_BYTES)))?;
+        f.take(LOG_TAIL_BYTES).read_to_end(&mut bytes)
+    });
+    if read.is_err() {
         return String::new();
-    };
-    // Only the end matters; a console log can be long.
-    let start = bytes.len().saturating_sub(8192);
-    let text = String::from_utf8_lossy(&bytes[start..]);
+    }
+    let text = String::from_utf8_lossy(&bytes);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(max_lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_tail_reads_only_the_end_of_a_long_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("console.log");
+        let mut text: String = (0..100_000).map(|n| format!("line {n}\n")).collect();
+        text.push_str("last words\n");
+        std::fs::write(&log, &text).expect("write");
+        assert_eq!(log_tail(&log, 2), "line 99999\nlast words");
+        assert_eq!(log_tail(&dir.path().join("none"), 2), "");
+    }
 }

@@ -1,10 +1,12 @@
-//! Forwards the agent's log stream (vsock port protocol::AGENT_LOG_PORT) into tracing.
+//! Forwards what the guest writes into tracing: the agent's log stream (vsock port
+//! protocol::AGENT_LOG_PORT) and the serial console, line by line with bounded lines.
 
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::AsyncReadExt;
 use tokio::task::JoinHandle;
 
+use super::lines::LineSplitter;
 use crate::guest::vsock::Dialer;
 
 /// How long to keep trying to open the log port once the agent answered on its ttrpc port.
@@ -26,16 +28,14 @@ pub fn forward_agent_logs(dialer: Dialer, sandbox_id: String) -> JoinHandle<()> 
             }
         };
         // Lines are re-emitted even if the guest writes invalid UTF-8.
-        let mut reader = BufReader::new(stream);
-        let mut line = Vec::new();
+        let mut stream = stream;
+        let mut lines = LineSplitter::default();
+        let mut chunk = vec![0u8; 16 * 1024];
         loop {
-            line.clear();
-            match reader.read_until(b'\n', &mut line).await {
+            match stream.read(&mut chunk).await {
                 Ok(0) => break,
-                Ok(_) => {
-                    let text = String::from_utf8_lossy(&line);
-                    let text = text.trim_end();
-                    if !text.is_empty() {
+                Ok(n) => {
+                    for text in lines.push(&chunk[..n]) {
                         tracing::info!(target: "agent", sandbox = %sandbox_id, "{text}");
                     }
                 }
@@ -64,7 +64,6 @@ impl std::os::fd::AsRawFd for Watch {
 /// ends when the file goes away with the sandbox directory, or when aborted.
 pub fn forward_console(path: std::path::PathBuf, sandbox_id: String) -> JoinHandle<()> {
     use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-    use tokio::io::AsyncReadExt;
 
     tokio::spawn(async move {
         let watch = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).and_then(|i| {
@@ -86,23 +85,19 @@ pub fn forward_console(path: std::path::PathBuf, sandbox_id: String) -> JoinHand
                 return tracing::debug!(sandbox = %sandbox_id, "console {}: {e}", path.display())
             }
         };
-        let mut pending = Vec::new();
+        let mut lines = LineSplitter::default();
         let mut chunk = vec![0u8; 16 * 1024];
         loop {
             // Everything written so far, then wait for the next write.
             loop {
                 match file.read(&mut chunk).await {
                     Ok(0) => break,
-                    Ok(n) => pending.extend_from_slice(&chunk[..n]),
-                    Err(_) => return,
-                }
-                while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-                    let line: Vec<u8> = pending.drain(..=end).collect();
-                    let text = String::from_utf8_lossy(&line);
-                    let text = text.trim_end();
-                    if !text.is_empty() {
-                        tracing::info!(target: "console", sandbox = %sandbox_id, "{text}");
+                    Ok(n) => {
+                        for text in lines.push(&chunk[..n]) {
+                            tracing::info!(target: "console", sandbox = %sandbox_id, "{text}");
+                        }
                     }
+                    Err(_) => return,
                 }
             }
             let Ok(mut ready) = watch.readable().await else {

@@ -3,6 +3,7 @@
 
 pub mod cleanup;
 pub mod launcher;
+mod lines;
 mod logs;
 pub mod spec;
 
