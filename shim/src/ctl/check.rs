@@ -124,7 +124,11 @@ fn check_accel(q: &QemuConfig, root: &Path) -> Finding {
         Accel::Kvm => Finding::ok("accelerator", format!("KVM ({})", choice.reason)),
         Accel::Tcg => Finding::warn(
             "accelerator",
-            format!("TCG software emulation, VMs are slow ({})", choice.reason),
+            format!(
+                "TCG software emulation, VMs are slow; {} ({})",
+                accel::TCG_IS_NO_ISOLATION_BOUNDARY,
+                choice.reason
+            ),
             "run on a host with a working KVM (kvm_intel or kvm_amd loaded; nested \
              virtualization enabled on a cloud VM); a kvm_pvm-only host cannot boot a stock guest",
         ),
@@ -608,6 +612,19 @@ fn is_executable(path: &Path) -> bool {
 mod tests {
     use super::*;
     use crate::config::MachineType;
+
+    #[test]
+    fn tcg_is_named_as_no_isolation_boundary() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let q = QemuConfig::defaults_for(Arch::host());
+        let f = check_accel(&q, root.path());
+        assert_eq!(f.status, Status::Warn);
+        assert!(
+            f.detail.contains("not a hardware isolation boundary"),
+            "{}",
+            f.detail
+        );
+    }
 
     #[test]
     fn kernel_arch_reads_elf_image_and_bzimage_headers() {

@@ -12,6 +12,10 @@ pub enum Accel {
     Tcg,
 }
 
+/// What an operator must know about a TCG guest besides its speed.
+pub const TCG_IS_NO_ISOLATION_BOUNDARY: &str =
+    "under TCG the guest runs as code QEMU translates in its own process: not a hardware isolation boundary";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccelChoice {
     pub accel: Accel,

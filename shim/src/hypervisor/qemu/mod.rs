@@ -106,7 +106,15 @@ impl Qemu {
         tracing::info!(sandbox = %self.id, "{why}");
         self.check_files(vsock)?;
         let choice = accel::choose(h.accel, h.arch(), Arch::host(), Path::new("/"));
-        tracing::info!(sandbox = %self.id, "{}", choice.reason);
+        match choice.accel {
+            Accel::Kvm => tracing::info!(sandbox = %self.id, "{}", choice.reason),
+            Accel::Tcg => tracing::warn!(
+                sandbox = %self.id,
+                "{}; {}",
+                choice.reason,
+                accel::TCG_IS_NO_ISOLATION_BOUNDARY
+            ),
+        }
         if choice.accel == Accel::Kvm && h.arch() != Arch::host() {
             return Err(HypervisorError::Unsupported(format!(
                 "{}: accel = \"kvm\" cannot run a {} guest on a {} host",
