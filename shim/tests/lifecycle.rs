@@ -49,6 +49,8 @@ struct FakeAgent {
     /// The VM died: every call fails, as over a broken connection.
     dead: std::sync::atomic::AtomicBool,
     stdin: Mutex<Vec<u8>>,
+    /// A lying guest: signals are acknowledged and never end a process.
+    ignores_signals: bool,
 }
 
 impl FakeAgent {
@@ -171,7 +173,9 @@ impl GuestAgent for FakeAgent {
             "signal_process {} {:?} {}",
             req.container_id, req.exec_id, req.signal
         ));
-        self.exit(&req.container_id, &req.exec_id, 128 + req.signal as i32);
+        if !self.ignores_signals {
+            self.exit(&req.container_id, &req.exec_id, 128 + req.signal as i32);
+        }
         Ok(())
     }
     async fn wait_process(
@@ -980,4 +984,62 @@ async fn pause_resume_and_update() {
         h.core.update(&update).await.unwrap_err().code,
         Code::INVALID_ARGUMENT
     );
+}
+
+/// A guest that acknowledges SIGKILL but never reports the exit cannot keep its pod alive:
+/// after the grace period the task exits 137 and the VM is stopped, which ends the other
+/// containers' processes (255); Delete then works without the guest.
+#[tokio::test(start_paused = true)]
+async fn a_guest_that_never_reports_a_sigkilled_exit_loses_its_vm() {
+    let agent = FakeAgent {
+        ignores_signals: true,
+        ..Default::default()
+    };
+    let mut h = harness_with(agent, None);
+    for id in ["c1", "c2"] {
+        h.core.create(&h.create_req(id, spec("h"))).await.unwrap();
+        h.next_event().await;
+        h.core
+            .start(&StartRequest {
+                id: id.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        h.next_event().await;
+    }
+    let kill = |signal: i32| KillRequest {
+        id: "c1".into(),
+        signal: signal as u32,
+        ..Default::default()
+    };
+    // Any other signal may be ignored by the workload: no deadline.
+    h.core.kill(&kill(libc::SIGTERM)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    h.no_event();
+    assert_eq!(h.shutdowns(), 0);
+    h.core.kill(&kill(libc::SIGKILL)).await.unwrap();
+    h.core.kill(&kill(libc::SIGKILL)).await.unwrap();
+    let mut exits = HashMap::new();
+    while exits.len() < 2 {
+        match tokio::time::timeout(Duration::from_secs(60), h.events.recv()).await {
+            Ok(Some(TaskEvent::Exit(e))) => {
+                assert!(exits.insert(e.id.clone(), e.exit_status).is_none(), "{e:?}");
+            }
+            other => panic!("expected TaskExit, got {other:?}"),
+        }
+    }
+    assert_eq!(exits["c1"], 137);
+    assert_eq!(exits["c2"], 255);
+    assert_eq!(h.shutdowns(), 1);
+    for id in ["c1", "c2"] {
+        h.core
+            .delete(&DeleteRequest {
+                id: id.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(h.shutdowns(), 1, "the VM is stopped once");
 }

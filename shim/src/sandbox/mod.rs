@@ -32,13 +32,17 @@ pub struct Sandbox<C> {
     pub agent: Arc<dyn GuestAgent>,
     pub share: Share,
     pub containers: HashMap<String, C>,
-    vm: Box<dyn SandboxVm>,
+    /// The VM while it is ours to stop: taken by [`SandboxOwner::stop_vm`] or the last
+    /// container's Delete.
+    vm: Option<Box<dyn SandboxVm>>,
+    /// Becomes true when the hypervisor process is gone.
+    exited: tokio::sync::watch::Receiver<bool>,
 }
 
 impl<C> Sandbox<C> {
     /// Whether the VM is gone.
     pub fn is_dead(&self) -> bool {
-        *self.vm.exited().borrow()
+        self.vm.is_none() || *self.exited.borrow()
     }
 
     pub fn container(&self, id: &str) -> TaskResult<&C> {
@@ -76,6 +80,17 @@ pub struct SandboxOwner<C> {
     launcher: Arc<dyn VmLauncher>,
     events: EventSender,
     slot: Slot<C>,
+}
+
+// Not derived: that would ask `C: Clone`, and only the handles are cloned.
+impl<C> Clone for SandboxOwner<C> {
+    fn clone(&self) -> Self {
+        Self {
+            launcher: self.launcher.clone(),
+            events: self.events.clone(),
+            slot: self.slot.clone(),
+        }
+    }
 }
 
 impl<C: Member> SandboxOwner<C> {
@@ -128,7 +143,7 @@ impl<C: Member> SandboxOwner<C> {
         tokio::spawn(watch::vm_death(
             self.slot.clone(),
             self.events.clone(),
-            sb.vm.exited(),
+            sb.exited.clone(),
         ));
         tokio::spawn(watch::oom_events(sb.agent.clone(), self.events.clone()));
         let ready = Ready {
@@ -149,10 +164,31 @@ impl<C: Member> SandboxOwner<C> {
             }
             slot.take()
         };
-        if let Some(sb) = sb {
-            let id = sb.id.clone();
-            if let Err(e) = sb.vm.shutdown().await {
-                tracing::warn!("shutting down sandbox {id}: {e}");
+        if let Some(vm) = sb.and_then(|sb| sb.vm) {
+            if let Err(e) = vm.shutdown().await {
+                tracing::warn!("shutting down the sandbox VM: {e}");
+            }
+        }
+    }
+
+    /// Stops the VM now, containers or not, because the guest can no longer be trusted to
+    /// end them (`reason` says why). Its death ends every process (`watch::vm_death`); the
+    /// containers stay until their Delete, which then finds the sandbox dead.
+    pub async fn stop_vm(&self, reason: &str) {
+        let vm = {
+            let mut slot = self.lock();
+            let Some(sb) = slot.as_mut() else {
+                return;
+            };
+            let vm = sb.vm.take();
+            if vm.is_some() {
+                tracing::error!("stopping the VM of sandbox {}: {reason}", sb.id);
+            }
+            vm
+        };
+        if let Some(vm) = vm {
+            if let Err(e) = vm.shutdown().await {
+                tracing::warn!("stopping the sandbox VM: {e}");
             }
         }
     }
@@ -190,6 +226,7 @@ async fn boot<C>(
         agent,
         share,
         containers: HashMap::new(),
-        vm,
+        exited: vm.exited(),
+        vm: Some(vm),
     })
 }

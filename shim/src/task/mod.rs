@@ -54,8 +54,13 @@ const EXEC_IO_DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 /// The same for a container's init. Its pid namespace dies with it, so EOF comes at once; the
 /// bound only keeps a misbehaving guest from holding TaskExit back forever.
 const INIT_IO_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long Delete waits for stdio copiers after RemoveContainer closed the streams.
+/// How long Delete waits for the stdio copiers of all the container's processes (together)
+/// after RemoveContainer closed the streams.
 const DELETE_IO_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the guest has to report the exit of a container's init after SIGKILL. A SIGKILL
+/// cannot be caught, so an honest guest reports at once (well under a second even under TCG);
+/// past this the guest is lying or wedged: the task is reported killed and the VM stopped.
+const KILL_EXIT_GRACE: Duration = Duration::from_secs(10);
 /// Type of containerd's runtime options for non-runc runtimes (`--runtime-config-path`).
 const RUNTIME_OPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
 
@@ -476,9 +481,16 @@ impl TaskCore {
     pub async fn kill(&self, req: &KillRequest) -> TaskResult<()> {
         let agent = self.agent()?;
         let exec_id = {
-            let st = self.state();
-            let c = container(&st, &req.id)?;
+            let mut st = self.state();
+            let c = container_mut(&mut st, &req.id)?;
             c.process(&req.exec_id)?.check_signal(&req.id)?;
+            // Armed before the signal is sent, so a guest that never answers is covered too.
+            if req.signal == libc::SIGKILL as u32
+                && c.is_init(&req.exec_id)
+                && c.init.claim_kill_watch()
+            {
+                self.watch_kill(&c.id, &c.init);
+            }
             c.agent_exec_id(&req.exec_id)
         };
         agent
@@ -500,6 +512,29 @@ impl TaskCore {
             }
         }
         Ok(())
+    }
+
+    /// A guest that does not report the exit of a SIGKILLed init within [`KILL_EXIT_GRACE`]
+    /// cannot keep its pod alive: the task is reported killed and the VM stopped (which ends
+    /// every other process of the sandbox too: a guest that lies about one exit is trusted
+    /// with none).
+    fn watch_kill(&self, cid: &str, init: &Process) {
+        let (exit, handle, pid) = (init.subscribe(), init.exit_handle(), init.pid);
+        let (events, sandbox, cid) = (self.events.clone(), self.sandbox.clone(), cid.to_string());
+        tokio::spawn(async move {
+            if tokio::time::timeout(KILL_EXIT_GRACE, process::wait_exit(exit))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            let reason = format!(
+                "the guest did not report the exit of container {cid:?} within {KILL_EXIT_GRACE:?} of SIGKILL"
+            );
+            tracing::error!("{reason}: reporting it exited with {KILLED_EXIT_STATUS}");
+            handle.publish(&events, KILLED_EXIT_STATUS, &cid, &cid, pid);
+            sandbox.stop_vm(&reason).await;
+        });
     }
 
     pub async fn delete(&self, req: &DeleteRequest) -> TaskResult<DeleteResponse> {
@@ -554,11 +589,13 @@ impl TaskCore {
                 req.id
             )));
         };
-        for p in std::iter::once(&c.init).chain(c.execs.values()) {
-            let taken = p.copiers.lock().unwrap_or_else(|e| e.into_inner()).take();
-            if let Some(copiers) = taken {
-                drain(copiers, DELETE_IO_DRAIN_TIMEOUT).await;
-            }
+        let processes: Vec<&Process> = std::iter::once(&c.init).chain(c.execs.values()).collect();
+        let copiers = processes
+            .iter()
+            .filter_map(|p| p.copiers.lock().unwrap_or_else(|e| e.into_inner()).take())
+            .collect();
+        drain_all(copiers, DELETE_IO_DRAIN_TIMEOUT).await;
+        for p in processes {
             p.exit_handle().set(KILLED_EXIT_STATUS);
         }
         self.unmount(&c.mounts).await;
@@ -808,8 +845,14 @@ impl TaskCore {
 }
 
 /// Waits for a process's output copiers, at most `limit`.
-async fn drain(mut copiers: Copiers, limit: Duration) {
-    if tokio::time::timeout(limit, copiers.finish()).await.is_err() {
+async fn drain(copiers: Copiers, limit: Duration) {
+    drain_all(vec![copiers], limit).await
+}
+
+/// Waits for several processes' output copiers at once, at most `limit` in all.
+async fn drain_all(mut all: Vec<Copiers>, limit: Duration) {
+    let finished = futures::future::join_all(all.iter_mut().map(Copiers::finish));
+    if tokio::time::timeout(limit, finished).await.is_err() {
         tracing::warn!("stdio still open {limit:?} after the process exited; not waiting");
     }
 }

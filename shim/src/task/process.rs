@@ -41,6 +41,8 @@ pub struct Process {
     phase: Phase,
     /// Whether a task waits for this process's exit in the guest.
     waited: bool,
+    /// Whether a SIGKILL's grace period is being watched (see `TaskCore::kill`).
+    kill_watched: bool,
     /// The stdio copiers, shared with the waiter task that drains them.
     pub copiers: Arc<Mutex<Option<Copiers>>>,
     exit: watch::Sender<Option<Exit>>,
@@ -66,6 +68,7 @@ impl Process {
             stdio,
             phase: Phase::Created { exec_spec },
             waited: false,
+            kill_watched: false,
             copiers: Arc::new(Mutex::new(None)),
             exit: watch::channel(None).0,
         }
@@ -158,6 +161,11 @@ impl Process {
     /// starts the waiter).
     pub fn claim_waiter(&mut self) -> bool {
         !std::mem::replace(&mut self.waited, true)
+    }
+
+    /// Marks the SIGKILL grace period as watched; true for the first caller only.
+    pub fn claim_kill_watch(&mut self) -> bool {
+        !std::mem::replace(&mut self.kill_watched, true)
     }
 
     /// The guest holds no stdin of this process that CloseIO must close: it exited, is
