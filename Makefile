@@ -8,7 +8,7 @@ HOST_ARCH := $(shell uname -m)
 GUEST_ARCHES ?= x86_64 aarch64
 PREFIX ?= /usr/local
 
-.PHONY: setup build agent guest probe demo test unit e2e lint bench install uninstall clean
+.PHONY: setup build agent guest probe demo test unit e2e lint bench fuzz install uninstall clean
 
 setup:
 	@bash scripts/setup-host.sh
@@ -51,6 +51,10 @@ test: lint unit e2e
 # Start time against runc and memory per sandbox, measured in one run (never asserted).
 bench: build guest
 	@bash scripts/bench.sh
+
+# What a hostile guest or a pod author feeds the runtime, under libFuzzer (not in `make test`).
+fuzz: setup
+	@bash scripts/fuzz.sh
 
 install: build guest
 	@bash scripts/install.sh install $(PREFIX)

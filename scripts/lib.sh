@@ -3,12 +3,22 @@
 KATA_RS_CACHE=${KATA_RS_CACHE:-/var/cache/kata-rs}
 VHOST_DEVICE_VSOCK_VERSION=0.3.0
 VIRTIOFSD_VERSION=1.14.0
+CARGO_FUZZ_VERSION=0.13.1   # `make fuzz` only
 VHOST_DEVICE_VSOCK_BIN="$KATA_RS_CACHE/tools/vhost-device-vsock-$VHOST_DEVICE_VSOCK_VERSION/bin/vhost-device-vsock"
 VIRTIOFSD_BIN="$KATA_RS_CACHE/tools/virtiofsd-$VIRTIOFSD_VERSION/bin/virtiofsd"
 export KATA_RS_CACHE
 
 step() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+# A cargo-installed tool at a pinned version, in the cache (keyed by version); prints its path.
+cargo_tool() { # name version
+  local root="$KATA_RS_CACHE/tools/$1-$2"
+  if [ ! -x "$root/bin/$1" ]; then
+    step "cargo install $1 $2 (a few minutes, once per machine)"
+    cargo install --locked --quiet --root "$root" "$1" --version "$2" >&2
+  fi
+  echo "$root/bin/$1"
+}
 need_root() { [ "$(id -u)" = 0 ] || die "this step needs root (it installs packages / runs containerd)"; }
 
 # Rust target of the static agent for a guest arch.

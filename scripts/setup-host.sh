@@ -80,13 +80,6 @@ for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
 done
 
 # Helper daemons, cargo-installed at pinned versions into the cache (keyed by version).
-cargo_tool() { # name version
-  local root="$KATA_RS_CACHE/tools/$1-$2"
-  if [ ! -x "$root/bin/$1" ]; then
-    step "cargo install $1 $2 (a few minutes, once per machine)"
-    cargo install --locked --quiet --root "$root" "$1" --version "$2"
-  fi
-}
-cargo_tool vhost-device-vsock "$VHOST_DEVICE_VSOCK_VERSION"
-cargo_tool virtiofsd "$VIRTIOFSD_VERSION"
+cargo_tool vhost-device-vsock "$VHOST_DEVICE_VSOCK_VERSION" >/dev/null
+cargo_tool virtiofsd "$VIRTIOFSD_VERSION" >/dev/null
 step "host set-up complete"
