@@ -1,4 +1,5 @@
 //! Containers and their processes: spawn and setup, mounts, cgroups, seccomp, stdio, sandbox state.
+mod beneath;
 pub(crate) mod cgroup;
 mod container;
 mod mount;

@@ -14,6 +14,7 @@ use oci_spec::runtime::{
     Capabilities, LinuxCapabilities, LinuxSeccomp, PosixRlimit, PosixRlimitType, Process, Spec,
 };
 
+use crate::runtime::beneath::{fd_path, Root};
 use crate::runtime::seccomp;
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -85,24 +86,36 @@ pub fn terminal(is_init: bool, size: Option<(u16, u16)>) -> Result<OwnedFd, Stri
             std::io::Error::last_os_error()
         ));
     }
-    if is_init && Path::new("/dev").is_dir() {
-        if let Ok(name) = std::fs::read_link(format!("/proc/self/fd/{}", slave.as_raw_fd())) {
-            let console = Path::new("/dev/console");
-            if !console.exists() {
-                std::fs::File::create(console)
-                    .map_err(|e| format!("creating /dev/console: {e}"))?;
-            }
-            nix::mount::mount(
-                Some(&name),
-                console,
-                None::<&str>,
-                nix::mount::MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(|e| format!("binding {} on /dev/console: {e}", name.display()))?;
-        }
+    if is_init {
+        console(&slave)?;
     }
     Ok(master)
+}
+
+/// Binds the pty slave on the container's /dev/console (resolved beneath the container's
+/// root, created if missing), when it has a /dev and a /proc to name the fds through.
+fn console(slave: &OwnedFd) -> Result<(), String> {
+    let slave_path = fd_path(slave);
+    let Ok(name) = std::fs::read_link(&slave_path) else {
+        return Ok(());
+    };
+    let root = Root::open(Path::new("/")).map_err(|e| e.to_string())?;
+    let dev = root
+        .resolve_if_exists(Path::new("/dev"))
+        .map_err(|e| e.to_string())?;
+    if dev.is_none() {
+        return Ok(());
+    }
+    let console = Path::new("/dev/console");
+    let target = root.create_file(console).map_err(|e| e.to_string())?;
+    nix::mount::mount(
+        Some(&slave_path),
+        &fd_path(&target),
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| format!("binding {} on {}: {e}", name.display(), console.display()))
 }
 
 /// Settings of the whole container, applied once by its init: hostname, sysctl.
@@ -184,7 +197,12 @@ pub fn process(p: &Process, seccomp_spec: Option<&LinuxSeccomp>) -> Result<Prepa
     if let Some(c) = caps {
         set_caps(c)?;
     }
-    unistd::chdir(p.cwd()).map_err(|e| format!("chdir {}: {e}", p.cwd().display()))?;
+    // Beneath the container's root, as the process's user: a symlink in the image cannot
+    // take the process out of its root (e.g. through /proc/1/root).
+    let cwd = Root::open(Path::new("/"))
+        .and_then(|r| r.resolve_dir(p.cwd()))
+        .map_err(|e| format!("the process's cwd: {e}"))?;
+    unistd::fchdir(cwd.as_raw_fd()).map_err(|e| format!("chdir {}: {e}", p.cwd().display()))?;
     if nnp {
         nix::sys::prctl::set_no_new_privs().map_err(|e| format!("PR_SET_NO_NEW_PRIVS: {e}"))?;
     }

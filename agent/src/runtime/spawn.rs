@@ -431,9 +431,9 @@ fn child_setup(req: &SpawnRequest, report: &mut File) -> Result<setup::Prepared,
             .as_ref()
             .map(|r| r.path().clone())
             .ok_or("spec has no root")?;
-        mount::setup_rootfs(spec, Path::new(&root), req.cgroup.as_deref())?;
+        let root = mount::setup_rootfs(spec, Path::new(&root), req.cgroup.as_deref())?;
         setup::container_wide(spec)?;
-        mount::finalize_rootfs(spec)?;
+        mount::finalize_rootfs(spec, root)?;
     }
     if terminal {
         // The pty comes from the container's own devpts, so ttyname() works inside it.
