@@ -3,6 +3,7 @@ mod beneath;
 pub(crate) mod cgroup;
 mod container;
 mod mount;
+mod pidfd;
 mod process;
 pub(crate) mod sandbox;
 mod seccomp;
