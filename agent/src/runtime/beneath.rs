@@ -194,6 +194,12 @@ impl Root {
         }
     }
 
+    /// Opens an existing file beneath the root with `flags` (close-on-exec added).
+    pub fn open_file(&self, path: &Path, flags: OFlag) -> Result<OwnedFd, BeneathError> {
+        openat2_fd(self.fd(), path, open_how(flags, in_root()))
+            .map_err(|e| self.err("opening", path, e))
+    }
+
     /// An existing directory beneath the root (for chdir).
     pub fn resolve_dir(&self, path: &Path) -> Result<OwnedFd, BeneathError> {
         openat2_fd(
@@ -455,6 +461,16 @@ mod tests {
         assert_eq!(where_(&fd), inside);
         assert!(inside.is_file());
         assert!(entries(&f.outside).is_empty());
+        // Opening through an absolute link reaches the root's file of that name, never the
+        // outside one.
+        fs::write(f.outside.join("secret"), "outside").unwrap();
+        symlink(f.outside.join("secret"), f.root.join("ptmx")).unwrap();
+        let e = r
+            .open_file(Path::new("/ptmx"), OFlag::O_RDONLY)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("opening /ptmx in the container root"), "{e}");
+        fs::remove_file(f.outside.join("secret")).unwrap();
         // An existing target inside: followed.
         symlink("a/b", f.root.join("rel")).unwrap();
         assert_eq!(

@@ -36,18 +36,12 @@ fn cstring(s: &str, what: &str) -> Result<CString, String> {
 /// the controlling terminal, and returns the master (to be passed to the agent). A container
 /// init also gets the slave bound on /dev/console.
 pub fn terminal(is_init: bool, size: Option<(u16, u16)>) -> Result<OwnedFd, String> {
-    let open = |p: &str| {
-        nix::fcntl::open(
-            p,
-            OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        )
-    };
+    // Beneath the container's root: an image's /dev/ptmx cannot name a file outside it.
+    let root = Root::open(Path::new("/")).map_err(|e| e.to_string())?;
+    let open = |p: &str| root.open_file(Path::new(p), OFlag::O_RDWR | OFlag::O_NOCTTY);
     let master = open("/dev/ptmx")
         .or_else(|_| open("/dev/pts/ptmx"))
-        .map_err(|e| format!("opening /dev/ptmx in the container (is /dev/pts mounted?): {e}"))?;
-    // SAFETY: open returned a fresh fd that nothing else owns.
-    let master = unsafe { OwnedFd::from_raw_fd(master) };
+        .map_err(|e| format!("opening the pty master (is /dev/pts mounted?): {e}"))?;
     let unlock: libc::c_int = 0;
     // SAFETY: TIOCSPTLCK reads an int; TIOCGPTPEER returns a new fd.
     let slave = unsafe {
@@ -149,10 +143,6 @@ pub fn container_wide(spec: &Spec) -> Result<(), String> {
 pub fn process(p: &Process, seccomp_spec: Option<&LinuxSeccomp>) -> Result<Prepared, String> {
     for rl in p.rlimits().iter().flatten() {
         set_rlimit(rl)?;
-    }
-    if let Some(adj) = p.oom_score_adj() {
-        // This sandbox (and some hosts) refuse lowering it: a warning case, not a failure.
-        let _ = std::fs::write("/proc/self/oom_score_adj", adj.to_string());
     }
     let args = p.args().clone().unwrap_or_default();
     let Some(arg0) = args.first() else {
@@ -344,8 +334,9 @@ pub fn to_caps(set: &Capabilities) -> Result<CapsHashSet, String> {
 
 fn drop_bounding(c: &LinuxCapabilities) -> Result<(), String> {
     let keep = to_caps(c.bounding().as_ref().unwrap_or(&HashSet::new()))?;
-    // Only capabilities this kernel knows can be dropped.
-    let supported = caps::runtime::procfs_all_supported(None).unwrap_or_else(|_| caps::all());
+    // Only capabilities this kernel knows can be dropped. Asked of the kernel (prctl), not read
+    // from /proc/sys/kernel/cap_last_cap: the container's /proc may be the image's own files.
+    let supported = caps::runtime::thread_all_supported();
     for cap in supported {
         if !keep.contains(&cap) {
             caps::drop(None, CapSet::Bounding, cap)

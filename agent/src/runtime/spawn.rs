@@ -339,6 +339,12 @@ fn helper(report: &mut File) -> Result<(), String> {
     let req: SpawnRequest =
         serde_json::from_slice(&json).map_err(|e| format!("decoding the spawn request: {e}"))?;
 
+    if let Some(adj) = req.process.oom_score_adj() {
+        // Here, in the guest's /proc and before any namespace, and inherited by the child:
+        // never through a /proc the container's image could provide. This sandbox (and some
+        // hosts) refuse lowering it: a warning case, not a failure.
+        let _ = std::fs::write("/proc/self/oom_score_adj", adj.to_string());
+    }
     if let Some(cg) = &req.cgroup {
         let procs = cg.join("cgroup.procs");
         std::fs::write(&procs, std::process::id().to_string())
