@@ -3,8 +3,9 @@
 //! whose `/dev` is an absolute symlink to a guest directory gets its devices inside its own
 //! root, a mount destination climbing with `..` stays inside, a destination through a `/proc`
 //! magic link is refused with an error naming it, and the guest's own directories are
-//! untouched (looked at through the guest debug console). An exec joins the init's namespaces
-//! (through its pidfd) and is refused once the init has exited.
+//! untouched (looked at through the guest debug console); an image's own files at /proc (no
+//! procfs there) do not weaken the bounding set. An exec joins the init's namespaces (through
+//! its pidfd) and is refused once the init has exited.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -320,7 +321,39 @@ async fn drive(vm: &Vm, sandbox_id: &str) -> Result<(), String> {
         "the agent wrote into the guest's {GUEST_DIR}"
     );
 
-    // 3. The init killed: an exec is refused, it never joins what may now own the init's pid.
+    // 3. No procfs at /proc (it is at /realproc) and the image's own /proc files instead: the
+    //    agent takes nothing from them (here a cap_last_cap of 1, which would leave every
+    //    capability above 1 in the bounding set, for a setuid binary of the image to get).
+    let root = make_rootfs(vm.share(), "fakeproc", |root| {
+        std::fs::create_dir_all(root.join("proc/sys/kernel")).unwrap();
+        std::fs::write(root.join("proc/sys/kernel/cap_last_cap"), "1\n").unwrap();
+    });
+    let mut fake: serde_json::Value = serde_json::from_slice(&spec(
+        &root,
+        &["grep", "CapBnd", "/realproc/self/status"],
+        json!([]),
+    ))
+    .unwrap();
+    fake["mounts"][0]["destination"] = json!("/realproc");
+    fake["process"]["capabilities"] = json!({
+        "bounding": ["CAP_KILL"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"]
+    });
+    create(&agent, "fakeproc", serde_json::to_vec(&fake).unwrap())
+        .await
+        .map_err(|e| format!("CreateContainer fakeproc: {e}"))?;
+    agent
+        .start_container(StartContainerRequest {
+            container_id: "fakeproc".into(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("StartContainer fakeproc: {e}"))?;
+    let status = read_stdout(&agent, "fakeproc", "").await;
+    assert_eq!(wait(&agent, "fakeproc", "").await, 0, "{status}");
+    // CAP_KILL is capability 5: the bounding set is that bit alone.
+    assert_eq!(status.trim(), "CapBnd:\t0000000000000020", "{status}");
+
+    // 4. The init killed: an exec is refused, it never joins what may now own the init's pid.
     agent
         .signal_process(SignalProcessRequest {
             container_id: "devlink".into(),
