@@ -1,7 +1,7 @@
 //! One container: its spec, cgroup, init process and execs, and their lifecycle.
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -164,7 +164,7 @@ impl Container {
             process,
             cgroup: Some(cg.to_path_buf()),
         };
-        let spawned = blocking(move || spawn::spawn(&req, child_stdio))
+        let spawned = blocking(move || spawn::spawn(&req, child_stdio, None))
             .await?
             .map_err(|e| AgentError::FailedPrecondition(e.to_string()))?;
         let start = spawned
@@ -175,6 +175,7 @@ impl Container {
             Process {
                 exec_id: String::new(),
                 pid: spawned.pid,
+                pidfd: spawned.pidfd,
                 exit: spawned.exit,
                 stdio,
                 waited: Default::default(),
@@ -231,17 +232,18 @@ impl Container {
         let size = console_size(&process);
         let (child_stdio, agent_stdio) = make_stdio(&process)?;
         let req = SpawnRequest {
-            kind: SpawnKind::Exec {
-                init_pid: self.init.pid,
-            },
+            kind: SpawnKind::Exec,
             process,
             cgroup: Some(self.cgroup.clone()),
             seccomp: self.spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
         };
-        let (pid, exit, pty) = blocking(move || {
-            let s = spawn::spawn(&req, child_stdio)?;
-            let (pid, exit, pty) = (s.pid, s.exit, s.pty);
-            s.report.wait_exec().map(|()| (pid, exit, pty))
+        // The init's namespaces are joined through its pidfd: if it exited since the check
+        // above, the exec fails, even if its pid was given to another process.
+        let init = self.init.clone();
+        let (pid, pidfd, exit, pty) = blocking(move || {
+            let s = spawn::spawn(&req, child_stdio, Some(init.pidfd.as_fd()))?;
+            let (pid, pidfd, exit, pty) = (s.pid, s.pidfd, s.exit, s.pty);
+            s.report.wait_exec().map(|()| (pid, pidfd, exit, pty))
         })
         .await?
         .map_err(|e| AgentError::FailedPrecondition(e.to_string()))?;
@@ -249,6 +251,7 @@ impl Container {
         let p = Arc::new(Process {
             exec_id: exec_id.to_string(),
             pid,
+            pidfd,
             exit,
             stdio,
             waited: Default::default(),

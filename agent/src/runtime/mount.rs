@@ -1,18 +1,18 @@
 //! Mounts: the container rootfs (run in the spawn helper's child, inside its new mount
-//! namespace), mount option parsing, and resolving destinations safely inside a rootfs.
-use std::collections::VecDeque;
-use std::ffi::OsString;
+//! namespace, every destination resolved beneath the root) and mount option parsing.
 use std::fs;
-use std::os::unix::fs::symlink;
-use std::path::{Component, Path, PathBuf};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::SFlag;
 use nix::unistd;
 use oci_spec::runtime::{Mount, Spec};
 
+use crate::runtime::beneath::{fd_path, BeneathError, Root};
+
 /// Device nodes every container gets when its /dev is a fresh tmpfs (bound from the guest /dev).
 const DEFAULT_DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
-const MAX_SYMLINKS: usize = 40;
 
 /// Parsed OCI/fstab mount options.
 #[derive(Debug, PartialEq, Eq)]
@@ -74,54 +74,6 @@ pub fn parse_options(options: &[String]) -> MountOptions {
     o
 }
 
-/// Resolves `unsafe_path` inside `root` the way the kernel would if `root` were `/`: symlinks
-/// are followed relative to `root` and `..` never climbs above it. The result always lies
-/// under `root` (missing trailing components are kept as they are).
-pub fn secure_join(root: &Path, unsafe_path: &Path) -> Result<PathBuf, String> {
-    let mut rest: VecDeque<OsString> = components(unsafe_path);
-    let mut cur = PathBuf::new();
-    let mut links = 0;
-    while let Some(part) = rest.pop_front() {
-        if part == ".." {
-            cur.pop();
-            continue;
-        }
-        let full = root.join(&cur).join(&part);
-        match fs::symlink_metadata(&full) {
-            Ok(md) if md.file_type().is_symlink() => {
-                links += 1;
-                if links > MAX_SYMLINKS {
-                    return Err(format!(
-                        "too many symlinks resolving {} in {}",
-                        unsafe_path.display(),
-                        root.display()
-                    ));
-                }
-                let target = fs::read_link(&full)
-                    .map_err(|e| format!("reading symlink {}: {e}", full.display()))?;
-                if target.is_absolute() {
-                    cur = PathBuf::new();
-                }
-                let mut next = components(&target);
-                next.extend(rest);
-                rest = next;
-            }
-            _ => cur.push(part),
-        }
-    }
-    Ok(root.join(cur))
-}
-
-fn components(p: &Path) -> VecDeque<OsString> {
-    p.components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_os_string()),
-            Component::ParentDir => Some(OsString::from("..")),
-            _ => None,
-        })
-        .collect()
-}
-
 fn mnt(
     src: Option<&Path>,
     dst: &Path,
@@ -140,11 +92,39 @@ fn mnt(
     })
 }
 
-/// Builds the container's root filesystem and switches into it. Runs in the container init's
-/// fresh mount namespace, before any user or capability change.
+/// mount(2) onto a path resolved beneath a container root: through the fd's
+/// `/proc/self/fd/N` name, so the path is not walked again. Errors name `shown`, the path in
+/// the container.
+fn mnt_on(
+    src: Option<&Path>,
+    target: &OwnedFd,
+    shown: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), String> {
+    mount(src, &fd_path(target), fstype, flags, data).map_err(|e| {
+        format!(
+            "mounting {} on {} in the container (type {}, flags {flags:?}, data {:?}): {e}",
+            src.map_or("none".into(), |s| s.display().to_string()),
+            shown.display(),
+            fstype.unwrap_or("none"),
+            data.unwrap_or("")
+        )
+    })
+}
+
+fn beneath_err(e: BeneathError) -> String {
+    e.to_string()
+}
+
+/// Builds the container's root filesystem (the spec's mounts, /dev) in the container init's
+/// fresh mount namespace, before any user or capability change. Every destination is
+/// resolved beneath the root (see [`beneath`]). Returns the root, held open for
+/// [`finalize_rootfs`].
 /// `cgroup` is the container's cgroup directory, shown at a cgroup mount when the spec asks
 /// for no cgroup namespace.
-pub fn setup_rootfs(spec: &Spec, root: &Path, cgroup: Option<&Path>) -> Result<(), String> {
+pub fn setup_rootfs(spec: &Spec, root: &Path, cgroup: Option<&Path>) -> Result<Root, String> {
     if !root.is_dir() {
         return Err(format!("rootfs {} does not exist", root.display()));
     }
@@ -156,11 +136,6 @@ pub fn setup_rootfs(spec: &Spec, root: &Path, cgroup: Option<&Path>) -> Result<(
                 .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Cgroup)
         });
     let own_cgroup = cgroup.filter(|_| !cgroupns);
-    let propagation = match linux.and_then(|l| l.rootfs_propagation().as_deref()) {
-        Some("shared") | Some("rshared") => MsFlags::MS_SHARED | MsFlags::MS_REC,
-        Some("slave") | Some("rslave") => MsFlags::MS_SLAVE | MsFlags::MS_REC,
-        _ => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
-    };
     // Nothing done here may propagate back to the agent's namespace.
     mnt(
         None,
@@ -176,33 +151,34 @@ pub fn setup_rootfs(spec: &Spec, root: &Path, cgroup: Option<&Path>) -> Result<(
         MsFlags::MS_BIND | MsFlags::MS_REC,
         None,
     )?;
+    // Opened on the bind just made: what is mounted beneath it moves with pivot_root.
+    let root = Root::open(root).map_err(beneath_err)?;
 
     let mut dev_is_tmpfs = false;
     for m in spec.mounts().iter().flatten() {
         if m.destination() == Path::new("/dev") && m.typ().as_deref() == Some("tmpfs") {
             dev_is_tmpfs = true;
         }
-        mount_one(root, m, own_cgroup)?;
+        mount_one(&root, m, own_cgroup)?;
     }
-    setup_dev(root, spec, dev_is_tmpfs)?;
-    switch_root(root)?;
-    if propagation != (MsFlags::MS_PRIVATE | MsFlags::MS_REC) {
-        mnt(None, Path::new("/"), None, propagation, None)?;
-    }
-    Ok(())
+    setup_dev(&root, spec, dev_is_tmpfs)?;
+    Ok(root)
 }
 
-/// After hostname and sysctl (which write /proc/sys): masked and read-only paths, read-only
-/// root.
-pub fn finalize_rootfs(spec: &Spec) -> Result<(), String> {
-    if let Some(l) = spec.linux().as_ref() {
+/// After hostname and sysctl (which write /proc/sys): masked and read-only paths (beneath
+/// the root), then the switch into it, the read-only root and its propagation.
+pub fn finalize_rootfs(spec: &Spec, root: Root) -> Result<(), String> {
+    let linux = spec.linux().as_ref();
+    if let Some(l) = linux {
         for p in l.masked_paths().iter().flatten() {
-            mask_path(Path::new(p))?;
+            mask_path(&root, Path::new(p))?;
         }
         for p in l.readonly_paths().iter().flatten() {
-            readonly_path(Path::new(p))?;
+            readonly_path(&root, Path::new(p))?;
         }
     }
+    switch_root(&root)?;
+    drop(root);
     if spec
         .root()
         .as_ref()
@@ -217,10 +193,18 @@ pub fn finalize_rootfs(spec: &Spec) -> Result<(), String> {
             None,
         )?;
     }
+    let propagation = match linux.and_then(|l| l.rootfs_propagation().as_deref()) {
+        Some("shared") | Some("rshared") => MsFlags::MS_SHARED | MsFlags::MS_REC,
+        Some("slave") | Some("rslave") => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        _ => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+    };
+    if propagation != (MsFlags::MS_PRIVATE | MsFlags::MS_REC) {
+        mnt(None, Path::new("/"), None, propagation, None)?;
+    }
     Ok(())
 }
 
-fn mount_one(root: &Path, m: &Mount, own_cgroup: Option<&Path>) -> Result<(), String> {
+fn mount_one(root: &Root, m: &Mount, own_cgroup: Option<&Path>) -> Result<(), String> {
     let dest = m.destination();
     if !dest.is_absolute() {
         return Err(format!(
@@ -228,7 +212,6 @@ fn mount_one(root: &Path, m: &Mount, own_cgroup: Option<&Path>) -> Result<(), St
             dest.display()
         ));
     }
-    let target = secure_join(root, dest)?;
     let opts = parse_options(m.options().as_deref().unwrap_or(&[]));
     let mut fstype = m.typ().clone().unwrap_or_default();
     let is_bind = opts.bind || fstype == "bind";
@@ -238,13 +221,18 @@ fn mount_one(root: &Path, m: &Mount, own_cgroup: Option<&Path>) -> Result<(), St
         let src = src.ok_or_else(|| format!("bind mount on {} has no source", dest.display()))?;
         let md =
             fs::metadata(src).map_err(|e| format!("bind mount source {}: {e}", src.display()))?;
-        create_target(&target, md.is_dir())?;
-        bind(src, &target, &opts)?;
+        let target = if md.is_dir() {
+            root.mkdir_all(dest)
+        } else {
+            root.create_file(dest)
+        }
+        .map_err(beneath_err)?;
+        bind(src, root, dest, &target, &opts)?;
     } else if let (true, Some(cg)) = (fstype == "cgroup" || fstype == "cgroup2", own_cgroup) {
         // Without a cgroup namespace a fresh cgroup2 mount would show the whole guest
         // hierarchy: show the container its own cgroup (its limits) instead, like runc.
-        create_target(&target, true)?;
-        bind(cg, &target, &opts)?;
+        let target = root.mkdir_all(dest).map_err(beneath_err)?;
+        bind(cg, root, dest, &target, &opts)?;
     } else {
         if fstype == "cgroup" {
             fstype = "cgroup2".into();
@@ -252,12 +240,12 @@ fn mount_one(root: &Path, m: &Mount, own_cgroup: Option<&Path>) -> Result<(), St
         if fstype.is_empty() {
             return Err(format!("mount on {} has no type", dest.display()));
         }
-        create_target(&target, true)?;
+        let target = root.mkdir_all(dest).map_err(beneath_err)?;
         let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
         let src = src
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from(&fstype));
-        match mnt(Some(&src), &target, Some(&fstype), opts.flags, data) {
+        match mnt_on(Some(&src), &target, dest, Some(&fstype), opts.flags, data) {
             Ok(()) => {}
             // A minimal guest kernel may lack POSIX message queues: skip rather than fail.
             Err(_) if fstype == "mqueue" => return Ok(()),
@@ -265,20 +253,31 @@ fn mount_one(root: &Path, m: &Mount, own_cgroup: Option<&Path>) -> Result<(), St
         }
     }
     if !opts.propagation.is_empty() {
-        mnt(None, &target, None, opts.propagation, None)?;
+        // Resolved again: the fd above names the mount point, this reaches the new mount.
+        let top = root.resolve(dest).map_err(beneath_err)?;
+        mnt_on(None, &top, dest, None, opts.propagation, None)?;
     }
     Ok(())
 }
 
-/// Bind mount; flags other than bind/rec (ro, nosuid, ...) need a remount of the bind.
-fn bind(src: &Path, target: &Path, opts: &MountOptions) -> Result<(), String> {
+/// Bind mount onto `target` (`dest` resolved beneath `root`); flags other than bind/rec (ro,
+/// nosuid, ...) need a remount of the bind, found by resolving `dest` again.
+fn bind(
+    src: &Path,
+    root: &Root,
+    dest: &Path,
+    target: &OwnedFd,
+    opts: &MountOptions,
+) -> Result<(), String> {
     let base = MsFlags::MS_BIND | (opts.flags & MsFlags::MS_REC);
-    mnt(Some(src), target, None, base, None)?;
+    mnt_on(Some(src), target, dest, None, base, None)?;
     let extra = opts.flags - (MsFlags::MS_BIND | MsFlags::MS_REC);
     if !extra.is_empty() {
-        mnt(
+        let top = root.resolve(dest).map_err(beneath_err)?;
+        mnt_on(
             None,
-            target,
+            &top,
+            dest,
             None,
             MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra,
             None,
@@ -287,99 +286,74 @@ fn bind(src: &Path, target: &Path, opts: &MountOptions) -> Result<(), String> {
     Ok(())
 }
 
-fn create_target(target: &Path, dir: bool) -> Result<(), String> {
-    if dir {
-        fs::create_dir_all(target).map_err(|e| format!("creating {}: {e}", target.display()))
-    } else {
-        if let Some(parent) = target.parent() {
-            fs::create_dir_all(parent)
-                .map_err(|e| format!("creating {}: {e}", parent.display()))?;
-        }
-        if !target.exists() {
-            fs::File::create(target).map_err(|e| format!("creating {}: {e}", target.display()))?;
-        }
-        Ok(())
-    }
-}
-
-fn setup_dev(root: &Path, spec: &Spec, dev_is_tmpfs: bool) -> Result<(), String> {
-    let dev = root.join("dev");
-    if !dev.is_dir() {
+/// The container's /dev when it is a fresh tmpfs: the basic devices (bound from the guest's
+/// /dev), the usual symlinks, the spec's devices. All beneath the root, wherever an image's
+/// `/dev` symlink points.
+fn setup_dev(root: &Root, spec: &Spec, dev_is_tmpfs: bool) -> Result<(), String> {
+    let dev = Path::new("/dev");
+    if !dev_is_tmpfs || root.resolve_if_exists(dev).map_err(beneath_err)?.is_none() {
         return Ok(());
     }
-    if dev_is_tmpfs {
-        for name in DEFAULT_DEVICES {
-            let target = dev.join(name);
-            create_target(&target, false)?;
-            mnt(
-                Some(&Path::new("/dev").join(name)),
-                &target,
-                None,
-                MsFlags::MS_BIND,
-                None,
-            )?;
-        }
-        for (link, to) in [
-            ("fd", "/proc/self/fd"),
-            ("stdin", "/proc/self/fd/0"),
-            ("stdout", "/proc/self/fd/1"),
-            ("stderr", "/proc/self/fd/2"),
-            ("ptmx", "pts/ptmx"),
-        ] {
-            let p = dev.join(link);
-            if fs::symlink_metadata(&p).is_err() {
-                symlink(to, &p).map_err(|e| format!("creating {}: {e}", p.display()))?;
-            }
-        }
-        for d in spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.devices().as_ref())
-            .into_iter()
-            .flatten()
-        {
-            make_device(root, d)?;
-        }
+    for name in DEFAULT_DEVICES {
+        let path = dev.join(name);
+        let target = root.create_file(&path).map_err(beneath_err)?;
+        mnt_on(
+            Some(&Path::new("/dev").join(name)),
+            &target,
+            &path,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )?;
+    }
+    for (link, to) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ] {
+        root.symlink(&dev.join(link), Path::new(to))
+            .map_err(beneath_err)?;
+    }
+    for d in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.devices().as_ref())
+        .into_iter()
+        .flatten()
+    {
+        make_device(root, d)?;
     }
     Ok(())
 }
 
-fn make_device(root: &Path, d: &oci_spec::runtime::LinuxDevice) -> Result<(), String> {
-    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+fn make_device(root: &Root, d: &oci_spec::runtime::LinuxDevice) -> Result<(), String> {
+    use nix::sys::stat::{makedev, Mode, SFlag};
     use oci_spec::runtime::LinuxDeviceType;
-    let target = secure_join(root, d.path())?;
-    if target.exists() {
-        return Ok(());
-    }
     let kind = match d.typ() {
         LinuxDeviceType::C | LinuxDeviceType::U => SFlag::S_IFCHR,
         LinuxDeviceType::B => SFlag::S_IFBLK,
         LinuxDeviceType::P => SFlag::S_IFIFO,
         LinuxDeviceType::A => return Err(format!("device {} has type 'a'", d.path().display())),
     };
-    if let Some(parent) = target.parent() {
-        fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
-    }
     let mode = Mode::from_bits_truncate(d.file_mode().unwrap_or(0o666));
-    mknod(
-        &target,
+    root.mknod(
+        d.path(),
         kind,
         mode,
         makedev(d.major() as u64, d.minor() as u64),
+        (d.uid(), d.gid()),
     )
-    .map_err(|e| format!("mknod {}: {e}", target.display()))?;
-    unistd::chown(
-        &target,
-        d.uid().map(unistd::Uid::from_raw),
-        d.gid().map(unistd::Gid::from_raw),
-    )
-    .map_err(|e| format!("chown {}: {e}", target.display()))
+    .map(drop)
+    .map_err(beneath_err)
 }
 
-/// pivot_root into `root`; when the current root is the initramfs (pivot_root refuses
-/// it with EINVAL), move the rootfs over / and chroot instead.
-fn switch_root(root: &Path) -> Result<(), String> {
-    unistd::chdir(root).map_err(|e| format!("chdir {}: {e}", root.display()))?;
+/// pivot_root into `root` (entered through its fd); when the current root is the initramfs
+/// (pivot_root refuses it with EINVAL), move the rootfs over / and chroot instead.
+fn switch_root(root: &Root) -> Result<(), String> {
+    unistd::fchdir(root.fd().as_raw_fd())
+        .map_err(|e| format!("chdir {}: {e}", root.path().display()))?;
     match nix::unistd::pivot_root(".", ".") {
         Ok(()) => {
             umount2(".", MntFlags::MNT_DETACH)
@@ -393,40 +367,61 @@ fn switch_root(root: &Path) -> Result<(), String> {
                 MsFlags::MS_MOVE,
                 None,
             )?;
-            unistd::chroot(".").map_err(|e| format!("chroot {}: {e}", root.display()))?;
+            unistd::chroot(".").map_err(|e| format!("chroot {}: {e}", root.path().display()))?;
         }
-        Err(e) => return Err(format!("pivot_root {}: {e}", root.display())),
+        Err(e) => return Err(format!("pivot_root {}: {e}", root.path().display())),
     }
     unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))
 }
 
-fn mask_path(p: &Path) -> Result<(), String> {
-    match fs::metadata(p) {
-        Err(_) => Ok(()),
-        Ok(md) if md.is_dir() => mnt(
+/// A masked path (resolved beneath the root; absent is fine): an empty read-only tmpfs over
+/// a directory, the guest's /dev/null over anything else.
+fn mask_path(root: &Root, p: &Path) -> Result<(), String> {
+    let Some(fd) = root.resolve_if_exists(p).map_err(beneath_err)? else {
+        return Ok(());
+    };
+    let is_dir = nix::sys::stat::fstat(fd.as_raw_fd())
+        .map(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR)
+        .map_err(|e| format!("masking {}: {e}", p.display()))?;
+    if is_dir {
+        mnt_on(
             Some(Path::new("tmpfs")),
+            &fd,
             p,
             Some("tmpfs"),
             MsFlags::MS_RDONLY,
             None,
-        ),
-        Ok(_) => mnt(
+        )
+    } else {
+        mnt_on(
             Some(Path::new("/dev/null")),
+            &fd,
             p,
             None,
             MsFlags::MS_BIND,
             None,
-        ),
+        )
     }
 }
 
-fn readonly_path(p: &Path) -> Result<(), String> {
-    if !p.exists() {
+/// A read-only path (resolved beneath the root; absent is fine): bound onto itself, then the
+/// bind (reached by resolving again) remounted read-only.
+fn readonly_path(root: &Root, p: &Path) -> Result<(), String> {
+    let Some(fd) = root.resolve_if_exists(p).map_err(beneath_err)? else {
         return Ok(());
-    }
-    mnt(Some(p), p, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
-    mnt(
+    };
+    mnt_on(
+        Some(&fd_path(&fd)),
+        &fd,
+        p,
         None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
+    let top = root.resolve(p).map_err(beneath_err)?;
+    mnt_on(
+        None,
+        &top,
         p,
         None,
         MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
@@ -505,36 +500,5 @@ mod tests {
         assert_eq!(o.flags, MsFlags::empty());
         let o = parse_options(&s(&["trans=virtio", "version=9p2000.L"]));
         assert_eq!(o.data, "trans=virtio,version=9p2000.L");
-    }
-
-    #[test]
-    fn secure_join_stays_inside() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        fs::create_dir_all(root.join("a/b")).unwrap();
-        symlink("/etc", root.join("abs")).unwrap();
-        symlink("../../../..", root.join("a/b/up")).unwrap();
-        symlink("loop", root.join("loop")).unwrap();
-        assert_eq!(
-            secure_join(root, Path::new("/a/b")).unwrap(),
-            root.join("a/b")
-        );
-        assert_eq!(
-            secure_join(root, Path::new("/../../etc/passwd")).unwrap(),
-            root.join("etc/passwd")
-        );
-        assert_eq!(
-            secure_join(root, Path::new("/abs/shadow")).unwrap(),
-            root.join("etc/shadow")
-        );
-        assert_eq!(
-            secure_join(root, Path::new("/a/b/up/x")).unwrap(),
-            root.join("x")
-        );
-        assert!(secure_join(root, Path::new("/loop/x")).is_err());
-        assert_eq!(
-            secure_join(root, Path::new("/new/dir")).unwrap(),
-            root.join("new/dir")
-        );
     }
 }

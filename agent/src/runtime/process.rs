@@ -1,12 +1,17 @@
-//! One process of a container (its init or an exec): pid, exit status and stdio.
+//! One process of a container (its init or an exec): pid, pidfd, exit status and stdio.
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::guest::reaper::{self, ExitReceiver};
+use crate::runtime::pidfd;
 use crate::runtime::stdio::AgentStdio;
 
 pub struct Process {
     pub exec_id: String,
     pub pid: i32,
+    /// Names this process and no later owner of its pid: signals go through it, and an exec
+    /// joins the init's namespaces through it.
+    pub pidfd: OwnedFd,
     pub exit: ExitReceiver,
     pub stdio: AgentStdio,
     /// Someone got the exit status through WaitProcess.
@@ -33,12 +38,12 @@ impl Process {
         *self.exit.borrow()
     }
 
-    /// Sends a signal unless the process already exited (its pid may be reused).
+    /// Sends a signal to this very process (through its pidfd), unless it already exited.
     pub fn signal(&self, sig: nix::sys::signal::Signal) -> nix::Result<()> {
         if self.exited().is_some() {
             return Ok(());
         }
-        match nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), sig) {
+        match pidfd::send_signal(&self.pidfd, sig) {
             Err(nix::errno::Errno::ESRCH) => Ok(()),
             r => r,
         }

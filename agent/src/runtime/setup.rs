@@ -14,6 +14,7 @@ use oci_spec::runtime::{
     Capabilities, LinuxCapabilities, LinuxSeccomp, PosixRlimit, PosixRlimitType, Process, Spec,
 };
 
+use crate::runtime::beneath::{fd_path, Root};
 use crate::runtime::seccomp;
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -35,18 +36,12 @@ fn cstring(s: &str, what: &str) -> Result<CString, String> {
 /// the controlling terminal, and returns the master (to be passed to the agent). A container
 /// init also gets the slave bound on /dev/console.
 pub fn terminal(is_init: bool, size: Option<(u16, u16)>) -> Result<OwnedFd, String> {
-    let open = |p: &str| {
-        nix::fcntl::open(
-            p,
-            OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        )
-    };
+    // Beneath the container's root: an image's /dev/ptmx cannot name a file outside it.
+    let root = Root::open(Path::new("/")).map_err(|e| e.to_string())?;
+    let open = |p: &str| root.open_file(Path::new(p), OFlag::O_RDWR | OFlag::O_NOCTTY);
     let master = open("/dev/ptmx")
         .or_else(|_| open("/dev/pts/ptmx"))
-        .map_err(|e| format!("opening /dev/ptmx in the container (is /dev/pts mounted?): {e}"))?;
-    // SAFETY: open returned a fresh fd that nothing else owns.
-    let master = unsafe { OwnedFd::from_raw_fd(master) };
+        .map_err(|e| format!("opening the pty master (is /dev/pts mounted?): {e}"))?;
     let unlock: libc::c_int = 0;
     // SAFETY: TIOCSPTLCK reads an int; TIOCGPTPEER returns a new fd.
     let slave = unsafe {
@@ -85,24 +80,36 @@ pub fn terminal(is_init: bool, size: Option<(u16, u16)>) -> Result<OwnedFd, Stri
             std::io::Error::last_os_error()
         ));
     }
-    if is_init && Path::new("/dev").is_dir() {
-        if let Ok(name) = std::fs::read_link(format!("/proc/self/fd/{}", slave.as_raw_fd())) {
-            let console = Path::new("/dev/console");
-            if !console.exists() {
-                std::fs::File::create(console)
-                    .map_err(|e| format!("creating /dev/console: {e}"))?;
-            }
-            nix::mount::mount(
-                Some(&name),
-                console,
-                None::<&str>,
-                nix::mount::MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(|e| format!("binding {} on /dev/console: {e}", name.display()))?;
-        }
+    if is_init {
+        console(&slave)?;
     }
     Ok(master)
+}
+
+/// Binds the pty slave on the container's /dev/console (resolved beneath the container's
+/// root, created if missing), when it has a /dev and a /proc to name the fds through.
+fn console(slave: &OwnedFd) -> Result<(), String> {
+    let slave_path = fd_path(slave);
+    let Ok(name) = std::fs::read_link(&slave_path) else {
+        return Ok(());
+    };
+    let root = Root::open(Path::new("/")).map_err(|e| e.to_string())?;
+    let dev = root
+        .resolve_if_exists(Path::new("/dev"))
+        .map_err(|e| e.to_string())?;
+    if dev.is_none() {
+        return Ok(());
+    }
+    let console = Path::new("/dev/console");
+    let target = root.create_file(console).map_err(|e| e.to_string())?;
+    nix::mount::mount(
+        Some(&slave_path),
+        &fd_path(&target),
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| format!("binding {} on {}: {e}", name.display(), console.display()))
 }
 
 /// Settings of the whole container, applied once by its init: hostname, sysctl.
@@ -136,10 +143,6 @@ pub fn container_wide(spec: &Spec) -> Result<(), String> {
 pub fn process(p: &Process, seccomp_spec: Option<&LinuxSeccomp>) -> Result<Prepared, String> {
     for rl in p.rlimits().iter().flatten() {
         set_rlimit(rl)?;
-    }
-    if let Some(adj) = p.oom_score_adj() {
-        // This sandbox (and some hosts) refuse lowering it: a warning case, not a failure.
-        let _ = std::fs::write("/proc/self/oom_score_adj", adj.to_string());
     }
     let args = p.args().clone().unwrap_or_default();
     let Some(arg0) = args.first() else {
@@ -184,7 +187,12 @@ pub fn process(p: &Process, seccomp_spec: Option<&LinuxSeccomp>) -> Result<Prepa
     if let Some(c) = caps {
         set_caps(c)?;
     }
-    unistd::chdir(p.cwd()).map_err(|e| format!("chdir {}: {e}", p.cwd().display()))?;
+    // Beneath the container's root, as the process's user: a symlink in the image cannot
+    // take the process out of its root (e.g. through /proc/1/root).
+    let cwd = Root::open(Path::new("/"))
+        .and_then(|r| r.resolve_dir(p.cwd()))
+        .map_err(|e| format!("the process's cwd: {e}"))?;
+    unistd::fchdir(cwd.as_raw_fd()).map_err(|e| format!("chdir {}: {e}", p.cwd().display()))?;
     if nnp {
         nix::sys::prctl::set_no_new_privs().map_err(|e| format!("PR_SET_NO_NEW_PRIVS: {e}"))?;
     }
@@ -326,8 +334,9 @@ pub fn to_caps(set: &Capabilities) -> Result<CapsHashSet, String> {
 
 fn drop_bounding(c: &LinuxCapabilities) -> Result<(), String> {
     let keep = to_caps(c.bounding().as_ref().unwrap_or(&HashSet::new()))?;
-    // Only capabilities this kernel knows can be dropped.
-    let supported = caps::runtime::procfs_all_supported(None).unwrap_or_else(|_| caps::all());
+    // Only capabilities this kernel knows can be dropped. Asked of the kernel (prctl), not read
+    // from /proc/sys/kernel/cap_last_cap: the container's /proc may be the image's own files.
+    let supported = caps::runtime::thread_all_supported();
     for cap in supported {
         if !keep.contains(&cap) {
             caps::drop(None, CapSet::Bounding, cap)

@@ -5,14 +5,17 @@
 //!   fd 0/1/2  the container process's stdio (pipe ends or the pty slave),
 //!   fd 3      the JSON [`SpawnRequest`], read to EOF,
 //!   fd 4      the report pipe (written by the helper and its child; CLOEXEC),
-//!   fd 5      (init only) the start pipe: one byte means "exec now".
+//!   fd 5      (init only) the start pipe: one byte means "exec now",
+//!   fd 6      (exec only) the pidfd of the container's init, whose namespaces it joins.
 //! The helper joins the cgroup, enters or creates the namespaces, forks, reports the child's pid
-//! (`PID <n>`) and exits; the child (reparented to the agent, a subreaper) sets itself up,
+//! (`PID <n>`, with the child's pidfd attached: opened while the child is still the helper's
+//! own, so it names that process and no later owner of its pid) and exits; the child
+//! (reparented to the agent, a subreaper) sets itself up,
 //! reports `READY`, waits for the start byte (init only) and execs. Any failure is reported as
 //! `ERR <message>`; EOF after READY means the exec succeeded.
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -27,12 +30,20 @@ use thiserror::Error;
 
 use crate::guest::reaper;
 use crate::runtime::stdio::ChildStdio;
-use crate::runtime::{mount, setup};
+use crate::runtime::{mount, pidfd, setup};
 
 pub const HELPER_ARG: &str = "__spawn";
 const SETUP_FD: RawFd = 3;
 const REPORT_FD: RawFd = 4;
 const START_FD: RawFd = 5;
+const JOIN_FD: RawFd = 6;
+/// The namespaces an exec shares with its container's init (joined in one setns).
+const EXEC_NAMESPACES: CloneFlags = CloneFlags::CLONE_NEWIPC
+    .union(CloneFlags::CLONE_NEWUTS)
+    .union(CloneFlags::CLONE_NEWNET)
+    .union(CloneFlags::CLONE_NEWPID)
+    .union(CloneFlags::CLONE_NEWCGROUP)
+    .union(CloneFlags::CLONE_NEWNS);
 
 #[derive(Debug, Error)]
 pub enum SpawnError {
@@ -48,8 +59,8 @@ pub enum SpawnError {
 pub enum SpawnKind {
     /// A container's first process: new namespaces, rootfs, waits for the start byte.
     Init { spec: Box<Spec> },
-    /// A process joining the namespaces of the running init `init_pid`.
-    Exec { init_pid: i32 },
+    /// A process joining the namespaces of the running init, whose pidfd [`spawn`] passes.
+    Exec,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -65,6 +76,8 @@ pub struct SpawnRequest {
 /// A process whose setup succeeded: it runs (exec) or waits for the start byte (init).
 pub struct Spawned {
     pub pid: i32,
+    /// The process's pidfd, opened by the helper while the process was its child.
+    pub pidfd: OwnedFd,
     pub exit: reaper::ExitReceiver,
     /// Report pipe, still open: init reports the exec result after the start byte.
     pub report: Report,
@@ -155,9 +168,19 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
 }
 
 /// Starts the helper and waits until the process is set up (blocking: call from
-/// spawn_blocking). On error nothing is left running.
-pub fn spawn(req: &SpawnRequest, stdio: ChildStdio) -> Result<Spawned, SpawnError> {
+/// spawn_blocking). An exec passes `init_pidfd`, its container init's pidfd. On error nothing
+/// is left running.
+pub fn spawn(
+    req: &SpawnRequest,
+    stdio: ChildStdio,
+    init_pidfd: Option<BorrowedFd<'_>>,
+) -> Result<Spawned, SpawnError> {
     let is_init = matches!(req.kind, SpawnKind::Init { .. });
+    if is_init == init_pidfd.is_some() {
+        return Err(SpawnError::Setup(
+            "an exec (and only an exec) needs the pidfd of its container's init".into(),
+        ));
+    }
     let (setup_r, setup_w) = pipe()?;
     let (report_r, report_w) = socket::socketpair(
         socket::AddressFamily::Unix,
@@ -176,6 +199,7 @@ pub fn spawn(req: &SpawnRequest, stdio: ChildStdio) -> Result<Spawned, SpawnErro
         setup_r.as_raw_fd(),
         report_w.as_raw_fd(),
         start_r.as_ref().map_or(-1, |f| f.as_raw_fd()),
+        init_pidfd.map_or(-1, |f| f.as_raw_fd()),
     ];
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg(HELPER_ARG)
@@ -187,7 +211,7 @@ pub fn spawn(req: &SpawnRequest, stdio: ChildStdio) -> Result<Spawned, SpawnErro
     unsafe {
         cmd.pre_exec(move || {
             // Move out of the way first so the dup2s below cannot clobber each other.
-            let mut tmp = [-1; 3];
+            let mut tmp = [-1; 4];
             for (i, fd) in fds.iter().enumerate() {
                 if *fd >= 0 {
                     tmp[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 10);
@@ -229,8 +253,13 @@ pub fn spawn(req: &SpawnRequest, stdio: ChildStdio) -> Result<Spawned, SpawnErro
         None => return Err(SpawnError::NoReport("no pid")),
     };
     let exit = reaper::global().register(pid);
-    let kill = || {
+    // Sent with the PID line: the only fd received so far.
+    let Some(child_pidfd) = report.fds.pop() else {
         let _ = nix::sys::signal::kill(unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+        return Err(SpawnError::Setup("the spawn helper passed no pidfd".into()));
+    };
+    let kill = || {
+        let _ = pidfd::send_signal(&child_pidfd, nix::sys::signal::SIGKILL);
     };
     let mut pty = None;
     let ready = loop {
@@ -263,6 +292,7 @@ pub fn spawn(req: &SpawnRequest, stdio: ChildStdio) -> Result<Spawned, SpawnErro
     }
     Ok(Spawned {
         pid,
+        pidfd: child_pidfd,
         exit,
         report,
         start: start_w,
@@ -279,7 +309,7 @@ fn strip_err(l: &str) -> String {
 
 /// Entry point of `kata-agent __spawn`. Never returns.
 pub fn helper_main() -> ! {
-    for fd in [REPORT_FD, START_FD] {
+    for fd in [REPORT_FD, START_FD, JOIN_FD] {
         let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
     }
     // SAFETY: fd 4 is the report pipe the agent set up for us and nobody else owns it.
@@ -309,6 +339,12 @@ fn helper(report: &mut File) -> Result<(), String> {
     let req: SpawnRequest =
         serde_json::from_slice(&json).map_err(|e| format!("decoding the spawn request: {e}"))?;
 
+    if let Some(adj) = req.process.oom_score_adj() {
+        // Here, in the guest's /proc and before any namespace, and inherited by the child:
+        // never through a /proc the container's image could provide. This sandbox (and some
+        // hosts) refuse lowering it: a warning case, not a failure.
+        let _ = std::fs::write("/proc/self/oom_score_adj", adj.to_string());
+    }
     if let Some(cg) = &req.cgroup {
         let procs = cg.join("cgroup.procs");
         std::fs::write(&procs, std::process::id().to_string())
@@ -316,7 +352,12 @@ fn helper(report: &mut File) -> Result<(), String> {
     }
     match &req.kind {
         SpawnKind::Init { spec } => unshare_for(spec)?,
-        SpawnKind::Exec { init_pid } => join_namespaces(*init_pid)?,
+        SpawnKind::Exec => {
+            // SAFETY: fd 6 is the init's pidfd the agent passed, owned by this process only;
+            // closed here, before the fork, so the container process never holds it.
+            let init = unsafe { OwnedFd::from_raw_fd(JOIN_FD) };
+            pidfd::join(std::os::fd::AsFd::as_fd(&init), EXEC_NAMESPACES)?;
+        }
     }
     // The child waits until the parent reported its pid, so `PID` is always the first line.
     let (sync_r, sync_w) =
@@ -324,8 +365,25 @@ fn helper(report: &mut File) -> Result<(), String> {
     // SAFETY: this process is single-threaded (fresh exec, no runtime started).
     match unsafe { unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Parent { child } => {
-            writeln!(report, "PID {}", child.as_raw())
-                .map_err(|e| format!("writing the report: {e}"))?;
+            // The child is ours and unreaped: its pid is still its own.
+            let sent = pidfd::open(child.as_raw())
+                .map_err(|e| format!("pidfd_open of the new process {child}: {e}"))
+                .and_then(|fd| {
+                    let line = format!("PID {}\n", child.as_raw());
+                    socket::sendmsg::<()>(
+                        report.as_raw_fd(),
+                        &[std::io::IoSlice::new(line.as_bytes())],
+                        &[socket::ControlMessage::ScmRights(&[fd.as_raw_fd()])],
+                        socket::MsgFlags::empty(),
+                        None,
+                    )
+                    .map_err(|e| format!("writing the report: {e}"))
+                });
+            if let Err(e) = sent {
+                // Never let a child the agent does not know about go on with its setup.
+                let _ = nix::sys::signal::kill(child, nix::sys::signal::SIGKILL);
+                return Err(e);
+            }
             drop(sync_w);
             Ok(())
         }
@@ -376,27 +434,6 @@ fn unshare_for(spec: &Spec) -> Result<(), String> {
     nix::sched::unshare(flags).map_err(|e| format!("unshare {flags:?}: {e}"))
 }
 
-fn join_namespaces(init_pid: i32) -> Result<(), String> {
-    // Open them all first: entering the mount namespace changes what /proc we see.
-    let mut fds = Vec::new();
-    for (name, flag) in [
-        ("ipc", CloneFlags::CLONE_NEWIPC),
-        ("uts", CloneFlags::CLONE_NEWUTS),
-        ("net", CloneFlags::CLONE_NEWNET),
-        ("pid", CloneFlags::CLONE_NEWPID),
-        ("cgroup", CloneFlags::CLONE_NEWCGROUP),
-        ("mnt", CloneFlags::CLONE_NEWNS),
-    ] {
-        let path = format!("/proc/{init_pid}/ns/{name}");
-        let f = File::open(&path).map_err(|e| format!("opening {path}: {e}"))?;
-        fds.push((name, flag, f));
-    }
-    for (name, flag, f) in fds {
-        nix::sched::setns(&f, flag).map_err(|e| format!("entering the {name} namespace: {e}"))?;
-    }
-    Ok(())
-}
-
 /// The forked child: set everything up, report READY, wait for the start byte, exec.
 /// Returns only on failure, with the message.
 fn child_main(req: &SpawnRequest, report: &mut File) -> String {
@@ -431,9 +468,9 @@ fn child_setup(req: &SpawnRequest, report: &mut File) -> Result<setup::Prepared,
             .as_ref()
             .map(|r| r.path().clone())
             .ok_or("spec has no root")?;
-        mount::setup_rootfs(spec, Path::new(&root), req.cgroup.as_deref())?;
+        let root = mount::setup_rootfs(spec, Path::new(&root), req.cgroup.as_deref())?;
         setup::container_wide(spec)?;
-        mount::finalize_rootfs(spec)?;
+        mount::finalize_rootfs(spec, root)?;
     }
     if terminal {
         // The pty comes from the container's own devpts, so ttyname() works inside it.
