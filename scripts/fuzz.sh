@@ -15,8 +15,14 @@ step "build the fuzz targets"
 for t in $targets; do
   step "fuzz $t for ${seconds}s"
   mkdir -p "fuzz/corpus/$t"
-  # Seeds: the real OCI specs the shim is tested with.
-  if [ "$t" = shim_spec ]; then cp -n shim/tests/data/oci-specs/*.json "fuzz/corpus/$t/" 2>/dev/null || true; fi
+  # Seeds: the real OCI specs the shim is tested with (for the agent, behind the selector
+  # byte of its spec-only case, 4).
+  for spec in shim/tests/data/oci-specs/*.json; do
+    case $t in
+      shim_spec) cp -n "$spec" "fuzz/corpus/$t/" ;;
+      agent_requests) { printf '\x04'; cat "$spec"; } > "fuzz/corpus/$t/$(basename "$spec")" ;;
+    esac
+  done
   "$cargo_fuzz" run --fuzz-dir fuzz --sanitizer address "$t" -- \
     -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1
 done

@@ -1,19 +1,13 @@
 //! kata-agent: PID 1 of the guest. Sets up the guest, then serves the agent API on vsock.
-// Layers, each importing only those below it: api -> runtime -> guest -> error, validate.
-mod api;
-mod error;
-mod guest;
-mod runtime;
-mod validate;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tracing::{error, info, warn};
 
-use crate::api::rpc;
-use crate::guest::{debug_console, host_vsock, init, logging, reaper, requests};
-use crate::runtime::{cgroup, sandbox, spawn};
+use kata_agent::api::rpc;
+use kata_agent::guest::{debug_console, host_vsock, init, logging, reaper, requests};
+use kata_agent::runtime::{cgroup, sandbox, spawn};
 
 fn main() {
     if std::env::args().nth(1).as_deref() == Some(spawn::HELPER_ARG) {

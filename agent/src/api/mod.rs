@@ -1,3 +1,3 @@
 //! The agent API: the ttrpc service, which validates each request and delegates to the
 //! runtime (containers) and the guest (guest-wide duties).
-pub(crate) mod rpc;
+pub mod rpc;

@@ -10,19 +10,19 @@ use tokio_vsock::{VsockAddr, VsockListener, VsockStream};
 use tracing::{debug, warn};
 
 /// Whether a connection came from the host.
-pub(crate) fn is_host(peer: &VsockAddr) -> bool {
+pub fn is_host(peer: &VsockAddr) -> bool {
     peer.cid() == libc::VMADDR_CID_HOST
 }
 
 /// A vsock listener on every cid of the guest that hands out host connections only.
-pub(crate) struct HostListener {
+pub struct HostListener {
     inner: VsockListener,
     port: u32,
     refused: AtomicU64,
 }
 
 impl HostListener {
-    pub(crate) fn bind(port: u32) -> io::Result<Self> {
+    pub fn bind(port: u32) -> io::Result<Self> {
         Ok(Self {
             inner: VsockListener::bind(VsockAddr::new(libc::VMADDR_CID_ANY, port))?,
             port,
@@ -32,7 +32,7 @@ impl HostListener {
 
     /// The next connection from the host; others are closed (the first refusal of a port is
     /// a warning, later ones debug lines, so a guest process cannot flood the log).
-    pub(crate) async fn accept(&self) -> io::Result<(VsockStream, VsockAddr)> {
+    pub async fn accept(&self) -> io::Result<(VsockStream, VsockAddr)> {
         loop {
             let (stream, peer) = self.inner.accept().await?;
             if is_host(&peer) {
@@ -58,7 +58,7 @@ impl HostListener {
     }
 
     /// The same, as the listener of a ttrpc server.
-    pub(crate) fn into_ttrpc(self) -> ttrpc::r#async::transport::Listener {
+    pub fn into_ttrpc(self) -> ttrpc::r#async::transport::Listener {
         let incoming = futures::stream::unfold(self, |listener| async move {
             let next = listener.accept().await.map(|(stream, _)| stream);
             Some((next, listener))

@@ -1,8 +1,8 @@
 //! Guest-wide PID 1 duties: boot init, reaping, networking, logging, debug console, guest requests.
-pub(crate) mod debug_console;
-pub(crate) mod host_vsock;
-pub(crate) mod init;
-pub(crate) mod logging;
-pub(crate) mod netlink;
-pub(crate) mod reaper;
-pub(crate) mod requests;
+pub mod debug_console;
+pub mod host_vsock;
+pub mod init;
+pub mod logging;
+pub mod netlink;
+pub mod reaper;
+pub mod requests;

@@ -1,12 +1,12 @@
 //! Containers and their processes: spawn and setup, mounts, cgroups, seccomp, stdio, sandbox state.
-mod beneath;
-pub(crate) mod cgroup;
-mod container;
-mod mount;
-mod pidfd;
-mod process;
-pub(crate) mod sandbox;
-mod seccomp;
-mod setup;
-pub(crate) mod spawn;
-mod stdio;
+pub mod beneath;
+pub mod cgroup;
+pub mod container;
+pub mod mount;
+pub mod pidfd;
+pub mod process;
+pub mod sandbox;
+pub mod seccomp;
+pub mod setup;
+pub mod spawn;
+pub mod stdio;
