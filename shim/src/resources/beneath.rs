@@ -483,10 +483,14 @@ pub fn mount_fs(
     flags: MsFlags,
     data: Option<&str>,
 ) -> io::Result<()> {
-    nix::mount::mount(Some(source), &target.proc_path(), Some(fstype), flags, data).map_err(|e| {
+    let fs = (!fstype.is_empty()).then_some(fstype);
+    nix::mount::mount(Some(source), &target.proc_path(), fs, flags, data).map_err(|e| {
         os_err(
             e,
-            format!("mounting {source} ({fstype}) on {}", target.path.display()),
+            format!(
+                "mounting {source} ({fstype:?}) on {}",
+                target.path.display()
+            ),
         )
     })
 }
