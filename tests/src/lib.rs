@@ -168,6 +168,40 @@ impl Containerd {
         child.wait_with_output().expect("waiting for ctr")
     }
 
+    /// `ctr` with stdin closed, killed after `limit` (coreutils `timeout`): a hung call fails
+    /// the test instead of hanging it (exit status 124 then).
+    pub fn ctr_bounded(&self, args: &[&str], limit: Duration) -> Output {
+        let sock = self.dir.join("containerd.sock");
+        Command::new("timeout")
+            .args(["-k", "5", &limit.as_secs().max(1).to_string()])
+            .arg(self.ctr_bin())
+            .arg("-a")
+            .arg(&sock)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("spawning timeout ctr")
+    }
+
+    /// Starts a detached container with extra ctr flags (`--privileged`, `--mount`,
+    /// `--annotation` ...), each ctr call bounded by `limit`, and waits until it runs.
+    pub fn run_detached_with_flags(&self, id: &str, flags: &[&str], cmd: &[&str], limit: Duration) {
+        let image = test_image();
+        let mut args = vec!["run", "-d", "--runtime", RUNTIME];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&[&image, id]);
+        args.extend_from_slice(cmd);
+        let out = self.ctr_bounded(&args, limit);
+        assert!(
+            out.status.success(),
+            "ctr run -d {id} ({:?}): {}\ncontainerd log:\n{}",
+            out.status,
+            text(&out.stderr),
+            self.log_tail(40)
+        );
+        self.wait_status(id, "RUNNING", limit);
+    }
+
     /// `ctr run --rm --runtime kata <image> <id> <cmd...>` plus extra ctr flags.
     pub fn run(&self, flags: &[&str], id: &str, cmd: &[&str]) -> Output {
         let image = test_image();

@@ -1,6 +1,8 @@
 //! What a container needs from the host, placed where its guest finds it: the share layout,
-//! rootfs and volume mounts, the spec rewritten for the guest, and the host mount table.
+//! rootfs and volume mounts, the spec rewritten for the guest, the host mount table, and the
+//! file operations that never follow what the guest can write (`beneath`).
 
+pub mod beneath;
 pub mod mount_table;
 pub mod rootfs;
 pub mod share;

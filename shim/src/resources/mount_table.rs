@@ -2,7 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
 use nix::mount::{umount2, MntFlags};
+
+use super::beneath::Dir;
 
 /// Mount points at or under `dir`, deepest (most recently stacked) first, from mountinfo text.
 pub fn mounts_under(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
@@ -40,9 +43,20 @@ fn unescape(s: &str) -> String {
 }
 
 /// Unmounts everything at or under `dir` (blocking: call from spawn_blocking). A busy mount is
-/// detached (MNT_DETACH) as a last resort. Returns the errors it could not get past.
+/// detached (MNT_DETACH) as a last resort. Each mount point is reached from `dir`'s fd
+/// without following a symlink (`beneath`), its last component not followed either
+/// (`UMOUNT_NOFOLLOW`). Returns the errors it could not get past.
 pub fn unmount_all_under(dir: &Path) -> Vec<String> {
     let mut errors = Vec::new();
+    let base = match Dir::open(dir) {
+        Ok(d) => d,
+        // Nothing is mounted under a directory that is not there.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return errors,
+        Err(e) => {
+            errors.push(e.to_string());
+            return errors;
+        }
+    };
     // Stacked mounts at one point need one umount each: re-read until nothing is left.
     for _ in 0..16 {
         let info = match std::fs::read_to_string("/proc/self/mountinfo") {
@@ -57,12 +71,8 @@ pub fn unmount_all_under(dir: &Path) -> Vec<String> {
             return errors;
         }
         for m in mounts {
-            if umount2(&m, MntFlags::empty()).is_err() {
-                if let Err(e) = umount2(&m, MntFlags::MNT_DETACH) {
-                    if e != nix::errno::Errno::EINVAL && e != nix::errno::Errno::ENOENT {
-                        errors.push(format!("unmount {}: {e}", m.display()));
-                    }
-                }
+            if let Err(e) = unmount_beneath(&base, &m) {
+                errors.push(e);
             }
         }
         if !errors.is_empty() {
@@ -74,6 +84,37 @@ pub fn unmount_all_under(dir: &Path) -> Vec<String> {
         dir.display()
     ));
     errors
+}
+
+/// Unmounts the top mount at `mount_point` (at or under `base`), through the fd of its parent
+/// directory opened beneath `base`; not mounted is fine.
+fn unmount_beneath(base: &Dir, mount_point: &Path) -> Result<(), String> {
+    let rel = mount_point.strip_prefix(base.path()).unwrap_or(mount_point);
+    let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+        // `base` itself: the host's own path.
+        let flags = MntFlags::UMOUNT_NOFOLLOW;
+        if umount2(mount_point, flags).is_ok() {
+            return Ok(());
+        }
+        return match umount2(mount_point, flags | MntFlags::MNT_DETACH) {
+            Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(format!("unmount {}: {e}", mount_point.display())),
+        };
+    };
+    let opened;
+    let parent = if parent.as_os_str().is_empty() {
+        base
+    } else {
+        opened = base.open_dir(parent).map_err(|e| e.to_string())?;
+        &opened
+    };
+    if parent.unmount(name, MntFlags::empty()).is_ok() {
+        return Ok(());
+    }
+    parent
+        .unmount(name, MntFlags::MNT_DETACH)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -2,16 +2,24 @@
 //! mounts are mounted in the sandbox's share (paths from `share`), where the guest finds them.
 //! `MountPlan::new` only computes paths (pure, unit-tested); `LinuxMounter` does the mount(2)s.
 
-use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use containerd_shim_protos::ttrpc::Code;
+use nix::mount::MsFlags;
 use oci_spec::runtime::Spec;
 
-use super::share::Share;
+use super::beneath::{self, Dir, Kind, Node};
+use super::share::{self, Share, ROOTFS_NAME, SHARE_MOUNT_FLAGS};
 use super::spec;
 use crate::error::{TaskError, TaskResult};
+
+/// The rootfs directory in a bundle (containerd's layout), when no mounts are given.
+const BUNDLE_ROOTFS: &str = "rootfs";
+/// Mode of the directories the host creates in the share (the guest sees them, read-only).
+const DIR_MODE: u32 = 0o755;
+/// Mode of the empty files the host creates as targets of file bind mounts.
+const FILE_MODE: u32 = 0o644;
 
 /// One mount of the container's rootfs as containerd hands it over (`type`, `source`, `options`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,23 +44,29 @@ pub struct BindPlan {
     /// Index in the spec's `mounts`.
     pub index: usize,
     pub source: PathBuf,
+    /// Its entry in the container's `<cid>-mounts` (`N-<source's name>`).
+    pub name: String,
+    /// `<mounts>/<cid>-mounts/<name>` (for messages: the host resolves `name` beneath).
     pub host_target: PathBuf,
     pub guest_path: String,
     pub readonly: bool,
     pub recursive: bool,
 }
 
-/// Everything mounted on the host for one container.
+/// Everything mounted on the host for one container. Every target is an entry of `base`,
+/// created and resolved beneath it without following a symlink (`beneath`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountPlan {
     pub container_id: String,
     pub rootfs: RootfsSource,
-    /// `<shared>/<cid>`
-    pub container_dir: PathBuf,
-    /// `<shared>/<cid>/rootfs`
+    /// The share's host-only `mounts/`.
+    pub base: PathBuf,
+    /// `<cid>` in `base`; the rootfs is [`ROOTFS_NAME`] in it.
+    pub container_entry: String,
+    /// `<cid>-mounts` in `base`: the binds' entries.
+    pub mounts_entry: String,
+    /// `<base>/<cid>/rootfs` (for messages).
     pub rootfs_target: PathBuf,
-    /// `<shared>/<cid>-mounts`
-    pub mounts_dir: PathBuf,
     pub binds: Vec<BindPlan>,
 }
 
@@ -65,13 +79,11 @@ impl MountPlan {
         spec: &Spec,
     ) -> TaskResult<Self> {
         let rootfs = if rootfs.is_empty() {
-            let root = spec::root_path(spec).unwrap_or(Path::new("rootfs"));
+            let root = spec::root_path(spec).unwrap_or(Path::new(BUNDLE_ROOTFS));
             RootfsSource::Dir(bundle.join(root))
         } else {
             RootfsSource::Mounts(rootfs)
         };
-        let container_dir = share.container_dir(cid);
-        let mounts_dir = share.mounts_dir(cid);
         let binds = spec::host_binds(spec)
             .into_iter()
             .enumerate()
@@ -81,9 +93,11 @@ impl MountPlan {
                     .file_name()
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_else(|| "root".to_string());
-                let (host_target, guest_path) = share.bind_paths(cid, &format!("{n}-{base}"));
+                let name = format!("{n}-{base}");
+                let (host_target, guest_path) = share.bind_paths(cid, &name);
                 BindPlan {
                     index: b.index,
+                    name,
                     host_target,
                     guest_path,
                     source,
@@ -95,9 +109,10 @@ impl MountPlan {
         Ok(Self {
             container_id: cid.to_string(),
             rootfs,
+            base: share.mounts_root().to_path_buf(),
+            container_entry: share::container_entry(cid),
+            mounts_entry: share::mounts_entry(cid),
             rootfs_target: share.rootfs_dir(cid),
-            container_dir,
-            mounts_dir,
             binds,
         })
     }
@@ -148,183 +163,171 @@ fn parse_options(options: &[String]) -> (MsFlags, String) {
     (flags, data.join(","))
 }
 
-/// Mounts containerd's rootfs and the spec's bind sources with mount(2).
+/// Mounts containerd's rootfs and the spec's bind sources, beneath the share's `mounts/`.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LinuxMounter;
 
-fn io_err(what: impl std::fmt::Display, e: impl std::fmt::Display) -> TaskError {
-    TaskError::internal(format!("{what}: {e}"))
+fn internal(e: io::Error) -> TaskError {
+    TaskError::internal(e.to_string())
 }
 
-/// Flags every host-side mount of the share gets: nothing in it is a setuid program or a
-/// device node to the host, whatever the image or the guest put there.
-const SHARE_MOUNT_FLAGS: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV);
+/// Binds `source` (a path the spec or containerd names, not under the share: resolved as
+/// usual, opened once) onto `target`, with [`SHARE_MOUNT_FLAGS`] and `flags`' read-only and
+/// noexec, on every submount too when `recursive`.
+fn bind_source(source: &Node, target: &Node, flags: MsFlags, recursive: bool) -> TaskResult<()> {
+    let attrs = beneath::mount_attrs(flags | SHARE_MOUNT_FLAGS);
+    beneath::bind(source, target, recursive, attrs).map_err(internal)
+}
 
-/// mount(2) into the share, with [`SHARE_MOUNT_FLAGS`].
-fn do_mount(
-    source: &str,
-    target: &Path,
-    fstype: &str,
-    flags: MsFlags,
-    data: &str,
-) -> TaskResult<()> {
-    let flags = flags | SHARE_MOUNT_FLAGS;
-    let data = (!data.is_empty()).then_some(data);
-    let fstype = (!fstype.is_empty() && !flags.contains(MsFlags::MS_BIND)).then_some(fstype);
-    mount(Some(source), target, fstype, flags, data).map_err(|e| {
-        io_err(
-            format_args!(
-                "mounting {source} ({}) on {}",
-                fstype.unwrap_or("bind"),
-                target.display()
-            ),
-            e,
-        )
-    })?;
-    // A bind takes its flags (read-only, nosuid, nodev) only from a second, remounting call.
+/// One of containerd's rootfs mounts onto the rootfs target.
+fn mount_rootfs_layer(m: &RootfsMount, target: &Node) -> TaskResult<()> {
+    let (mut flags, data) = parse_options(&m.options);
+    if m.fstype == "bind" || m.fstype == "rbind" {
+        flags.insert(MsFlags::MS_BIND);
+    }
+    if m.fstype == "rbind" {
+        flags.insert(MsFlags::MS_REC);
+    }
     if flags.contains(MsFlags::MS_BIND) {
-        let re = MsFlags::MS_REMOUNT
-            | MsFlags::MS_BIND
-            | SHARE_MOUNT_FLAGS
-            | (flags & MsFlags::MS_RDONLY);
-        if let Err(e) = mount(None::<&str>, target, None::<&str>, re, None::<&str>) {
-            let _ = umount2(target, MntFlags::MNT_DETACH);
-            return Err(io_err(
-                format_args!("remounting {} ({re:?})", target.display()),
-                e,
-            ));
-        }
+        let source = Node::open_source(Path::new(&m.source))
+            .map_err(|e| TaskError::invalid(format!("rootfs mount source: {e}")))?;
+        return bind_source(&source, target, flags, flags.contains(MsFlags::MS_REC));
     }
-    Ok(())
-}
-
-/// Unmounts everything stacked on `target`; "not mounted" is success.
-fn unmount_all(target: &Path) -> TaskResult<()> {
-    loop {
-        match umount2(target, MntFlags::MNT_DETACH) {
-            Ok(()) => continue,
-            Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => return Ok(()),
-            Err(e) => return Err(io_err(format_args!("unmounting {}", target.display()), e)),
-        }
-    }
-}
-
-/// Removes an (unmounted) file or empty directory; absent is fine. Never recursive: a path
-/// that is still a mount point must not have its contents deleted.
-fn remove_entry(path: &Path) -> TaskResult<()> {
-    let res = match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::remove_dir(path),
-        Ok(_) => fs::remove_file(path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    };
-    match res {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            Err(io_err(format_args!("removing {}", path.display()), e))
-        }
-        _ => Ok(()),
-    }
+    let data = (!data.is_empty()).then_some(data.as_str());
+    beneath::mount_fs(
+        &m.source,
+        target,
+        &m.fstype,
+        flags | SHARE_MOUNT_FLAGS,
+        data,
+    )
+    .map_err(internal)
 }
 
 impl LinuxMounter {
     fn mount_all(plan: &MountPlan) -> TaskResult<()> {
-        if plan.container_dir.exists() {
-            return Err(TaskError::already_exists(format!(
-                "{} already exists: container {:?} is already in this sandbox",
-                plan.container_dir.display(),
-                plan.container_id
-            )));
-        }
-        fs::create_dir_all(&plan.rootfs_target)
-            .map_err(|e| io_err(format_args!("creating {}", plan.rootfs_target.display()), e))?;
+        let base = Dir::open(&plan.base).map_err(internal)?;
+        let container = base
+            .create_dir(&plan.container_entry, DIR_MODE)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::AlreadyExists => TaskError::already_exists(format!(
+                    "{e}: container {:?} is already in this sandbox",
+                    plan.container_id
+                )),
+                _ => internal(e),
+            })?;
+        let rootfs = container
+            .create_dir(ROOTFS_NAME, DIR_MODE)
+            .map_err(internal)?;
         match &plan.rootfs {
             RootfsSource::Dir(dir) => {
-                if !dir.is_dir() {
+                let source = Node::open_source(dir)
+                    .map_err(|e| TaskError::invalid(format!("container rootfs: {e}")))?;
+                if source.kind() != Kind::Dir {
                     return Err(TaskError::invalid(format!(
-                        "container rootfs {} is not a directory",
-                        dir.display()
+                        "container rootfs {} is {}, not a directory",
+                        dir.display(),
+                        source.kind()
                     )));
                 }
-                do_mount(
-                    &dir.to_string_lossy(),
-                    &plan.rootfs_target,
-                    "",
-                    MsFlags::MS_BIND | MsFlags::MS_REC,
-                    "",
-                )?;
+                bind_source(&source, rootfs.node(), MsFlags::empty(), true)?;
             }
             RootfsSource::Mounts(mounts) => {
                 for m in mounts {
-                    let (mut flags, data) = parse_options(&m.options);
-                    if m.fstype == "bind" || m.fstype == "rbind" {
-                        flags.insert(MsFlags::MS_BIND);
-                    }
-                    do_mount(&m.source, &plan.rootfs_target, &m.fstype, flags, &data)?;
+                    mount_rootfs_layer(m, rootfs.node())?;
                 }
             }
         }
-        if !plan.binds.is_empty() {
-            fs::create_dir_all(&plan.mounts_dir)
-                .map_err(|e| io_err(format_args!("creating {}", plan.mounts_dir.display()), e))?;
+        if plan.binds.is_empty() {
+            return Ok(());
         }
+        let binds = base
+            .ensure_dir(&plan.mounts_entry, DIR_MODE)
+            .map_err(internal)?;
         for b in &plan.binds {
-            let meta = fs::metadata(&b.source).map_err(|e| {
-                TaskError::invalid(format!("bind mount source {}: {e}", b.source.display()))
-            })?;
-            if meta.is_dir() {
-                fs::create_dir(&b.host_target)
+            let source = Node::open_source(&b.source)
+                .map_err(|e| TaskError::invalid(format!("bind mount source: {e}")))?;
+            let target = if source.kind() == Kind::Dir {
+                binds.ensure_dir(&b.name, DIR_MODE).map(Dir::into_node)
             } else {
-                fs::File::create(&b.host_target).map(drop)
+                binds.ensure_file(&b.name, FILE_MODE)
             }
-            .map_err(|e| io_err(format_args!("creating {}", b.host_target.display()), e))?;
-            let mut flags = MsFlags::MS_BIND;
-            if b.recursive {
-                flags.insert(MsFlags::MS_REC);
-            }
-            if b.readonly {
-                flags.insert(MsFlags::MS_RDONLY);
-            }
-            do_mount(&b.source.to_string_lossy(), &b.host_target, "", flags, "")?;
+            .map_err(internal)?;
+            let flags = if b.readonly {
+                MsFlags::MS_RDONLY
+            } else {
+                MsFlags::empty()
+            };
+            bind_source(&source, &target, flags, b.recursive)?;
         }
         Ok(())
     }
 }
 
+/// Unmounts everything at `name` in `dir`, then removes the entry.
+fn unmount_entry(dir: &Dir, name: &str) -> io::Result<()> {
+    dir.unmount_all(name)?;
+    dir.remove(name)
+}
+
+/// The directory at `name` in `base`, if it is one; a symlink or anything else there is not the
+/// host's, and nothing of the plan was mounted through it.
+fn open_own_dir(base: &Dir, name: &str) -> io::Result<Option<Dir>> {
+    match base.kind(name)? {
+        Some(Kind::Dir) => base.open_dir(Path::new(name)).map(Some),
+        _ => Ok(None),
+    }
+}
+
 impl HostMounter for LinuxMounter {
     fn mount(&self, plan: &MountPlan) -> TaskResult<()> {
-        let existed = plan.container_dir.exists();
-        Self::mount_all(plan).inspect_err(|_| {
-            if !existed {
+        Self::mount_all(plan).inspect_err(|e| {
+            // A container already there is not this plan's to take down.
+            if e.code != Code::ALREADY_EXISTS {
                 let _ = self.unmount(plan);
             }
         })
     }
 
     fn unmount(&self, plan: &MountPlan) -> TaskResult<()> {
-        let mut first_err = None;
-        for b in plan.binds.iter().rev() {
-            let r = unmount_all(&b.host_target).and_then(|_| remove_entry(&b.host_target));
+        let base = match Dir::open(&plan.base) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(internal(e)),
+        };
+        let mut first_err: Option<io::Error> = None;
+        let mut note = |r: io::Result<()>| {
             if let Err(e) = r {
                 first_err.get_or_insert(e);
             }
-        }
-        for step in [
-            remove_entry(&plan.mounts_dir),
-            unmount_all(&plan.rootfs_target),
-            remove_entry(&plan.rootfs_target),
-            remove_entry(&plan.container_dir),
-        ] {
-            if let Err(e) = step {
-                first_err.get_or_insert(e);
+        };
+        match open_own_dir(&base, &plan.mounts_entry) {
+            Ok(Some(binds)) => {
+                for b in plan.binds.iter().rev() {
+                    note(unmount_entry(&binds, &b.name));
+                }
             }
+            Ok(None) => {}
+            Err(e) => note(Err(e)),
         }
-        first_err.map_or(Ok(()), Err)
+        note(base.remove(&plan.mounts_entry));
+        match open_own_dir(&base, &plan.container_entry) {
+            Ok(Some(container)) => note(unmount_entry(&container, ROOTFS_NAME)),
+            Ok(None) => {}
+            Err(e) => note(Err(e)),
+        }
+        note(base.remove(&plan.container_entry));
+        first_err.map_or(Ok(()), |e| Err(internal(e)))
     }
 }
 
 /// Best-effort unmount of a bundle's `rootfs` (the shim's `delete` command after a crash).
 pub fn unmount_bundle_rootfs(bundle: &Path) -> TaskResult<()> {
-    unmount_all(&bundle.join("rootfs"))
+    match Dir::open(bundle) {
+        Ok(dir) => dir.unmount_all(BUNDLE_ROOTFS).map_err(internal),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(internal(e)),
+    }
 }
 
 #[cfg(test)]
@@ -431,5 +434,100 @@ mod tests {
         let (flags, _) = parse_options(&["rbind".into(), "rw".into()]);
         assert!(flags.contains(MsFlags::MS_BIND | MsFlags::MS_REC));
         assert!(!flags.contains(MsFlags::MS_RDONLY));
+    }
+
+    /// Unmounts (detached) when dropped, so a failing test leaves no mount behind.
+    struct Mounted(PathBuf);
+
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
+    /// Needs root (mounts). Names planted at the entries the shim creates next are replaced,
+    /// never followed; the container's rootfs and volumes are mounted beneath the share and
+    /// reach the export with their flags: a read-only volume is read-only there, in its
+    /// submounts too; a writable one stays writable. Unmount leaves nothing.
+    #[test]
+    fn a_container_mounts_past_planted_names_and_its_read_only_volume_is_read_only_throughout() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let vm = tmp.path().join("vm");
+        std::fs::create_dir(&vm).expect("vm dir");
+        let share = Share::in_vm_dir(&vm, crate::config::SharedFs::VirtioFs);
+        share.prepare().expect("prepare");
+        let _share_mounts = Mounted(share.mounts_root().to_path_buf());
+        let _export = Mounted(share.host_dir().to_path_buf());
+
+        let canary = tmp.path().join("canary");
+        std::fs::create_dir(&canary).expect("canary");
+        std::os::unix::fs::symlink(&canary, share.container_dir("c1")).expect("plant");
+        std::os::unix::fs::symlink(&canary, share.mounts_dir("c1")).expect("plant");
+
+        let bundle = tmp.path().join("bundle");
+        std::fs::create_dir_all(bundle.join("rootfs/tmp")).expect("rootfs");
+        let rw = tmp.path().join("rw");
+        let ro = tmp.path().join("ro");
+        std::fs::create_dir_all(ro.join("nested")).expect("ro/nested");
+        std::fs::create_dir(&rw).expect("rw");
+        nix::mount::mount(
+            Some("tmpfs"),
+            &ro.join("nested"),
+            Some("tmpfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .expect("tmpfs in the read-only volume's source");
+        let _nested = Mounted(ro.join("nested"));
+        let spec = spec(json!({
+            "root": {"path": "rootfs"},
+            "mounts": [
+                {"destination": "/rw", "type": "bind", "source": rw, "options": ["rbind", "rw"]},
+                {"destination": "/ro", "type": "bind", "source": ro, "options": ["rbind", "ro"]}
+            ]
+        }));
+        let plan = MountPlan::new(&share, "c1", vec![], &bundle, &spec).expect("plan");
+        LinuxMounter
+            .mount(&plan)
+            .expect("mount past the planted names");
+
+        let export = |rel: String| share.host_dir().join(rel);
+        let (rw_name, ro_name) = (&plan.binds[0].name, &plan.binds[1].name);
+        let writes = [
+            (export(format!("c1/{ROOTFS_NAME}/tmp/w")), true),
+            (export(format!("c1-mounts/{rw_name}/w")), true),
+            (export(format!("c1-mounts/{ro_name}/w")), false),
+            (export(format!("c1-mounts/{ro_name}/nested/w")), false),
+            (plan.binds[1].host_target.join("nested/w"), false),
+        ]
+        .map(|(p, ok)| (std::fs::write(&p, "x"), p, ok));
+        let again = LinuxMounter.mount(&plan).expect_err("c1 is there");
+        let unmounted = LinuxMounter.unmount(&plan);
+        let left: Vec<_> = std::fs::read_dir(share.mounts_root())
+            .expect("mounts/")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        let planted: Vec<_> = std::fs::read_dir(&canary).expect("canary").collect();
+
+        for (r, p, ok) in writes {
+            match (r, ok) {
+                (Ok(()), true) => {}
+                (Err(e), false) if e.raw_os_error() == Some(libc::EROFS) => {}
+                (r, _) => panic!("writing {}: {r:?}, expected writable={ok}", p.display()),
+            }
+        }
+        assert_eq!(again.code, Code::ALREADY_EXISTS, "{again}");
+        unmounted.expect("unmount");
+        assert!(left.is_empty(), "left in mounts/: {left:?}");
+        assert!(
+            planted.is_empty(),
+            "written through a planted symlink: {planted:?}"
+        );
+        assert!(
+            std::fs::read_dir(&rw).expect("rw").count() == 1,
+            "the rw volume got its write"
+        );
+        let errors = super::super::mount_table::unmount_all_under(&vm);
+        assert!(errors.is_empty(), "{errors:?}");
     }
 }

@@ -8,22 +8,30 @@
 //! inside the mounts that are writable themselves, never next to them, so it cannot plant a
 //! symlink where the host will create or mount something next.
 
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use nix::mount::{mount, MsFlags};
+use nix::mount::MsFlags;
 use protocol::agent::Storage;
 
+use super::beneath::{self, Dir};
 use crate::config::SharedFs;
 
 /// The exported directory inside a VM's directory.
 const EXPORT_DIR_NAME: &str = "shared";
 /// The host-only directory the host mounts into, inside a VM's directory.
 const MOUNTS_DIR_NAME: &str = "mounts";
+/// A container's rootfs, inside its directory in `mounts/`.
+pub const ROOTFS_NAME: &str = "rootfs";
+
+/// Flags every host-side mount of the share gets (recursively): nothing in it is a setuid
+/// program or a device node to the host, whatever the image or the guest put there.
+pub const SHARE_MOUNT_FLAGS: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV);
 
 /// One sandbox's share, host and guest side.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Share {
+    /// The VM's directory, which holds both.
+    dir: PathBuf,
     /// What the host mounts into (host-only).
     mounts: PathBuf,
     /// What the guest sees (the export).
@@ -33,13 +41,28 @@ pub struct Share {
 
 /// Guest path of container `cid`'s rootfs.
 pub fn guest_rootfs(cid: &str) -> String {
-    format!("{}/{cid}/rootfs", protocol::GUEST_SHARED_DIR)
+    format!(
+        "{}/{}/{ROOTFS_NAME}",
+        protocol::GUEST_SHARED_DIR,
+        container_entry(cid)
+    )
+}
+
+/// Name in `mounts/` of container `cid`'s directory (its rootfs is [`ROOTFS_NAME`] in it).
+pub fn container_entry(cid: &str) -> String {
+    cid.to_string()
+}
+
+/// Name in `mounts/` of container `cid`'s bind mounts directory (volumes, resolv.conf, ...).
+pub fn mounts_entry(cid: &str) -> String {
+    format!("{cid}-mounts")
 }
 
 impl Share {
     /// The share of the VM whose directory is `vm_dir`, reaching the guest as `kind`.
     pub fn in_vm_dir(vm_dir: &Path, kind: SharedFs) -> Share {
         Share {
+            dir: vm_dir.to_path_buf(),
             mounts: vm_dir.join(MOUNTS_DIR_NAME),
             export: vm_dir.join(EXPORT_DIR_NAME),
             kind,
@@ -61,26 +84,36 @@ impl Share {
         self.kind
     }
 
+    /// `mounts/`: the host-only directory every host-side mount goes into; the host resolves
+    /// every entry of it beneath it (`beneath`).
+    pub fn mounts_root(&self) -> &Path {
+        &self.mounts
+    }
+
     /// `mounts/<cid>`: everything of container `cid` that is not a volume.
     pub fn container_dir(&self, cid: &str) -> PathBuf {
-        self.mounts.join(cid)
+        self.mounts.join(container_entry(cid))
     }
 
     /// `mounts/<cid>/rootfs`, seen by the guest at [`guest_rootfs`].
     pub fn rootfs_dir(&self, cid: &str) -> PathBuf {
-        self.container_dir(cid).join("rootfs")
+        self.container_dir(cid).join(ROOTFS_NAME)
     }
 
     /// `mounts/<cid>-mounts`: the container's host bind mounts (volumes, resolv.conf, ...).
     pub fn mounts_dir(&self, cid: &str) -> PathBuf {
-        self.mounts.join(format!("{cid}-mounts"))
+        self.mounts.join(mounts_entry(cid))
     }
 
     /// Host and guest path of bind mount `name` of container `cid`.
     pub fn bind_paths(&self, cid: &str, name: &str) -> (PathBuf, String) {
         (
             self.mounts_dir(cid).join(name),
-            format!("{}/{cid}-mounts/{name}", protocol::GUEST_SHARED_DIR),
+            format!(
+                "{}/{}/{name}",
+                protocol::GUEST_SHARED_DIR,
+                mounts_entry(cid)
+            ),
         )
     }
 
@@ -117,47 +150,23 @@ impl Share {
     /// `mounts/` is a bind mount of itself with shared propagation: container rootfs are
     /// mounted there after virtiofsd started, and virtiofsd's `--sandbox=namespace` works on a
     /// copy of the mount tree taken at its start, which receives later mounts only through
-    /// propagation. `shared/` is a bind of it, remounted read-only, nosuid and nodev, then made
-    /// its slave: mounts reach the export, nothing goes back. The caller removes both with the
-    /// VM's directory (unmounting what is under it) on every path.
+    /// propagation. `shared/` is a bind of it, read-only, nosuid and nodev from its start, then
+    /// made its slave: mounts reach the export, nothing goes back. Everything is done through
+    /// fds beneath the VM's directory (`beneath`). The caller removes both with the VM's
+    /// directory (unmounting what is under it) on every path.
     pub fn prepare(&self) -> std::io::Result<()> {
-        let none: Option<&str> = None;
-        let context = |what: String| {
-            move |e: nix::errno::Errno| {
-                std::io::Error::new(std::io::Error::from(e).kind(), format!("{what}: {e}"))
-            }
-        };
-        for dir in [&self.mounts, &self.export] {
-            std::fs::DirBuilder::new()
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| {
-                    std::io::Error::new(e.kind(), format!("create {}: {e}", dir.display()))
-                })?;
-        }
-        let m = self.mounts.as_path();
-        mount(Some(m), m, none, MsFlags::MS_BIND, none)
-            .map_err(context(format!("bind-mount {} onto itself", m.display())))?;
-        mount(none, m, none, MsFlags::MS_SHARED, none)
-            .map_err(context(format!("make {} a shared mount", m.display())))?;
-        let x = self.export.as_path();
-        mount(Some(m), x, none, MsFlags::MS_BIND, none).map_err(context(format!(
-            "bind-mount {} on {}",
-            m.display(),
-            x.display()
-        )))?;
-        let read_only = MsFlags::MS_BIND
-            | MsFlags::MS_REMOUNT
-            | MsFlags::MS_RDONLY
-            | MsFlags::MS_NOSUID
-            | MsFlags::MS_NODEV;
-        mount(none, x, none, read_only, none)
-            .map_err(context(format!("remount {} read-only", x.display())))?;
-        mount(none, x, none, MsFlags::MS_SLAVE, none).map_err(context(format!(
-            "make {} a slave of {}",
-            x.display(),
-            m.display()
-        )))
+        let vm = Dir::open(&self.dir)?;
+        let mounts = vm.create_dir(MOUNTS_DIR_NAME, 0o700)?;
+        let export = vm.create_dir(EXPORT_DIR_NAME, 0o700)?;
+        let attrs = beneath::mount_attrs(SHARE_MOUNT_FLAGS);
+        beneath::bind(mounts.node(), mounts.node(), false, attrs)?;
+        // The fd opened before the bind is the directory under it: reopen for the mount.
+        let mounts = vm.open_dir(Path::new(MOUNTS_DIR_NAME))?;
+        beneath::set_mount_attrs(mounts.node(), false, 0, MsFlags::MS_SHARED)?;
+        let read_only = beneath::mount_attrs(SHARE_MOUNT_FLAGS | MsFlags::MS_RDONLY);
+        beneath::bind(mounts.node(), export.node(), false, read_only)?;
+        let export = vm.open_dir(Path::new(EXPORT_DIR_NAME))?;
+        beneath::set_mount_attrs(export.node(), false, 0, MsFlags::MS_SLAVE)
     }
 }
 
@@ -220,7 +229,7 @@ mod tests {
         let rootfs = share.rootfs_dir("c1");
         std::fs::create_dir_all(&rootfs).expect("rootfs dir");
         let none: Option<&str> = None;
-        mount(Some(src.path()), &rootfs, none, MsFlags::MS_BIND, none).expect("bind");
+        nix::mount::mount(Some(src.path()), &rootfs, none, MsFlags::MS_BIND, none).expect("bind");
         let read = std::fs::read_to_string(share.host_dir().join("c1/rootfs/hello"));
         let planted = std::os::unix::fs::symlink("/etc", share.host_dir().join("c2-mounts"));
         let written = std::fs::write(share.host_dir().join("c1/rootfs/inside"), "ok");

@@ -7,30 +7,40 @@ use std::time::{Duration, Instant};
 use super::{validate_vm_id, VmError};
 use crate::hypervisor::layout::run_root;
 use crate::hypervisor::VmPaths;
+use crate::resources::beneath::Dir;
 use crate::resources::mount_table;
 
 /// Unmounts everything under `dir` and removes it.
 pub(super) async fn remove_vm_dir(dir: &Path) -> Result<(), VmError> {
     let d = dir.to_path_buf();
-    let errors = tokio::task::spawn_blocking(move || mount_table::unmount_all_under(&d))
+    tokio::task::spawn_blocking(move || unmount_and_remove(&d))
         .await
-        .map_err(|e| VmError::Dir {
-            path: dir.to_path_buf(),
-            source: std::io::Error::other(e),
-        })?;
-    if !errors.is_empty() {
-        return Err(VmError::Dir {
-            path: dir.to_path_buf(),
-            source: std::io::Error::other(errors.join("; ")),
-        });
-    }
-    match tokio::fs::remove_dir_all(dir).await {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(VmError::Dir {
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|source| VmError::Dir {
             path: dir.to_path_buf(),
             source,
-        }),
+        })
+}
+
+/// Blocking part of [`remove_vm_dir`]. The removal resolves beneath the run root, follows no
+/// symlink, and stops at anything still mounted rather than deleting inside it.
+fn unmount_and_remove(dir: &Path) -> std::io::Result<()> {
+    let errors = mount_table::unmount_all_under(dir);
+    if !errors.is_empty() {
+        return Err(std::io::Error::other(errors.join("; ")));
+    }
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name().and_then(|n| n.to_str()))
+    else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} names no VM directory to remove", dir.display()),
+        ));
+    };
+    match Dir::open(parent) {
+        Ok(root) => root.remove_tree(name),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -131,5 +141,37 @@ mod tests {
         stranger.wait().expect("reap");
         // A second cleanup of a gone dir is fine.
         cleanup_dir(&dir).await.expect("idempotent");
+    }
+
+    /// Needs root (mount). A VM dir holding a mount of a host directory and symlinks to it:
+    /// removal unmounts, then removes without following or deleting anything behind them.
+    #[tokio::test]
+    async fn removal_leaves_what_mounts_and_symlinks_point_at() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let canary = root.path().join("canary");
+        std::fs::create_dir(&canary).expect("canary");
+        std::fs::write(canary.join("keep"), "canary").expect("keep");
+        let dir = root.path().join("s2");
+        let target = dir.join("mounts/c1/rootfs");
+        std::fs::create_dir_all(&target).expect("dirs");
+        nix::mount::mount(
+            Some(&canary),
+            &target,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .expect("bind");
+        std::os::unix::fs::symlink(&canary, dir.join("link")).expect("symlink");
+        std::os::unix::fs::symlink(&canary, dir.join("mounts/c1-mounts")).expect("symlink");
+        let removed = remove_vm_dir(&dir).await;
+        let _ = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH);
+        removed.expect("removed");
+        assert!(!dir.exists());
+        let left: Vec<_> = std::fs::read_dir(&canary)
+            .expect("canary")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(left, ["keep"]);
     }
 }
