@@ -111,11 +111,27 @@ pub async fn run(config: &Config, inputs: &CheckInputs) -> Vec<Finding> {
     if config.vmm.guest().shared_fs == SharedFs::VirtioFs {
         out.push(check_virtiofsd(config).await);
     }
+    out.push(check_host_kernel());
     out.push(check_kernel(config));
     out.push(check_initrd(config));
     out.push(check_containerd_binary().await);
     out.extend(check_containerd_config(&inputs.containerd_config));
     out
+}
+
+/// The host kernel calls the share's safe path operations need (`resources::beneath`).
+fn check_host_kernel() -> Finding {
+    match crate::resources::beneath::host_kernel_support() {
+        Ok(()) => Finding::ok(
+            "host kernel",
+            "openat2 and the mount API (safe operations in the shared directory)",
+        ),
+        Err(e) => Finding::fail(
+            "host kernel",
+            e,
+            "run the node on Linux 5.12 or newer; sandboxes cannot be created on this kernel",
+        ),
+    }
 }
 
 fn check_accel(q: &QemuConfig, root: &Path) -> Finding {

@@ -590,6 +590,29 @@ fn set_attrs(
     syscall_result(r, "mount_setattr", path).map(drop)
 }
 
+/// Whether the host kernel has every syscall this module needs; `Err` names the first
+/// missing one and the kernel needed (for `kata-ctl check`, before any sandbox fails on it).
+/// Each is called with arguments it refuses (a bad fd, no flags): only ENOSYS means missing.
+pub fn host_kernel_support() -> Result<(), String> {
+    let probes: [(&str, libc::c_long); 4] = [
+        ("openat2", libc::SYS_openat2),
+        ("open_tree", libc::SYS_open_tree),
+        ("move_mount", libc::SYS_move_mount),
+        ("mount_setattr", libc::SYS_mount_setattr),
+    ];
+    for (name, nr) in probes {
+        // SAFETY: every pointer argument is null and the fd is invalid: the kernel fails the
+        // call (EBADF, EFAULT or EINVAL) before touching anything, or says ENOSYS.
+        let r = unsafe { libc::syscall(nr, -1, std::ptr::null::<libc::c_char>(), 0, 0, 0) };
+        if r < 0 && Errno::last() == Errno::ENOSYS {
+            return Err(format!(
+                "the host kernel has no {name}: {NEEDED_KERNEL} is needed"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A raw syscall's result, or an error naming it (and the kernel it needs, for ENOSYS).
 fn syscall_result(r: libc::c_long, syscall: &str, path: &Path) -> io::Result<libc::c_long> {
     if r >= 0 {
@@ -677,6 +700,11 @@ mod tests {
 
     fn err_text<T: std::fmt::Debug>(r: io::Result<T>) -> String {
         r.expect_err("must be refused").to_string()
+    }
+
+    #[test]
+    fn this_host_kernel_has_the_syscalls() {
+        host_kernel_support().expect("the build hosts run Linux 6.x");
     }
 
     #[test]
