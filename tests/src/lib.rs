@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod agent_rpc;
+
 /// The runtime name containerd maps to our `containerd-shim-kata-v2` binary.
 pub const RUNTIME: &str = "io.containerd.kata.v2";
 /// Where the shim keeps each sandbox's VM, helpers and sockets (see the shim's `vm` module).

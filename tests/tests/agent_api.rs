@@ -8,262 +8,84 @@
 //! KATA_RS_TEST_AARCH64_{CONFIG,INITRD,KERNEL} override the config and the guest.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
+use kata_e2e::agent_rpc::{
+    create, create_and_start, exec, guest_config, guest_dialer, make_dirs, make_rootfs, read_all,
+    remove, run_in_vm, signal, start, wait, Stream, BUSYBOX, STEP,
+};
 use kata_e2e::*;
-use kata_shim::config::Config;
-use kata_shim::guest::client::Agent;
-use kata_shim::guest::vsock::Dialer;
-use kata_shim::hypervisor::VmPaths;
-use kata_shim::resources::share::Share;
-use kata_shim::vm::{Vm, VmSpec};
+use kata_shim::vm::Vm;
 use protocol::agent::*;
 use serde_json::json;
 use tokio::io::AsyncBufReadExt;
 
-/// busybox-static of the host arch; the arm64 one comes from scripts/lib.sh.
-const BUSYBOX: &str = "/bin/busybox";
-/// WaitProcess / ReadStdout block until the guest process acts; bound them in the test.
-const STEP: Duration = Duration::from_secs(60);
-
-/// The runtime config of one guest arch, with development overrides from the environment
-/// (`<prefix>_CONFIG`, `<prefix>_INITRD`, `<prefix>_KERNEL`).
-fn config(default: &str, env_prefix: &str) -> Config {
-    let var = |name: &str| std::env::var_os(format!("{env_prefix}_{name}")).map(PathBuf::from);
-    let path = var("CONFIG").unwrap_or_else(|| top_dir().join(default));
-    require_built(std::slice::from_ref(&path));
-    let mut config =
-        Config::from_file(&path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
-    if let Some(p) = var("INITRD") {
-        config.vmm.guest_mut().initrd = p;
-    }
-    if let Some(p) = var("KERNEL") {
-        config.vmm.guest_mut().kernel = p;
-    }
-    require_built(&[
-        config.vmm.guest().kernel.clone(),
-        config.vmm.guest().initrd.clone(),
-    ]);
-    config
-}
-
-/// A busybox rootfs where the shim puts container `cid`'s (the host side of the share); the
-/// guest sees it under GUEST_SHARED_DIR.
-fn make_rootfs(busybox: &Path, share: &Share, cid: &str) -> String {
-    let root = share.rootfs_dir(cid);
-    for d in ["bin", "dev", "proc", "sys", "tmp", "etc"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy(busybox, root.join("bin/busybox"))
-        .unwrap_or_else(|e| panic!("copying {}: {e}", busybox.display()));
-    for applet in [
-        "sh", "echo", "cat", "sleep", "hostname", "tty", "ls", "id", "true", "mkdir", "ip",
-    ] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
-    // A mount of its own, as the shim's rootfs are: the export is read-only around it and
-    // writable inside it.
-    let st = std::process::Command::new("timeout")
-        .args(["30", "mount", "--bind"])
-        .arg(&root)
-        .arg(&root)
-        .status()
-        .expect("mount --bind");
-    assert!(st.success(), "mount --bind {}: {st}", root.display());
-    format!("{}/{cid}/rootfs", protocol::GUEST_SHARED_DIR)
-}
-
-fn spec(root: &str, args: &[&str]) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "ociVersion": "1.0.2",
-        "hostname": "agent-test",
-        "process": {
-            "args": args,
-            "cwd": "/",
-            "env": ["PATH=/bin"],
-            "user": {"uid": 0, "gid": 0},
-            "capabilities": {
-                "bounding": ["CAP_KILL", "CAP_CHOWN", "CAP_SETUID", "CAP_SETGID"],
-                "effective": ["CAP_KILL", "CAP_CHOWN", "CAP_SETUID", "CAP_SETGID"],
-                "permitted": ["CAP_KILL", "CAP_CHOWN", "CAP_SETUID", "CAP_SETGID"]
+/// The suite's OCI spec: the usual one with hostname `agent-test`, capabilities, an rlimit,
+/// sysfs and the cgroup fs, pids and memory limits and a sysctl.
+fn agent_spec(root: &str, args: &[&str]) -> Vec<u8> {
+    kata_e2e::agent_rpc::spec(
+        root,
+        args,
+        json!({
+            "hostname": "agent-test",
+            "process": {
+                "capabilities": {
+                    "bounding": ["CAP_KILL", "CAP_CHOWN", "CAP_SETUID", "CAP_SETGID"],
+                    "effective": ["CAP_KILL", "CAP_CHOWN", "CAP_SETUID", "CAP_SETGID"],
+                    "permitted": ["CAP_KILL", "CAP_CHOWN", "CAP_SETUID", "CAP_SETGID"]
+                },
+                "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}]
             },
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-            "noNewPrivileges": true
-        },
-        "root": {"path": root, "readonly": false},
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
-            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-             "options": ["nosuid", "noexec", "nodev", "ro"]},
-            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
-             "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
-        ],
-        "linux": {
-            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"},
-                           {"type": "mount"}, {"type": "network"}],
-            "resources": {"pids": {"limit": 64}, "memory": {"limit": 134217728}},
-            "sysctl": {"kernel.shm_rmid_forced": "1"},
-            "maskedPaths": ["/proc/kcore", "/proc/keys"],
-            "readonlyPaths": ["/proc/sys"]
-        }
-    }))
-    .unwrap()
-}
-
-async fn read_all(agent: &Agent, cid: &str, exec: &str, stderr: bool) -> String {
-    let mut out = Vec::new();
-    loop {
-        let req = ReadStreamRequest {
-            container_id: cid.into(),
-            exec_id: exec.into(),
-            len: 4096,
-            ..Default::default()
-        };
-        let call = async {
-            if stderr {
-                agent.read_stderr(req).await
-            } else {
-                agent.read_stdout(req).await
+            "mounts": [
+                {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+                 "options": ["nosuid", "noexec", "nodev", "ro"]},
+                {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+                 "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
+            ],
+            "linux": {
+                "resources": {"pids": {"limit": 64}, "memory": {"limit": 134217728}},
+                "sysctl": {"kernel.shm_rmid_forced": "1"},
+                "maskedPaths": ["/proc/keys"]
             }
-        };
-        let resp = tokio::time::timeout(STEP, call)
-            .await
-            .expect("read timed out")
-            .expect("read failed");
-        if resp.data.is_empty() {
-            return String::from_utf8_lossy(&out).into_owned();
-        }
-        out.extend_from_slice(&resp.data);
-    }
+        }),
+    )
 }
 
-async fn wait(agent: &Agent, cid: &str, exec: &str) -> i32 {
-    let req = WaitProcessRequest {
-        container_id: cid.into(),
-        exec_id: exec.into(),
-        ..Default::default()
-    };
-    tokio::time::timeout(STEP, agent.wait_process(req))
-        .await
-        .expect("WaitProcess timed out")
-        .expect("WaitProcess failed")
-        .status
-}
-
-async fn create(agent: &Agent, cid: &str, spec: Vec<u8>) -> Result<u32, String> {
-    agent
-        .create_container(CreateContainerRequest {
-            container_id: cid.into(),
-            oci_spec_json: spec,
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.pid)
-        .map_err(|e| e.to_string())
-}
-
-async fn start(agent: &Agent, cid: &str) {
-    agent
-        .start_container(StartContainerRequest {
-            container_id: cid.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("StartContainer {cid}: {e}"));
-}
-
-async fn exec(
-    agent: &Agent,
-    cid: &str,
-    eid: &str,
-    args: &[&str],
-    tty: bool,
-) -> Result<u32, String> {
-    let process = json!({"args": args, "cwd": "/", "env": ["PATH=/bin"], "terminal": tty,
-                         "user": {"uid": 0, "gid": 0}});
-    agent
-        .exec_process(ExecProcessRequest {
-            container_id: cid.into(),
-            exec_id: eid.into(),
-            process_json: serde_json::to_vec(&process).unwrap(),
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.pid)
-        .map_err(|e| e.to_string())
-}
-
-async fn signal(agent: &Agent, cid: &str, eid: &str, sig: u32) {
-    agent
-        .signal_process(SignalProcessRequest {
-            container_id: cid.into(),
-            exec_id: eid.into(),
-            signal: sig,
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("SignalProcess {cid}/{eid}: {e}"));
-}
-
-async fn remove(agent: &Agent, cid: &str) {
-    agent
-        .remove_container(RemoveContainerRequest {
-            container_id: cid.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("RemoveContainer {cid}: {e}"));
+/// A busybox rootfs with the directories the suite's specs mount on or write to.
+fn busybox_rootfs(busybox: &Path, vm: &Vm, cid: &str) -> String {
+    make_rootfs(busybox, vm.share(), cid, |root| {
+        make_dirs(root, &["dev", "tmp"])
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_api_end_to_end() {
-    let config = config("build/configuration-qemu.toml", "KATA_RS_TEST");
-    run(config, "agentapi", Path::new(BUSYBOX)).await;
+    let config = guest_config("build/configuration-qemu.toml", "KATA_RS_TEST");
+    run_in_vm(config, "agentapi", |vm, sandbox_id| {
+        Box::pin(drive(vm, sandbox_id, PathBuf::from(BUSYBOX)))
+    })
+    .await;
 }
 
 /// The same suite against the arm64 guest (QEMU `virt`, TCG on an x86 host).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_api_end_to_end_arm64() {
-    let config = config(
+    let config = guest_config(
         "build/configuration-qemu-aarch64.toml",
         "KATA_RS_TEST_AARCH64",
     );
+    // busybox-static for arm64, from scripts/lib.sh.
     let busybox = PathBuf::from(
         shell_var("BUSYBOX_ARM64").unwrap_or_else(|e| panic!("BUSYBOX_ARM64: {e:#}")),
     );
     require_built(std::slice::from_ref(&busybox));
-    run(config, "agentapiarm", &busybox).await;
+    run_in_vm(config, "agentapiarm", move |vm, sandbox_id| {
+        Box::pin(drive(vm, sandbox_id, busybox))
+    })
+    .await;
 }
 
-async fn run(mut config: Config, prefix: &str, busybox: &Path) {
-    // The debug console is covered too (the guest image carries a busybox shell).
-    let guest = config.vmm.guest_mut();
-    guest.kernel_params = format!("{} agent.debug_console", guest.kernel_params);
-    let sandbox_id = unique_id(prefix);
-    let vm = Vm::boot(&VmSpec::new(sandbox_id.clone(), config))
-        .await
-        .unwrap_or_else(|e| panic!("booting the VM: {e}"));
-    let result =
-        tokio::time::timeout(Duration::from_secs(300), drive(&vm, &sandbox_id, busybox)).await;
-    let console = std::fs::read_to_string(vm.console_log()).unwrap_or_default();
-    let down = vm.shutdown().await;
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => panic!("{e}\nguest console:\n{console}"),
-        Err(_) => panic!("agent API test timed out\nguest console:\n{console}"),
-    }
-    down.expect("shutting the VM down");
-    let left = wait_clean(&sandbox_id, Duration::from_secs(15));
-    assert!(left.is_empty(), "sandbox left things behind: {left:#?}");
-}
-
-async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> {
+async fn drive(vm: &Vm, sandbox_id: &str, busybox: PathBuf) -> Result<(), String> {
+    let busybox = busybox.as_path();
     let agent = vm.agent().with_timeout(STEP);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -301,9 +123,7 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
 
     // The log stream (vsock port AGENT_LOG_PORT) replays the buffered early lines to a late
     // reader: the "listening" line was logged long before this connection.
-    let dialer = Dialer::Hybrid {
-        uds_path: VmPaths::new(vm.dir()).hybrid_vsock(),
-    };
+    let dialer = guest_dialer(vm);
     let logs = dialer
         .dial(protocol::AGENT_LOG_PORT)
         .await
@@ -349,11 +169,11 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
     assert_eq!(seen, Ok(true), "the debug console ran a shell command");
 
     // 1. A short-lived container: stdout, stdin, stderr, exit code.
-    let root1 = make_rootfs(busybox, vm.share(), "c1");
+    let root1 = busybox_rootfs(busybox, vm, "c1");
     let pid = create(
         &agent,
         "c1",
-        spec(
+        agent_spec(
             &root1,
             &["sh", "-c", "echo hello; cat; echo oops >&2; exit 3"],
         ),
@@ -361,7 +181,7 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
     .await
     .map_err(|e| format!("CreateContainer c1: {e}"))?;
     assert!(pid > 0);
-    start(&agent, "c1").await;
+    start(&agent, "c1").await?;
     let n = agent
         .write_stdin(WriteStreamRequest {
             container_id: "c1".into(),
@@ -379,28 +199,28 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
         .await
         .map_err(|e| format!("CloseStdin: {e}"))?;
     assert_eq!(
-        read_all(&agent, "c1", "", false).await,
+        read_all(&agent, "c1", "", Stream::Stdout).await,
         "hello\nfrom-stdin\n"
     );
-    assert_eq!(read_all(&agent, "c1", "", true).await, "oops\n");
+    assert_eq!(read_all(&agent, "c1", "", Stream::Stderr).await, "oops\n");
     assert_eq!(wait(&agent, "c1", "").await, 3);
     assert_eq!(
         wait(&agent, "c1", "c1").await,
         3,
         "exec id == container id is the init"
     );
-    remove(&agent, "c1").await;
+    remove(&agent, "c1").await?;
 
     // 1b. A terminal container: the init's stdio is a pty from the container's devpts.
-    let root_t = make_rootfs(busybox, vm.share(), "t1");
-    let mut t_spec: serde_json::Value =
-        serde_json::from_slice(&spec(&root_t, &["sh", "-c", "tty; read x; echo got-$x"])).unwrap();
+    let root_t = busybox_rootfs(busybox, vm, "t1");
+    let mut t_spec: serde_json::Value = serde_json::from_slice(&agent_spec(
+        &root_t,
+        &["sh", "-c", "tty; read x; echo got-$x"],
+    ))
+    .unwrap();
     t_spec["process"]["terminal"] = json!(true);
     t_spec["process"]["consoleSize"] = json!({"height": 30, "width": 100});
-    create(&agent, "t1", serde_json::to_vec(&t_spec).unwrap())
-        .await
-        .map_err(|e| format!("CreateContainer t1: {e}"))?;
-    start(&agent, "t1").await;
+    create_and_start(&agent, "t1", serde_json::to_vec(&t_spec).unwrap()).await?;
     agent
         .tty_win_resize(TtyWinResizeRequest {
             container_id: "t1".into(),
@@ -418,16 +238,16 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
         })
         .await
         .map_err(|e| format!("WriteStdin t1: {e}"))?;
-    let out = read_all(&agent, "t1", "", false).await;
+    let out = read_all(&agent, "t1", "", Stream::Stdout).await;
     assert!(
         out.contains("/dev/pts/0\r\n") && out.contains("got-hi\r\n"),
         "terminal container printed {out:?}"
     );
     assert_eq!(wait(&agent, "t1", "").await, 0);
-    remove(&agent, "t1").await;
+    remove(&agent, "t1").await?;
 
     // 2. A long-lived container: execs, tty, signals, stats, pause/resume.
-    let root2 = make_rootfs(busybox, vm.share(), "c2");
+    let root2 = busybox_rootfs(busybox, vm, "c2");
     // c2 forbids mkdir through seccomp (an OCI profile with a per-syscall errno).
     // CopyFile in two chunks, then bound read-only into c2 as a file mount.
     let copied = format!("{}/sandbox/copied.txt", protocol::GUEST_RUN_DIR);
@@ -459,7 +279,7 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
         .map_err(|e| format!("OnlineCPUMem: {e}"))?;
 
     let mut c2_spec: serde_json::Value =
-        serde_json::from_slice(&spec(&root2, &["sleep", "1000"])).unwrap();
+        serde_json::from_slice(&agent_spec(&root2, &["sleep", "1000"])).unwrap();
     c2_spec["mounts"].as_array_mut().unwrap().push(
         json!({"destination": "/copied", "type": "bind", "source": copied,
                      "options": ["rbind", "ro"]}),
@@ -468,10 +288,7 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
         "defaultAction": "SCMP_ACT_ALLOW",
         "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
     });
-    create(&agent, "c2", serde_json::to_vec(&c2_spec).unwrap())
-        .await
-        .map_err(|e| format!("CreateContainer c2: {e}"))?;
-    start(&agent, "c2").await;
+    create_and_start(&agent, "c2", serde_json::to_vec(&c2_spec).unwrap()).await?;
 
     exec(
         &agent,
@@ -489,7 +306,7 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
     .await
     .map_err(|e| format!("ExecProcess e1: {e}"))?;
     assert_eq!(
-        read_all(&agent, "c2", "e1", false).await,
+        read_all(&agent, "c2", "e1", Stream::Stdout).await,
         "exec-out\nagent-test\ncopied content\nro\n1\nro\n"
     );
     assert_eq!(wait(&agent, "c2", "e1").await, 0);
@@ -504,8 +321,11 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
     )
     .await
     .map_err(|e| format!("ExecProcess sc: {e}"))?;
-    assert_eq!(read_all(&agent, "c2", "sc", false).await, "denied\n");
-    let err = read_all(&agent, "c2", "sc", true).await;
+    assert_eq!(
+        read_all(&agent, "c2", "sc", Stream::Stdout).await,
+        "denied\n"
+    );
+    let err = read_all(&agent, "c2", "sc", Stream::Stderr).await;
     assert!(
         err.contains("Operation not permitted"),
         "mkdir said {err:?}"
@@ -531,9 +351,9 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
     exec(&agent, "c2", "tty1", &["tty"], true)
         .await
         .map_err(|e| format!("ExecProcess tty1: {e}"))?;
-    let tty_out = read_all(&agent, "c2", "tty1", false).await;
+    let tty_out = read_all(&agent, "c2", "tty1", Stream::Stdout).await;
     assert!(tty_out.starts_with("/dev/pts/"), "tty printed {tty_out:?}");
-    assert_eq!(read_all(&agent, "c2", "tty1", true).await, "");
+    assert_eq!(read_all(&agent, "c2", "tty1", Stream::Stderr).await, "");
     assert_eq!(wait(&agent, "c2", "tty1").await, 0);
 
     // Concurrent execs: each spawn is its own helper; outputs must not mix.
@@ -541,7 +361,7 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
         let agent = &agent;
         async move {
             exec(agent, "c2", id, &["echo", id], false).await?;
-            let out = read_all(agent, "c2", id, false).await;
+            let out = read_all(agent, "c2", id, Stream::Stdout).await;
             let status = wait(agent, "c2", id).await;
             Ok::<_, String>((out, status))
         }
@@ -555,7 +375,7 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
     exec(&agent, "c2", "e2", &["sleep", "1000"], false)
         .await
         .map_err(|e| format!("ExecProcess e2: {e}"))?;
-    signal(&agent, "c2", "e2", 15).await;
+    signal(&agent, "c2", "e2", 15).await?;
     assert_eq!(wait(&agent, "c2", "e2").await, 128 + 15);
 
     let stats = agent
@@ -610,7 +430,10 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
     )
     .await
     .map_err(|e| format!("ExecProcess cg: {e}"))?;
-    assert_eq!(read_all(&agent, "c2", "cg", false).await, "32\nro\n");
+    assert_eq!(
+        read_all(&agent, "c2", "cg", Stream::Stdout).await,
+        "32\nro\n"
+    );
     assert_eq!(wait(&agent, "c2", "cg").await, 0);
 
     let procs = agent
@@ -638,24 +461,21 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
         .map_err(|e| format!("ResumeContainer: {e}"))?;
 
     // 2b. OOM: a container over its memory limit is OOM-killed and GetOOMEvent names it.
-    let root_o = make_rootfs(busybox, vm.share(), "oom1");
-    let mut o_spec: serde_json::Value = serde_json::from_slice(&spec(
+    let root_o = busybox_rootfs(busybox, vm, "oom1");
+    let mut o_spec: serde_json::Value = serde_json::from_slice(&agent_spec(
         &root_o,
         &["sh", "-c", "a=x; while true; do a=$a$a; done"],
     ))
     .unwrap();
     o_spec["linux"]["resources"]["memory"] = json!({"limit": 16 << 20});
-    create(&agent, "oom1", serde_json::to_vec(&o_spec).unwrap())
-        .await
-        .map_err(|e| format!("CreateContainer oom1: {e}"))?;
-    start(&agent, "oom1").await;
+    create_and_start(&agent, "oom1", serde_json::to_vec(&o_spec).unwrap()).await?;
     let oom = tokio::time::timeout(STEP, agent.get_oom_event(GetOOMEventRequest::new()))
         .await
         .map_err(|_| "GetOOMEvent timed out".to_string())?
         .map_err(|e| format!("GetOOMEvent: {e}"))?;
     assert_eq!(oom.container_id, "oom1");
     assert_eq!(wait(&agent, "oom1", "").await, 128 + 9);
-    remove(&agent, "oom1").await;
+    remove(&agent, "oom1").await?;
 
     // 2c. Networking (netlink): the guest has only `lo`; containers share the guest netns.
     let iface = agent
@@ -707,7 +527,7 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
     )
     .await
     .map_err(|e| format!("ExecProcess net: {e}"))?;
-    let net = read_all(&agent, "c2", "net", false).await;
+    let net = read_all(&agent, "c2", "net", Stream::Stdout).await;
     assert!(
         net.contains("inet 10.9.8.7/32") && net.contains("mtu 60000"),
         "{net}"
@@ -734,11 +554,11 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
     assert!(e.contains("nosuch0"), "{e}");
 
     // 3. Bad input: each answered with an error naming the cause; the agent keeps serving.
-    let e = create(&agent, "../x", spec(&root2, &["true"]))
+    let e = create(&agent, "../x", agent_spec(&root2, &["true"]))
         .await
         .unwrap_err();
     assert!(e.contains("invalid container id"), "{e}");
-    let e = create(&agent, "c2", spec(&root2, &["true"]))
+    let e = create(&agent, "c2", agent_spec(&root2, &["true"]))
         .await
         .unwrap_err();
     assert!(e.contains("already exists"), "{e}");
@@ -753,14 +573,14 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
         .await
         .unwrap_err();
     assert!(e.contains("invalid OCI spec"), "{e}");
-    let e = create(&agent, "c3", spec("/", &["true"]))
+    let e = create(&agent, "c3", agent_spec("/", &["true"]))
         .await
         .unwrap_err();
     assert!(e.contains("must lie under /run/kata-containers"), "{e}");
     let e = create(
         &agent,
         "c3",
-        spec("/run/kata-containers/shared/containers/nope", &["true"]),
+        agent_spec("/run/kata-containers/shared/containers/nope", &["true"]),
     )
     .await
     .unwrap_err();
@@ -821,9 +641,9 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: &Path) -> Result<(), String> 
     );
 
     // 4. The init killed by a signal reports 128 + n; removal cleans up.
-    signal(&agent, "c2", "", 9).await;
+    signal(&agent, "c2", "", 9).await?;
     assert_eq!(wait(&agent, "c2", "").await, 128 + 9);
-    remove(&agent, "c2").await;
+    remove(&agent, "c2").await?;
     let e = agent
         .stats_container(StatsContainerRequest {
             container_id: "c2".into(),

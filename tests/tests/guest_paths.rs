@@ -8,208 +8,45 @@
 //! its pidfd) and is refused once the init has exited.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
+use kata_e2e::agent_rpc::{
+    create, create_and_start, exec, guest_config, guest_sh, make_rootfs, read_all, remove,
+    run_in_vm, signal, wait, Stream, BUSYBOX, STEP,
+};
 use kata_e2e::*;
-use kata_shim::config::Config;
-use kata_shim::guest::client::Agent;
-use kata_shim::guest::vsock::Dialer;
-use kata_shim::hypervisor::VmPaths;
-use kata_shim::resources::share::{guest_rootfs, Share};
-use kata_shim::vm::{Vm, VmSpec};
+use kata_shim::vm::Vm;
 use protocol::agent::*;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// busybox-static of the host arch (the guest's arch here).
-const BUSYBOX: &str = "/bin/busybox";
-/// Each agent call and debug console session is bounded by this.
-const STEP: Duration = Duration::from_secs(60);
 /// The guest directory the image's `/dev` symlink names: it exists in the guest (a tmpfs the
 /// agent mounts at boot), so an agent that followed the link would create device nodes there.
 const GUEST_DIR: &str = "/tmp";
 
-fn config() -> Config {
-    let path = top_dir().join("build/configuration-qemu.toml");
-    require_built(std::slice::from_ref(&path));
-    let mut config =
-        Config::from_file(&path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
-    require_built(&[
-        config.vmm.guest().kernel.clone(),
-        config.vmm.guest().initrd.clone(),
-        PathBuf::from(BUSYBOX),
-    ]);
-    let guest = config.vmm.guest_mut();
-    guest.kernel_params = format!("{} agent.debug_console", guest.kernel_params);
-    config
-}
-
-/// A busybox rootfs for container `cid` in the share, made a mount of its own (the guest can
-/// write only inside mounts), after `plant` put the image's hostile parts in it. Returns its
-/// guest path.
-fn make_rootfs(share: &Share, cid: &str, plant: impl FnOnce(&Path)) -> String {
-    let root = share.rootfs_dir(cid);
-    for d in ["bin", "proc", "sys", "etc"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy(BUSYBOX, root.join("bin/busybox")).expect("copying busybox");
-    for applet in [
-        "sh", "ls", "cat", "grep", "readlink", "sleep", "hostname", "echo",
-    ] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
-    plant(&root);
-    let st = std::process::Command::new("timeout")
-        .args(["30", "mount", "--bind"])
-        .arg(&root)
-        .arg(&root)
-        .status()
-        .expect("mount --bind");
-    assert!(st.success(), "mount --bind {}: {st}", root.display());
-    guest_rootfs(cid)
-}
-
-/// An OCI spec with the usual mounts (a tmpfs /dev, devpts, shm, ...) plus `extra`.
-fn spec(root: &str, args: &[&str], extra: serde_json::Value) -> Vec<u8> {
-    let mut mounts = vec![
-        json!({"destination": "/proc", "type": "proc", "source": "proc"}),
-        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-               "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
-        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-               "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}),
-        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-               "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
-    ];
-    if let serde_json::Value::Array(more) = extra {
-        mounts.extend(more);
-    }
-    serde_json::to_vec(&json!({
-        "ociVersion": "1.0.2",
-        "hostname": "paths-test",
-        "process": {
-            "args": args, "cwd": "/", "env": ["PATH=/bin"],
-            "user": {"uid": 0, "gid": 0},
-            "noNewPrivileges": true
-        },
-        "root": {"path": root, "readonly": false},
-        "mounts": mounts,
-        "linux": {
-            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"},
-                           {"type": "mount"}, {"type": "network"}],
-            "devices": [{"path": "/dev/null-copy", "type": "c", "major": 1, "minor": 3,
-                         "fileMode": 420, "uid": 0, "gid": 0}],
-            "maskedPaths": ["/proc/kcore"],
-            "readonlyPaths": ["/proc/sys"]
-        }
-    }))
-    .unwrap()
-}
-
-/// Runs `script` in a guest shell (the debug console); returns what it printed between two
-/// markers (the shell's prompts and echo are outside them).
-async fn guest_sh(vm: &Vm, script: &str) -> Result<String, String> {
-    let dialer = Dialer::Hybrid {
-        uds_path: VmPaths::new(vm.dir()).hybrid_vsock(),
-    };
-    let mut c = dialer
-        .dial(protocol::DEBUG_CONSOLE_PORT)
-        .await
-        .map_err(|e| format!("dialing the debug console: {e}"))?;
-    // $((...)) so that the markers appear only in the output, not in an echo of the input.
-    let line = format!("echo BEGIN-$((1+1)); {script}; echo END-$((2+2)); exit\n");
-    c.write_all(line.as_bytes())
-        .await
-        .map_err(|e| format!("writing to the debug console: {e}"))?;
-    let mut out = Vec::new();
-    tokio::time::timeout(STEP, c.read_to_end(&mut out))
-        .await
-        .map_err(|_| format!("the debug console did not finish {script:?}"))?
-        .map_err(|e| format!("reading the debug console: {e}"))?;
-    let out = String::from_utf8_lossy(&out);
-    let body = out
-        .split_once("BEGIN-2\n")
-        .and_then(|(_, rest)| rest.split_once("END-4"))
-        .map(|(body, _)| body.to_string());
-    body.ok_or_else(|| format!("no output markers from the debug console: {out:?}"))
-}
-
-async fn read_stdout(agent: &Agent, cid: &str, exec: &str) -> String {
-    let mut out = Vec::new();
-    loop {
-        let req = ReadStreamRequest {
-            container_id: cid.into(),
-            exec_id: exec.into(),
-            len: 4096,
-            ..Default::default()
-        };
-        let resp = tokio::time::timeout(STEP, agent.read_stdout(req))
-            .await
-            .expect("ReadStdout timed out")
-            .expect("ReadStdout failed");
-        if resp.data.is_empty() {
-            return String::from_utf8_lossy(&out).into_owned();
-        }
-        out.extend_from_slice(&resp.data);
-    }
-}
-
-async fn wait(agent: &Agent, cid: &str, exec: &str) -> i32 {
-    let req = WaitProcessRequest {
-        container_id: cid.into(),
-        exec_id: exec.into(),
-        ..Default::default()
-    };
-    tokio::time::timeout(STEP, agent.wait_process(req))
-        .await
-        .expect("WaitProcess timed out")
-        .expect("WaitProcess failed")
-        .status
-}
-
-async fn create(agent: &Agent, cid: &str, spec: Vec<u8>) -> Result<(), String> {
-    agent
-        .create_container(CreateContainerRequest {
-            container_id: cid.into(),
-            oci_spec_json: spec,
-            ..Default::default()
-        })
-        .await
-        .map(drop)
-        .map_err(|e| e.to_string())
-}
-
-async fn exec(agent: &Agent, cid: &str, eid: &str, args: &[&str]) -> Result<(), String> {
-    let process = json!({"args": args, "cwd": "/", "env": ["PATH=/bin"],
-                         "user": {"uid": 0, "gid": 0}});
-    agent
-        .exec_process(ExecProcessRequest {
-            container_id: cid.into(),
-            exec_id: eid.into(),
-            process_json: serde_json::to_vec(&process).unwrap(),
-            ..Default::default()
-        })
-        .await
-        .map(drop)
-        .map_err(|e| e.to_string())
+/// The suite's OCI spec: the usual one with hostname `paths-test`, a device node asked in
+/// `/dev`, and `mounts` after the usual mounts.
+fn paths_spec(root: &str, args: &[&str], mounts: serde_json::Value) -> Vec<u8> {
+    kata_e2e::agent_rpc::spec(
+        root,
+        args,
+        json!({
+            "hostname": "paths-test",
+            "mounts": mounts,
+            "linux": {
+                "devices": [{"path": "/dev/null-copy", "type": "c", "major": 1, "minor": 3,
+                             "fileMode": 420, "uid": 0, "gid": 0}]
+            }
+        }),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_paths_resolve_beneath_the_root() {
-    let sandbox_id = unique_id("guestpaths");
-    let vm = Vm::boot(&VmSpec::new(sandbox_id.clone(), config()))
-        .await
-        .unwrap_or_else(|e| panic!("booting the VM: {e}"));
-    let result = tokio::time::timeout(Duration::from_secs(300), drive(&vm, &sandbox_id)).await;
-    let console = std::fs::read_to_string(vm.console_log()).unwrap_or_default();
-    let down = vm.shutdown().await;
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => panic!("{e}\nguest console:\n{console}"),
-        Err(_) => panic!("the test timed out\nguest console:\n{console}"),
-    }
-    down.expect("shutting the VM down");
-    let left = wait_clean(&sandbox_id, Duration::from_secs(15));
-    assert!(left.is_empty(), "sandbox left things behind: {left:#?}");
+    let config = guest_config("build/configuration-qemu.toml", "KATA_RS_TEST");
+    require_built(&[PathBuf::from(BUSYBOX)]);
+    run_in_vm(config, "guestpaths", |vm, sandbox_id| {
+        Box::pin(drive(vm, sandbox_id))
+    })
+    .await;
 }
 
 async fn drive(vm: &Vm, sandbox_id: &str) -> Result<(), String> {
@@ -228,21 +65,17 @@ async fn drive(vm: &Vm, sandbox_id: &str) -> Result<(), String> {
 
     // 1. `/dev -> /tmp` (absolute) in the image, a tmpfs asked on /dev, devices asked in it,
     //    and a tmpfs mount destination climbing out with `..`.
-    let root = make_rootfs(vm.share(), "devlink", |root| {
+    let root = make_rootfs(Path::new(BUSYBOX), vm.share(), "devlink", |root| {
         std::os::unix::fs::symlink(GUEST_DIR, root.join("dev")).unwrap();
     });
-    let extra = json!([{"destination": "/../../../run/dotdot", "type": "tmpfs",
+    let mounts = json!([{"destination": "/../../../run/dotdot", "type": "tmpfs",
                         "source": "tmpfs"}]);
-    create(&agent, "devlink", spec(&root, &["sleep", "1000"], extra))
-        .await
-        .map_err(|e| format!("CreateContainer devlink: {e}"))?;
-    agent
-        .start_container(StartContainerRequest {
-            container_id: "devlink".into(),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| format!("StartContainer devlink: {e}"))?;
+    create_and_start(
+        &agent,
+        "devlink",
+        paths_spec(&root, &["sleep", "1000"], mounts),
+    )
+    .await?;
     // An exec joins the init's mount and uts namespaces (through the init's pidfd).
     exec(
         &agent,
@@ -254,10 +87,11 @@ async fn drive(vm: &Vm, sandbox_id: &str) -> Result<(), String> {
             "echo x > /dev/null && echo devnull-ok; readlink /dev; ls /dev; \
              grep -c ' /run/dotdot ' /proc/self/mountinfo; hostname",
         ],
+        false,
     )
     .await
     .map_err(|e| format!("ExecProcess look: {e}"))?;
-    let seen = read_stdout(&agent, "devlink", "look").await;
+    let seen = read_all(&agent, "devlink", "look", Stream::Stdout).await;
     println!("inside devlink: {seen:?}");
     assert_eq!(wait(&agent, "devlink", "look").await, 0, "{seen}");
     // First the guest: its own directory got none of the devices or links.
@@ -302,11 +136,11 @@ async fn drive(vm: &Vm, sandbox_id: &str) -> Result<(), String> {
     assert_eq!(lines.last(), Some(&"paths-test"), "{seen}");
 
     // 2. A mount destination through a /proc magic link: refused, the path named.
-    let root = make_rootfs(vm.share(), "magic", |root| {
+    let root = make_rootfs(Path::new(BUSYBOX), vm.share(), "magic", |root| {
         std::os::unix::fs::symlink("/proc/self/root/tmp", root.join("data")).unwrap();
     });
-    let extra = json!([{"destination": "/data/vol", "type": "tmpfs", "source": "tmpfs"}]);
-    let e = create(&agent, "magic", spec(&root, &["true"], extra))
+    let mounts = json!([{"destination": "/data/vol", "type": "tmpfs", "source": "tmpfs"}]);
+    let e = create(&agent, "magic", paths_spec(&root, &["true"], mounts))
         .await
         .expect_err("a destination through /proc/self/root was mounted");
     println!("magic link destination: {e}");
@@ -324,11 +158,11 @@ async fn drive(vm: &Vm, sandbox_id: &str) -> Result<(), String> {
     // 3. No procfs at /proc (it is at /realproc) and the image's own /proc files instead: the
     //    agent takes nothing from them (here a cap_last_cap of 1, which would leave every
     //    capability above 1 in the bounding set, for a setuid binary of the image to get).
-    let root = make_rootfs(vm.share(), "fakeproc", |root| {
+    let root = make_rootfs(Path::new(BUSYBOX), vm.share(), "fakeproc", |root| {
         std::fs::create_dir_all(root.join("proc/sys/kernel")).unwrap();
         std::fs::write(root.join("proc/sys/kernel/cap_last_cap"), "1\n").unwrap();
     });
-    let mut fake: serde_json::Value = serde_json::from_slice(&spec(
+    let mut fake: serde_json::Value = serde_json::from_slice(&paths_spec(
         &root,
         &["grep", "CapBnd", "/realproc/self/status"],
         json!([]),
@@ -338,41 +172,19 @@ async fn drive(vm: &Vm, sandbox_id: &str) -> Result<(), String> {
     fake["process"]["capabilities"] = json!({
         "bounding": ["CAP_KILL"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"]
     });
-    create(&agent, "fakeproc", serde_json::to_vec(&fake).unwrap())
-        .await
-        .map_err(|e| format!("CreateContainer fakeproc: {e}"))?;
-    agent
-        .start_container(StartContainerRequest {
-            container_id: "fakeproc".into(),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| format!("StartContainer fakeproc: {e}"))?;
-    let status = read_stdout(&agent, "fakeproc", "").await;
+    create_and_start(&agent, "fakeproc", serde_json::to_vec(&fake).unwrap()).await?;
+    let status = read_all(&agent, "fakeproc", "", Stream::Stdout).await;
     assert_eq!(wait(&agent, "fakeproc", "").await, 0, "{status}");
     // CAP_KILL is capability 5: the bounding set is that bit alone.
     assert_eq!(status.trim(), "CapBnd:\t0000000000000020", "{status}");
 
     // 4. The init killed: an exec is refused, it never joins what may now own the init's pid.
-    agent
-        .signal_process(SignalProcessRequest {
-            container_id: "devlink".into(),
-            signal: 9,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| format!("SignalProcess: {e}"))?;
+    signal(&agent, "devlink", "", 9).await?;
     assert_eq!(wait(&agent, "devlink", "").await, 128 + 9);
-    let e = exec(&agent, "devlink", "late", &["true"])
+    let e = exec(&agent, "devlink", "late", &["true"], false)
         .await
         .expect_err("an exec ran after its init exited");
     assert!(e.contains("not running") || e.contains("has exited"), "{e}");
-    agent
-        .remove_container(RemoveContainerRequest {
-            container_id: "devlink".into(),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| format!("RemoveContainer: {e}"))?;
+    remove(&agent, "devlink").await?;
     Ok(())
 }
