@@ -84,6 +84,10 @@ pub fn qemu_args(i: &Input<'_>) -> Vec<String> {
         "none",
         "-no-reboot",
     ]);
+    // seccomp: QEMU confines itself before the guest runs (`seccompsandbox`, on by default).
+    if !c.seccomp_sandbox.is_empty() {
+        push(&["-sandbox", &c.seccomp_sandbox]);
+    }
 
     // Machine. vhost-user needs guest RAM in a shareable memfd backend.
     let machine = match c.machine_type {
@@ -294,6 +298,20 @@ mod tests {
             values(&args, "-initrd"),
             ["/usr/share/kata-containers/kata-containers-initrd.img"]
         );
+    }
+
+    #[test]
+    fn seccomp_sandbox_by_default_and_none_when_turned_off() {
+        let mut c = QemuConfig::defaults_for(Arch::X86_64);
+        let args = qemu_args(&input(&c, user_vsock(), virtiofs()));
+        assert_eq!(
+            values(&args, "-sandbox"),
+            [crate::config::DEFAULT_SECCOMP_SANDBOX]
+        );
+        assert!(c.seccomp_sandbox.contains("spawn=deny"));
+        c.seccomp_sandbox = String::new();
+        let args = qemu_args(&input(&c, user_vsock(), virtiofs()));
+        assert!(!args.contains(&"-sandbox".to_string()), "{args:?}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use self::cmdline::{FsDevice, VsockDevice};
 use self::vsock_device::{VsockKind, VHOST_VSOCK_DEV};
 use super::accel::{self, Accel};
 use super::devices::{Devices, NetDevice};
-use super::host_process::{wait_for_socket, HostProcess};
+use super::host_process::{no_new_privileges, wait_for_socket, HostProcess};
 use super::{host, log_tail, require_file, virtiofsd, Hypervisor, HypervisorError, VmPaths};
 use crate::config::{Arch, Config, MachineType, QemuConfig, SharedFs};
 use crate::guest::vsock::Dialer;
@@ -252,6 +252,9 @@ impl Qemu {
         })?;
         let mut cmd = Command::new(&h.path);
         cmd.args(&args);
+        // QEMU (root) still keeps its capabilities (a kernel vhost fd, KVM, later taps); it
+        // gains none by exec, and -sandbox denies it setuid and capability changes anyway.
+        no_new_privileges(&mut cmd);
         let qemu = HostProcess::spawn(
             "qemu",
             cmd,
