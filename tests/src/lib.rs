@@ -168,6 +168,21 @@ impl Containerd {
         child.wait_with_output().expect("waiting for ctr")
     }
 
+    /// `ctr` against this containerd, stdin closed, killed if it runs longer than `limit`
+    /// (coreutils `timeout`: exit status 124 then, or 137 if it had to SIGKILL).
+    pub fn ctr_within(&self, limit: Duration, args: &[&str]) -> Output {
+        let sock = self.dir.join("containerd.sock");
+        Command::new("timeout")
+            .args(["-k", "5", &limit.as_secs().max(1).to_string()])
+            .arg(self.ctr_bin())
+            .arg("-a")
+            .arg(&sock)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("spawning timeout ctr")
+    }
+
     /// `ctr run --rm --runtime kata <image> <id> <cmd...>` plus extra ctr flags.
     pub fn run(&self, flags: &[&str], id: &str, cmd: &[&str]) -> Output {
         let image = test_image();
