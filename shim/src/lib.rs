@@ -4,7 +4,8 @@
 //! `server` (containerd's face) -> `task` (Task RPCs, processes, stdio) -> `sandbox` (VM +
 //! agent + containers) -> `resources` (share layout, mounts, guest spec) and `vm` (a VM from a
 //! VmSpec) -> `hypervisor` (QEMU, cloud-hypervisor) -> `guest` (agent client, vsock) and
-//! `config`; `error`, `events` and `logging` are leaves.
+//! `config`; `error`, `events`, `logging` and `guest_output` (the bounds on what the guest
+//! sends) are leaves.
 
 pub mod config;
 // Host tool (kata-ctl) on top of the same configuration and detection code.
@@ -12,6 +13,7 @@ pub mod ctl;
 pub mod error;
 pub mod events;
 pub mod guest;
+pub mod guest_output;
 pub mod hypervisor;
 pub mod logging;
 pub mod resources;

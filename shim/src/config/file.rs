@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::qemu::check_seccomp_sandbox;
 use super::{
     one_of, AccelMode, AgentConfig, Arch, ClhConfig, Config, ConfigError, GuestConfig,
     InterNetworkingModel, MachineType, QemuConfig, RuntimeConfig, SharedFs, VirtioFsCache, Vmm,
@@ -54,6 +55,7 @@ struct RawVmmSection {
     accel: Option<String>,
     vsock: Option<String>,
     vhost_user_vsock_daemon: Option<PathBuf>,
+    seccompsandbox: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -216,6 +218,9 @@ fn qemu_section(
     if let Some(p) = own.vhost_user_vsock_daemon {
         q.vhost_user_vsock_daemon = p;
     }
+    if let Some(s) = own.seccompsandbox {
+        q.seccomp_sandbox = s;
+    }
     Ok(q)
 }
 
@@ -235,6 +240,7 @@ fn clh_section(
             raw.vhost_user_vsock_daemon.is_some(),
         ),
         ("memory_slots", raw.memory_slots.is_some()),
+        ("seccompsandbox", raw.seccompsandbox.is_some()),
     ] {
         if set {
             warnings.push(format!(
@@ -342,6 +348,7 @@ struct QemuKeys {
     accel: Option<AccelMode>,
     vsock: Option<VsockMode>,
     vhost_user_vsock_daemon: Option<PathBuf>,
+    seccompsandbox: Option<String>,
 }
 
 impl QemuKeys {
@@ -364,11 +371,16 @@ impl QemuKeys {
             Some(s) => Some(v.choice(sec, "vsock", &s, VsockMode::parse, VsockMode::ALLOWED)?),
             None => None,
         };
+        if let Some(s) = &raw.seccompsandbox {
+            check_seccomp_sandbox(s)
+                .map_err(|reason| v.invalid(sec, "seccompsandbox", format!("\"{s}\""), reason))?;
+        }
         Ok(QemuKeys {
             memory_slots,
             accel,
             vsock,
             vhost_user_vsock_daemon,
+            seccompsandbox: raw.seccompsandbox,
         })
     }
 }

@@ -17,7 +17,7 @@ pub use annotations::{annotation_overrides, Overrides, ANNOTATION_CONFIG_PATH, A
 pub use clh::ClhConfig;
 pub use guest::GuestConfig;
 pub use load::{load, load_from, LoadRequest, Loaded, DEFAULT_CONFIG_PATHS, ENV_CONFIG_FILE};
-pub use qemu::QemuConfig;
+pub use qemu::{QemuConfig, DEFAULT_SECCOMP_SANDBOX};
 
 /// Smallest and largest guest memory (MiB) we accept.
 pub const MIN_MEMORY_MIB: u32 = 64;

@@ -23,6 +23,7 @@ enable_debug = true
 accel = "tcg"
 vsock = "vhost-user"
 vhost_user_vsock_daemon = "/opt/bin/vhost-device-vsock"
+seccompsandbox = "on,spawn=deny"
 
 [agent.kata]
 dial_timeout = 12
@@ -71,6 +72,7 @@ fn every_key_is_read() {
         q.vhost_user_vsock_daemon,
         PathBuf::from("/opt/bin/vhost-device-vsock")
     );
+    assert_eq!(q.seccomp_sandbox, "on,spawn=deny");
     assert_eq!(c.agent.dial_timeout, Duration::from_secs(12));
     assert!(c.agent.enable_debug);
     assert!(c.agent.debug_console_enabled);
@@ -99,6 +101,7 @@ fn defaults_x86_64() {
     assert_eq!(h.virtio_fs_cache, VirtioFsCache::Auto);
     assert_eq!(q.accel, AccelMode::Auto);
     assert_eq!(q.vsock, VsockMode::Auto);
+    assert_eq!(q.seccomp_sandbox, DEFAULT_SECCOMP_SANDBOX);
     assert_eq!(c.agent, AgentConfig::default());
     assert_eq!(c.runtime, RuntimeConfig::default());
 }
@@ -169,6 +172,17 @@ fn bad_values_name_file_key_and_allowed_values() {
     assert!(q("kernel = \"vmlinux\"")
         .contains("[hypervisor.qemu] kernel = \"vmlinux\": must be an absolute path"));
     assert!(q("virtio_fs_extra_args = [\"cache\"]").contains("virtio_fs_extra_args"));
+    // seccompsandbox: "" turns it off; otherwise on/off and the sub-options QEMU knows.
+    let (c, _) = parse("[hypervisor.qemu]\nseccompsandbox = \"\"\n").expect("off");
+    assert_eq!(c.vmm.qemu().map(|q| q.seccomp_sandbox.as_str()), Some(""));
+    assert!(q("seccompsandbox = \"yes\"")
+        .contains("seccompsandbox = \"yes\": must be \"\" (no seccomp sandbox) or start with"));
+    assert!(q("seccompsandbox = \"on,spawn=maybe\"").contains("spawn= must be one of allow, deny"));
+    assert!(q("seccompsandbox = \"on,network=deny\"")
+        .contains("unknown sub-option \"network=deny\": the sub-options are obsolete, elevateprivileges, spawn, resourcecontrol"));
+    assert!(
+        parse("[hypervisor.qemu]\nseccompsandbox = \"on,elevateprivileges=children\"\n").is_ok()
+    );
     assert!(err("[hypervisor.qemu]\n[agent.kata]\ndial_timeout = 0\n")
         .contains("[agent.kata] dial_timeout = 0: must be between 1 and 600"));
     assert!(err("[hypervisor.qemu]\n[runtime]\ninternetworking_model = \"bridged\"\n")

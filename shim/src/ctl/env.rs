@@ -77,6 +77,7 @@ pub fn values(c: &Config) -> Vec<(&'static str, &'static str, String)> {
                 "vhost_user_vsock_daemon",
                 quoted(&q.vhost_user_vsock_daemon),
             ),
+            (sec, "seccompsandbox", format!("{:?}", q.seccomp_sandbox)),
         ]);
     }
     v.extend([

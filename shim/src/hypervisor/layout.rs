@@ -31,9 +31,14 @@ impl VmPaths {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
-    /// Guest serial console output.
+    /// Guest serial console output, as the shim keeps it: capped, rotated once to
+    /// `console.log.1` (`guest_output::capped_file`).
     pub fn console_log(&self) -> PathBuf {
         self.dir.join("console.log")
+    }
+    /// The unix socket the guest console comes through from the VMM.
+    pub fn console_socket(&self) -> PathBuf {
+        self.dir.join("console.sock")
     }
     pub fn qmp_socket(&self) -> PathBuf {
         self.dir.join("qmp.sock")
@@ -60,8 +65,9 @@ impl VmPaths {
     }
 
     /// Every socket path, to check their length up front.
-    pub fn sockets(&self) -> [PathBuf; 4] {
+    pub fn sockets(&self) -> [PathBuf; 5] {
         [
+            self.console_socket(),
             self.qmp_socket(),
             self.hybrid_vsock(),
             self.vhost_user_vsock(),

@@ -24,6 +24,7 @@ pub use layout::VmPaths;
 
 use crate::config::{Config, Vmm};
 use crate::guest::vsock::Dialer;
+use crate::guest_output::console::ConsoleView;
 
 #[async_trait]
 pub trait Hypervisor: Send + Sync {
@@ -56,6 +57,10 @@ pub trait Hypervisor: Send + Sync {
     fn exited(&self) -> watch::Receiver<bool>;
     /// Human-readable exit status of the VMM, once it exited.
     fn exit_status(&self) -> Option<String>;
+    /// The guest console the backend reads (`guest_output::console`), once started.
+    fn console(&self) -> Option<ConsoleView> {
+        None
+    }
 }
 
 /// The backend the configuration selects, for VM `id` with its files under `paths`.

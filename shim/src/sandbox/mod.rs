@@ -3,10 +3,10 @@
 //! guest's OOM kills reach containerd (`watch`). Generic over what it holds ([`Member`]), so
 //! it does not depend on the task layer above it.
 
+mod members;
 pub mod seams;
 mod watch;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -16,6 +16,7 @@ use crate::error::{TaskError, TaskResult};
 use crate::events::EventSender;
 use crate::guest::GuestAgent;
 use crate::resources::share::Share;
+pub use members::Members;
 use seams::{BootRequest, SandboxVm, VmLauncher};
 
 /// Exit status reported when the VM is gone and the real status cannot be known.
@@ -31,7 +32,9 @@ pub struct Sandbox<C> {
     pub id: String,
     pub agent: Arc<dyn GuestAgent>,
     pub share: Share,
-    pub containers: HashMap<String, C>,
+    /// The containers this shim created in the sandbox (what the guest says about others is
+    /// not believed).
+    pub containers: Members<C>,
     /// The VM while it is ours to stop: taken by [`SandboxOwner::stop_vm`] or the last
     /// container's Delete.
     vm: Option<Box<dyn SandboxVm>>,
@@ -145,7 +148,11 @@ impl<C: Member> SandboxOwner<C> {
             self.events.clone(),
             sb.exited.clone(),
         ));
-        tokio::spawn(watch::oom_events(sb.agent.clone(), self.events.clone()));
+        tokio::spawn(watch::oom_events(
+            self.slot.clone(),
+            sb.agent.clone(),
+            self.events.clone(),
+        ));
         let ready = Ready {
             agent: sb.agent.clone(),
             share: sb.share.clone(),
@@ -225,7 +232,7 @@ async fn boot<C>(
         id,
         agent,
         share,
-        containers: HashMap::new(),
+        containers: Members::default(),
         exited: vm.exited(),
         vm: Some(vm),
     })

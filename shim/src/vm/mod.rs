@@ -3,7 +3,6 @@
 
 pub mod cleanup;
 pub mod launcher;
-mod lines;
 mod logs;
 pub mod spec;
 
@@ -17,6 +16,7 @@ use tokio::task::JoinHandle;
 pub use self::spec::{validate_vm_id, vm_dir, VmSpec};
 use crate::config::{Config, SharedFs};
 use crate::guest::client::{Agent, AgentError};
+use crate::guest_output::CONSOLE_DRAIN;
 use crate::hypervisor::layout::MAX_SOCKET_PATH;
 use crate::hypervisor::{self, log_tail, Devices, Hypervisor, HypervisorError, VmPaths};
 use crate::resources::share::Share;
@@ -88,7 +88,6 @@ pub struct Vm {
     share: Share,
     console_log: PathBuf,
     log_task: Option<JoinHandle<()>>,
-    console_task: JoinHandle<()>,
     boot_time: Duration,
 }
 
@@ -136,8 +135,6 @@ impl Vm {
                     let log_task = hv
                         .agent_dialer()
                         .map(|d| logs::forward_agent_logs(d, vm_id.to_string()));
-                    let console_task =
-                        logs::forward_console(paths.console_log(), vm_id.to_string());
                     return Ok(Vm {
                         id: vm_id.to_string(),
                         exited: hv.exited(),
@@ -147,7 +144,6 @@ impl Vm {
                         hypervisor: hv,
                         agent,
                         log_task,
-                        console_task,
                         boot_time,
                     });
                 }
@@ -183,8 +179,13 @@ impl Vm {
     pub fn share(&self) -> &Share {
         &self.share
     }
+    /// The guest console's capped file (`guest_output::console`).
     pub fn console_log(&self) -> &Path {
         &self.console_log
+    }
+    /// The last `lines` lines of the guest console.
+    pub fn console_tail(&self, lines: usize) -> String {
+        console_tail(self.hypervisor.as_ref(), lines)
     }
     /// From `Vm::boot` being called to the agent answering.
     pub fn boot_time(&self) -> Duration {
@@ -210,7 +211,6 @@ impl Vm {
         if let Some(t) = self.log_task.take() {
             t.abort();
         }
-        self.console_task.abort();
         teardown(self.hypervisor.as_mut(), &self.paths, grace).await?;
         tracing::info!(sandbox = %self.id, "VM stopped and cleaned up");
         Ok(())
@@ -282,28 +282,38 @@ async fn boot_in(
                 console_tail: String::new(),
             })
     };
-    tokio::select! {
-        r = connect => r.map_err(|e| match e {
+    let vmm_exited = tokio::select! {
+        r = connect => return r.map_err(|e| match e {
             VmError::Agent { source, .. } => VmError::Agent {
                 source,
-                console_tail: log_tail(&paths.console_log(), CONSOLE_TAIL_LINES),
+                console_tail: console_tail(hv, CONSOLE_TAIL_LINES),
             },
             VmError::Hypervisor(HypervisorError::GuestNotReady(reason)) => VmError::GuestNotReady {
                 reason,
-                console_tail: log_tail(&paths.console_log(), CONSOLE_TAIL_LINES),
+                console_tail: console_tail(hv, CONSOLE_TAIL_LINES),
             },
             other => other,
         }),
-        reason = transport_broken(hv) => Err(VmError::TransportBroken { reason }),
-        _ = exited.wait_for(|e| *e) => Err(VmError::Exited {
-            status: hv.exit_status().unwrap_or_else(|| "unknown status".into()),
-            console_tail: [
-                log_tail(&paths.log("qemu"), 10),
-                log_tail(&paths.console_log(), CONSOLE_TAIL_LINES),
-            ]
-            .join("\n"),
-        }),
+        reason = transport_broken(hv) => return Err(VmError::TransportBroken { reason }),
+        _ = exited.wait_for(|e| *e) => hv.exit_status().unwrap_or_else(|| "unknown status".into()),
+    };
+    // The VMM is gone: its console's last bytes are on their way (bounded wait).
+    if let Some(c) = hv.console() {
+        c.drained(CONSOLE_DRAIN).await;
     }
+    Err(VmError::Exited {
+        status: vmm_exited,
+        console_tail: [
+            log_tail(&paths.log("qemu"), 10),
+            console_tail(hv, CONSOLE_TAIL_LINES),
+        ]
+        .join("\n"),
+    })
+}
+
+/// The newest lines of the guest console (empty if the backend has none).
+fn console_tail(hv: &dyn Hypervisor, lines: usize) -> String {
+    hv.console().map(|c| c.tail(lines)).unwrap_or_default()
 }
 
 /// Resolves when the hypervisor reports its agent transport dead (a poll: no event for it).

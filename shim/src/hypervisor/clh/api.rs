@@ -86,11 +86,14 @@ pub enum ConsoleMode {
 }
 
 /// The legacy serial port (8250 on x86_64, PL011 on aarch64): the guest's `console=`.
+/// In `Socket` mode the VMM listens on `socket` and the client reads the output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SerialConfig {
     pub mode: ConsoleMode,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub socket: Option<PathBuf>,
 }
 
 /// The virtio console (`hvc0`); unused by this runtime, so Off.

@@ -32,6 +32,7 @@ use super::layout::MAX_SOCKET_PATH;
 use super::{host, log_tail, require_file, virtiofsd, Hypervisor, HypervisorError, VmPaths};
 use crate::config::{ClhConfig, Config, SharedFs};
 use crate::guest::vsock::Dialer;
+use crate::guest_output::console::{self, Console, ConsoleView};
 
 /// Name of the VMM's API socket in the sandbox dir.
 pub const API_SOCKET_NAME: &str = "clh-api.sock";
@@ -53,6 +54,8 @@ const DAEMON_GRACE: Duration = Duration::from_secs(1);
 const STOP_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Log lines quoted in start-up errors.
 const LOG_TAIL_LINES: usize = 20;
+/// How long after `vm.boot` the VMM may take to serve the console socket.
+const CONSOLE_SOCKET_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Bounds of the waits of this backend (shorter in tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,10 +121,13 @@ pub fn vm_config(
             // vhost-user (virtiofsd) maps guest RAM: it must be shared.
             shared: Some(true),
         }),
-        // The guest's console= is the serial port; the virtio console is not used.
+        // The guest's console= is the serial port; the virtio console is not used. The VMM
+        // serves it on a socket the shim reads and caps (`guest_output::console`), never into
+        // a file of its own, which the guest could grow without bound.
         serial: Some(SerialConfig {
-            mode: ConsoleMode::File,
-            file: Some(paths.console_log()),
+            mode: ConsoleMode::Socket,
+            file: None,
+            socket: Some(paths.console_socket()),
         }),
         console: Some(ConsoleConfig {
             mode: ConsoleMode::Off,
@@ -170,6 +176,7 @@ pub struct Clh {
     api: ApiClient,
     vmm: Option<HostProcess>,
     virtiofsd: Option<HostProcess>,
+    console: Option<Console>,
     dialer: Option<Dialer>,
     exited_tx: watch::Sender<bool>,
     exited_rx: watch::Receiver<bool>,
@@ -192,6 +199,7 @@ impl Clh {
             kvm_device: PathBuf::from(KVM_DEVICE),
             vmm: None,
             virtiofsd: None,
+            console: None,
             dialer: None,
             exited_tx,
             exited_rx,
@@ -268,7 +276,11 @@ impl Clh {
                 self.origin("virtio_fs_daemon"),
             )?;
         }
-        let mut sockets = vec![api_socket(&self.paths), self.paths.hybrid_vsock()];
+        let mut sockets = vec![
+            api_socket(&self.paths),
+            self.paths.hybrid_vsock(),
+            self.paths.console_socket(),
+        ];
         if g.shared_fs == SharedFs::VirtioFs {
             sockets.push(self.paths.virtiofsd_socket());
         }
@@ -359,6 +371,13 @@ impl Clh {
         tracing::debug!(sandbox = %self.id, ?body, "vm.create");
         self.api.put(endpoint::VM_CREATE, Some(&body)).await?;
         self.api.put::<()>(endpoint::VM_BOOT, None).await?;
+        // The VMM creates the console socket at boot; output before the shim connects waits in
+        // its own bounded buffer (cloud-hypervisor's serial buffer; older releases drop it).
+        self.console = Some(Console::spawn(
+            console::connect_when_ready(self.paths.console_socket(), CONSOLE_SOCKET_TIMEOUT),
+            self.paths.console_log(),
+            self.id.clone(),
+        ));
         self.dialer = Some(Dialer::Hybrid {
             uds_path: self.paths.hybrid_vsock(),
         });
@@ -398,6 +417,7 @@ impl Clh {
     async fn remove_files(&self) {
         let files = [
             api_socket(&self.paths),
+            self.paths.console_socket(),
             self.paths.hybrid_vsock(),
             self.paths.virtiofsd_socket(),
             self.paths.pidfile(PROCESS_NAME),
@@ -531,5 +551,9 @@ impl Hypervisor for Clh {
             .as_ref()
             .filter(|p| p.has_exited())
             .map(|p| p.status_text())
+    }
+
+    fn console(&self) -> Option<ConsoleView> {
+        self.console.as_ref().map(Console::view)
     }
 }

@@ -332,7 +332,7 @@ mod tests {
         assert_eq!(v["memory"], json!({"size": 512u64 << 20, "shared": true}));
         assert_eq!(
             v["serial"],
-            json!({"mode": "File", "file": "/run/kata-containers/s1/console.log"})
+            json!({"mode": "Socket", "socket": "/run/kata-containers/s1/console.sock"})
         );
         assert_eq!(v["console"], json!({"mode": "Off"}));
         assert_eq!(
@@ -424,6 +424,7 @@ mod tests {
             let s = SerialConfig {
                 mode: m,
                 file: None,
+                socket: None,
             };
             assert_valid("SerialConfig", &serde_json::to_value(&s).expect("json"));
         }

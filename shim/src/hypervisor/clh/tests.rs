@@ -418,9 +418,10 @@ async fn boots_through_the_api_then_stops_politely() {
         body["vsock"]["socket"],
         env.paths.hybrid_vsock().display().to_string()
     );
+    assert_eq!(body["serial"]["mode"], "Socket");
     assert_eq!(
-        body["serial"]["file"],
-        env.paths.console_log().display().to_string()
+        body["serial"]["socket"],
+        env.paths.console_socket().display().to_string()
     );
     assert_eq!(
         hv.agent_dialer(),

@@ -34,7 +34,8 @@ pub struct Input<'a> {
     pub vsock: VsockDevice,
     pub fs: FsDevice,
     pub qmp_socket: PathBuf,
-    pub console_log: PathBuf,
+    /// Where the shim listens for the guest console (`guest_output::console`).
+    pub console_socket: PathBuf,
     /// Used when default_maxvcpus is 0.
     pub host_cpus: u32,
     pub name: String,
@@ -83,6 +84,10 @@ pub fn qemu_args(i: &Input<'_>) -> Vec<String> {
         "none",
         "-no-reboot",
     ]);
+    // seccomp: QEMU confines itself before the guest runs (`seccompsandbox`, on by default).
+    if !c.seccomp_sandbox.is_empty() {
+        push(&["-sandbox", &c.seccomp_sandbox]);
+    }
 
     // Machine. vhost-user needs guest RAM in a shareable memfd backend.
     let machine = match c.machine_type {
@@ -137,10 +142,15 @@ pub fn qemu_args(i: &Input<'_>) -> Vec<String> {
         &i.kernel_cmdline,
     ]);
 
-    // Console to a file, QMP on a socket.
+    // The console goes to the shim, which caps what it keeps; never to a `-chardev file`,
+    // which the guest could grow without bound. The shim listens before QEMU starts and QEMU
+    // connects as a client while it sets up its chardevs, before the guest runs: no boot output
+    // is lost. (With QEMU serving, `server=on,wait=off`, output before the shim connected would
+    // be dropped; `wait=on` would hold QEMU's start on the shim.) When the shim reads slowly the
+    // socket fills and the guest's UART waits: QEMU buffers nothing more for it.
     push(&[
         "-chardev",
-        &format!("file,id=console,path={}", esc(&i.console_log)),
+        &format!("socket,id=console,path={}", esc(&i.console_socket)),
         "-serial",
         "chardev:console",
         "-chardev",
@@ -216,7 +226,7 @@ mod tests {
             vsock,
             fs,
             qmp_socket: "/run/k/s1/qmp.sock".into(),
-            console_log: "/run/k/s1/console.log".into(),
+            console_socket: "/run/k/s1/console.sock".into(),
             host_cpus: 2,
             name: "kata-s1".into(),
         }
@@ -273,7 +283,13 @@ mod tests {
         assert!(chardevs.contains(&"socket,id=vsock,path=/run/k/s1/vhost-vsock.sock"));
         assert!(chardevs.contains(&"socket,id=fs,path=/run/k/s1/virtiofsd.sock"));
         assert!(chardevs.contains(&"socket,id=qmp,path=/run/k/s1/qmp.sock,server=on,wait=off"));
-        assert!(chardevs.contains(&"file,id=console,path=/run/k/s1/console.log"));
+        // The console is a socket the shim listens on (QEMU the client), not a file.
+        assert!(chardevs.contains(&"socket,id=console,path=/run/k/s1/console.sock"));
+        assert!(
+            !chardevs.iter().any(|c| c.starts_with("file,")),
+            "{chardevs:?}"
+        );
+        assert_eq!(values(&args, "-serial"), ["chardev:console"]);
         assert_eq!(
             values(&args, "-kernel"),
             ["/usr/share/kata-containers/vmlinux.container"]
@@ -282,6 +298,20 @@ mod tests {
             values(&args, "-initrd"),
             ["/usr/share/kata-containers/kata-containers-initrd.img"]
         );
+    }
+
+    #[test]
+    fn seccomp_sandbox_by_default_and_none_when_turned_off() {
+        let mut c = QemuConfig::defaults_for(Arch::X86_64);
+        let args = qemu_args(&input(&c, user_vsock(), virtiofs()));
+        assert_eq!(
+            values(&args, "-sandbox"),
+            [crate::config::DEFAULT_SECCOMP_SANDBOX]
+        );
+        assert!(c.seccomp_sandbox.contains("spawn=deny"));
+        c.seccomp_sandbox = String::new();
+        let args = qemu_args(&input(&c, user_vsock(), virtiofs()));
+        assert!(!args.contains(&"-sandbox".to_string()), "{args:?}");
     }
 
     #[test]

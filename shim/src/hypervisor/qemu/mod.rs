@@ -19,10 +19,12 @@ use self::cmdline::{FsDevice, VsockDevice};
 use self::vsock_device::{VsockKind, VHOST_VSOCK_DEV};
 use super::accel::{self, Accel};
 use super::devices::{Devices, NetDevice};
-use super::host_process::{wait_for_socket, HostProcess};
+use super::host_process::{no_new_privileges, wait_for_socket, HostProcess};
 use super::{host, log_tail, require_file, virtiofsd, Hypervisor, HypervisorError, VmPaths};
 use crate::config::{Arch, Config, MachineType, QemuConfig, SharedFs};
 use crate::guest::vsock::Dialer;
+use crate::guest_output::console::{self, Console, ConsoleView};
+use crate::guest_output::CONSOLE_DRAIN;
 
 /// How long QEMU may take to create its QMP socket.
 const QMP_SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,6 +32,8 @@ const QMP_SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
 const QUIT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Grace period of the helper daemons after QEMU is gone.
 const DAEMON_GRACE: Duration = Duration::from_secs(1);
+/// Console lines quoted when QEMU exits unexpectedly.
+const CONSOLE_TAIL_LINES: usize = 30;
 
 pub struct Qemu {
     config: Config,
@@ -41,6 +45,7 @@ pub struct Qemu {
     qemu: Option<HostProcess>,
     virtiofsd: Option<HostProcess>,
     vsock_daemon: Option<HostProcess>,
+    console: Option<Console>,
     dialer: Option<Dialer>,
     exited_tx: watch::Sender<bool>,
     exited_rx: watch::Receiver<bool>,
@@ -69,6 +74,7 @@ impl Qemu {
             qemu: None,
             virtiofsd: None,
             vsock_daemon: None,
+            console: None,
             dialer: None,
             exited_tx,
             exited_rx,
@@ -235,12 +241,20 @@ impl Qemu {
             vsock: vsock_dev,
             fs: fs_dev,
             qmp_socket: self.paths.qmp_socket(),
-            console_log: self.paths.console_log(),
+            console_socket: self.paths.console_socket(),
             host_cpus: host::cpu_count(),
             name: format!("kata-{}", self.id),
         });
+        // The console socket exists before QEMU, which connects to it at start (cmdline.rs).
+        let console_socket = self.paths.console_socket();
+        let listener = tokio::net::UnixListener::bind(&console_socket).map_err(|e| {
+            HypervisorError::io(format!("listen on {}", console_socket.display()), e)
+        })?;
         let mut cmd = Command::new(&h.path);
         cmd.args(&args);
+        // QEMU (root) still keeps its capabilities (a kernel vhost fd, KVM, later taps); it
+        // gains none by exec, and -sandbox denies it setuid and capability changes anyway.
+        no_new_privileges(&mut cmd);
         let qemu = HostProcess::spawn(
             "qemu",
             cmd,
@@ -248,20 +262,33 @@ impl Qemu {
             &self.paths.pidfile("qemu"),
         )?;
         // QEMU has its own copy of the CID fd now (if any); ours closes when _cid_fd drops.
+        let (pid, mut gone) = (qemu.pid(), qemu.exited());
+        let connect = async move {
+            tokio::select! {
+                s = console::accept_from(listener, console_socket, pid) => s,
+                _ = gone.wait_for(|e| *e) => Err(std::io::Error::other(
+                    "QEMU exited before it connected the console",
+                )),
+            }
+        };
+        let console = Console::spawn(connect, self.paths.console_log(), self.id.clone());
+        let console_view = console.view();
+        self.console = Some(console);
         let mut qemu_exited = qemu.exited();
         let tx = self.exited_tx.clone();
         let (stopping, status, id) = (self.stopping.clone(), qemu.status_reader(), self.id.clone());
-        let (console, qemu_log) = (self.paths.console_log(), self.paths.log("qemu"));
+        let qemu_log = self.paths.log("qemu");
         tokio::spawn(async move {
             let _ = qemu_exited.wait_for(|e| *e).await;
             if !stopping.load(Ordering::SeqCst) {
                 // The VM died on its own: say why where the operator looks (the shim's log).
+                console_view.drained(CONSOLE_DRAIN).await;
                 tracing::warn!(
                     sandbox = %id,
                     "QEMU exited unexpectedly ({}); QEMU output:\n{}\nguest console:\n{}",
                     status.text(),
                     log_tail(&qemu_log, 10),
-                    log_tail(&console, 30)
+                    console_view.tail(CONSOLE_TAIL_LINES)
                 );
             }
             let _ = tx.send(true);
@@ -333,6 +360,10 @@ impl Hypervisor for Qemu {
                 }
                 q.kill().await;
             }
+        }
+        // The console's last lines (and a flood's report) are logged before it goes.
+        if let Some(c) = &self.console {
+            c.view().drained(CONSOLE_DRAIN).await;
         }
         // virtiofsd exits once QEMU is gone; vhost-device-vsock waits for a new VM: stop both.
         let (a, b) = (self.virtiofsd.as_ref(), self.vsock_daemon.as_ref());
@@ -450,5 +481,9 @@ impl Hypervisor for Qemu {
             .as_ref()
             .filter(|q| q.has_exited())
             .map(|q| q.status_text())
+    }
+
+    fn console(&self) -> Option<ConsoleView> {
+        self.console.as_ref().map(Console::view)
     }
 }

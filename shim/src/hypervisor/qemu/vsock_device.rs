@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::process::Command;
 
 use crate::config::{QemuConfig, VsockMode};
-use crate::hypervisor::host_process::{wait_for_socket, HostProcess};
+use crate::hypervisor::host_process::{drop_all_capabilities, wait_for_socket, HostProcess};
 use crate::hypervisor::{HypervisorError, VmPaths};
 
 pub const VHOST_VSOCK_DEV: &str = "/dev/vhost-vsock";
@@ -103,6 +103,8 @@ pub async fn start_daemon(
             "warn"
         },
     );
+    // It only serves unix sockets in the VM dir, which it owns (uid 0): no capability needed.
+    drop_all_capabilities(&mut cmd);
     let p = HostProcess::spawn(
         "vhost-device-vsock",
         cmd,
