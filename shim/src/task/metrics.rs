@@ -12,12 +12,23 @@ use crate::error::{TaskError, TaskResult};
 /// Type URL containerd decodes metrics of a cgroups v2 task with.
 pub const METRICS_TYPE_URL: &str = "io.containerd.cgroups.v2.Metrics";
 
+/// The agent says "no limit" with 0; containerd's metrics say it with `u64::MAX` (what a
+/// cgroup's "max" reads as), and its CRI computes `available_bytes` as limit minus working set
+/// unless the limit is `u64::MAX`, so a 0 there would read as a near-2^64 availability.
+fn limit_for_containerd(agent_limit: u64) -> u64 {
+    if agent_limit == 0 {
+        u64::MAX
+    } else {
+        agent_limit
+    }
+}
+
 pub fn to_metrics(s: &StatsContainerResponse) -> Metrics {
     let mut m = Metrics::new();
     if let Some(p) = s.pids.as_ref() {
         m.pids = MessageField::some(PidsStat {
             current: p.current,
-            limit: p.limit,
+            limit: limit_for_containerd(p.limit),
             ..Default::default()
         });
     }
@@ -35,7 +46,7 @@ pub fn to_metrics(s: &StatsContainerResponse) -> Metrics {
     if let Some(mem) = s.memory.as_ref() {
         m.memory = MessageField::some(MemoryStat {
             usage: mem.usage_bytes,
-            usage_limit: mem.limit_bytes,
+            usage_limit: limit_for_containerd(mem.limit_bytes),
             anon: mem.anon_bytes,
             file: mem.file_bytes,
             max_usage: mem.max_usage_bytes,
@@ -113,6 +124,7 @@ mod tests {
         assert_eq!(any.type_url, METRICS_TYPE_URL);
         let m = Metrics::parse_from_bytes(&any.value).unwrap();
         assert_eq!(m.pids.current, 3);
+        assert_eq!(m.pids.limit, u64::MAX, "no pids limit, as containerd spells it");
         assert_eq!(m.cpu.usage_usec, 10);
         assert_eq!(m.cpu.user_usec, 6);
         assert_eq!(m.cpu.nr_throttled, 1);
