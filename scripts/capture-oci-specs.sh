@@ -114,11 +114,9 @@ TOML
 }
 
 versions=()
-restrict_oom=true   # CAP_SYS_RESOURCE is capability 24
-(( 0x$(awk '/^CapEff/ {print $2}' /proc/self/status) >> 24 & 1 )) && restrict_oom=false
+restrict_oom=$(cri_restrict_oom)
 # disabled: /opt/containerd (opt) and 2.x's NRI socket in /var/run/nri are outside the temp dir.
-# restrict_oom_score_adj: without CAP_SYS_RESOURCE (some sandboxes drop it) runc cannot set the
-# pod sandbox's oomScoreAdj -998; restricted, it is clamped to containerd's own (0).
+# restrict_oom_score_adj: see cri_restrict_oom in lib.sh.
 capture containerd1.6 /usr/bin "version = 2
 disabled_plugins = [\"io.containerd.internal.v1.opt\"]" "\
 [plugins.\"io.containerd.grpc.v1.cri\"]
