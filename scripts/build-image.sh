@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# build-image.sh OUT.tar: a multi-arch (amd64 + arm64) busybox OCI image archive, built
-# locally from Debian's busybox-static (no registry is needed), for `ctr images import`.
+# build-image.sh [--pause] OUT.tar: a multi-arch (amd64 + arm64) busybox OCI image archive,
+# built locally from Debian's busybox-static (no registry is needed), for `ctr images import`.
 # Deterministic: the same busybox binaries give the same digests.
+# By default the test image ($TEST_IMAGE, command `sh`); with --pause the CRI sandbox image
+# ($PAUSE_IMAGE): the same layer, whose command sleeps until the sandbox is killed.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
-out=${1:?usage: build-image.sh OUT.tar}
+name=$TEST_IMAGE cmd='["sh"]'
+if [ "${1:-}" = --pause ]; then
+  name=$PAUSE_IMAGE cmd='["sleep","2147483647"]'
+  shift
+fi
+out=${1:?usage: build-image.sh [--pause] OUT.tar}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 blobs="$work/layout/blobs/sha256"
@@ -42,7 +49,7 @@ for arch in amd64 arm64; do
   read -r layer_digest layer_size < <(put_blob "$work/layer-$arch.tar.gz")
 
   cat >"$work/config-$arch.json" <<JSON
-{"architecture":"$arch","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["sh"]},"rootfs":{"type":"layers","diff_ids":["$diff_id"]},"history":[{"created_by":"kata-rs scripts/build-image.sh (Debian busybox-static)"}]}
+{"architecture":"$arch","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":$cmd},"rootfs":{"type":"layers","diff_ids":["$diff_id"]},"history":[{"created_by":"kata-rs scripts/build-image.sh (Debian busybox-static)"}]}
 JSON
   read -r config_digest config_size < <(put_blob "$work/config-$arch.json")
 
@@ -58,7 +65,7 @@ list=$(IFS=,; echo "${manifests[*]}")
 echo "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.index.v1+json\",\"manifests\":[$list]}" >"$work/image-index.json"
 read -r idx_digest idx_size < <(put_blob "$work/image-index.json")
 cat >"$work/layout/index.json" <<JSON
-{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.index.v1+json","digest":"$idx_digest","size":$idx_size,"annotations":{"io.containerd.image.name":"$TEST_IMAGE","org.opencontainers.image.ref.name":"latest"}}]}
+{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.index.v1+json","digest":"$idx_digest","size":$idx_size,"annotations":{"io.containerd.image.name":"$name","org.opencontainers.image.ref.name":"${name##*:}"}}]}
 JSON
 echo '{"imageLayoutVersion":"1.0.0"}' >"$work/layout/oci-layout"
 mkdir -p "$(dirname "$out")"

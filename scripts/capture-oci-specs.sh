@@ -11,7 +11,6 @@ here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/.." && pwd)
 out=${1:-$top/shim/tests/data/oci-specs}
 need_root
-PAUSE_IMAGE=localhost/capture-pause:1
 CGROUP_PARENTS=(default kata-rs-capture)   # runc cgroups this tool creates (ctr's, CRI's)
 work=$(mktemp -d /tmp/capture-oci-specs.XXXXXX)
 cg_before=$(for p in "${CGROUP_PARENTS[@]}"; do ls -d /sys/fs/cgroup/*/"$p" 2>/dev/null; done || true)
@@ -68,7 +67,7 @@ sed '/gogo/d' "$a/x/usr/share/gocode/src/k8s.io/cri-api/pkg/apis/runtime/v1/api.
 
 step "test image ($TEST_IMAGE) and the CRI sandbox image ($PAUSE_IMAGE)"
 timeout 300 bash "$here/build-image.sh" "$work/busybox.tar" >/dev/null
-python3 "$here/cri-client.py" pause-image "$work/busybox.tar" "$work/pause.tar" "$PAUSE_IMAGE"
+timeout 300 bash "$here/build-image.sh" --pause "$work/pause.tar" >/dev/null
 mkdir -p "$work/bind" "$out"
 echo hello >"$work/bind/file"
 
@@ -95,7 +94,7 @@ TOML
   "${c[@]}" version >/dev/null || { tail -20 "$d/containerd.log" >&2; die "$name did not start"; }
   "${c[@]}" images import --all-platforms "$work/busybox.tar" >/dev/null
   "${c[@]}" -n k8s.io images import --all-platforms "$work/busybox.tar" >/dev/null
-  "${c[@]}" -n k8s.io images import "$work/pause.tar" >/dev/null
+  "${c[@]}" -n k8s.io images import --all-platforms "$work/pause.tar" >/dev/null
 
   local tasks="$d/state/io.containerd.runtime.v2.task/default"
   "${c[@]}" run -d --fifo-dir "$d/fifo" --runtime io.containerd.runc.v2 "$TEST_IMAGE" plain sleep 1000 </dev/null
@@ -114,11 +113,9 @@ TOML
 }
 
 versions=()
-restrict_oom=true   # CAP_SYS_RESOURCE is capability 24
-(( 0x$(awk '/^CapEff/ {print $2}' /proc/self/status) >> 24 & 1 )) && restrict_oom=false
+restrict_oom=$(cri_restrict_oom)
 # disabled: /opt/containerd (opt) and 2.x's NRI socket in /var/run/nri are outside the temp dir.
-# restrict_oom_score_adj: without CAP_SYS_RESOURCE (some sandboxes drop it) runc cannot set the
-# pod sandbox's oomScoreAdj -998; restricted, it is clamped to containerd's own (0).
+# restrict_oom_score_adj: see cri_restrict_oom in lib.sh.
 capture containerd1.6 /usr/bin "version = 2
 disabled_plugins = [\"io.containerd.internal.v1.opt\"]" "\
 [plugins.\"io.containerd.grpc.v1.cri\"]

@@ -1,51 +1,12 @@
 #!/usr/bin/env python3
 """Helper of scripts/capture-oci-specs.sh (a maintainer's tool, not run by CI).
 
-  cri-client.py pause-image IN.tar OUT.tar NAME
-      From the test image archive (scripts/build-image.sh), a one-platform image NAME for
-      this host whose command sleeps, to serve as CRI's sandbox ("pause") image.
   cri-client.py capture SOCK STATE_DIR WORK_DIR OUT_PREFIX IMAGE
       Runs a kubelet-like pod (host network) and one container in it through CRI on SOCK,
       copies both bundles' config.json to OUT_PREFIX-cri-{sandbox,container}.json, then
       stops and removes them. Needs api_pb2*.py (CRI runtime/v1) on sys.path.
 """
-import hashlib, io, json, os, platform, sys, tarfile, time, uuid
-
-
-def pause_image(src, dst, name):
-    arch = {"x86_64": "amd64", "aarch64": "arm64"}[platform.machine()]
-    blobs = {}
-    with tarfile.open(src) as t:
-        for m in t.getmembers():
-            if m.isfile():
-                blobs[m.name.lstrip("./")] = t.extractfile(m).read()
-    blob = lambda d: json.loads(blobs["blobs/" + d.replace(":", "/")])
-    index = blob(json.loads(blobs["index.json"])["manifests"][0]["digest"])
-    desc = next(m for m in index["manifests"] if m["platform"]["architecture"] == arch)
-    manifest = blob(desc["digest"])
-    config = blob(manifest["config"]["digest"])
-    config["config"]["Cmd"] = ["sleep", "2147483647"]
-    out = {}
-
-    def put(obj):
-        data = json.dumps(obj, separators=(",", ":")).encode()
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        out["blobs/sha256/" + digest[7:]] = data
-        return digest, len(data)
-
-    manifest["config"]["digest"], manifest["config"]["size"] = put(config)
-    layer = manifest["layers"][0]["digest"]
-    out["blobs/" + layer.replace(":", "/")] = blobs["blobs/" + layer.replace(":", "/")]
-    digest, size = put(manifest)
-    out["index.json"] = json.dumps({"schemaVersion": 2, "manifests": [{
-        "mediaType": manifest["mediaType"], "digest": digest, "size": size,
-        "platform": desc["platform"], "annotations": {"io.containerd.image.name": name}}]}).encode()
-    out["oci-layout"] = b'{"imageLayoutVersion":"1.0.0"}'
-    with tarfile.open(dst, "w") as t:
-        for path, data in sorted(out.items()):
-            info = tarfile.TarInfo(path)
-            info.size = len(data)
-            t.addfile(info, io.BytesIO(data))
+import json, os, sys, time, uuid
 
 
 def copy_spec(path, dst, timeout=30):
@@ -135,4 +96,4 @@ def capture(sock, state, work, prefix, image):
 
 
 if __name__ == "__main__":
-    {"pause-image": pause_image, "capture": capture}[sys.argv[1]](*sys.argv[2:])
+    {"capture": capture}[sys.argv[1]](*sys.argv[2:])

@@ -70,3 +70,21 @@ guest_busybox() {
 # containerd 2.x (Debian sid), unpacked into the cache for the second end-to-end containerd;
 # the host keeps its own containerd. $CONTAINERD2_DIR/usr/bin/{containerd,ctr}.
 CONTAINERD2_DIR="$KATA_RS_CACHE/containerd2"
+
+# The CRI suite's private containerd (scripts/containerd.sh with CONTAINERD_CRI=1): its sandbox
+# ("pause") image, built by scripts/build-image.sh --pause, and the CNI network its pods join.
+# The bridge and subnet are host-wide (one bridge for every CRI containerd of the tests);
+# host-local keeps its leases in /var/lib/cni/networks/$CRI_NETWORK, under a lock.
+PAUSE_IMAGE=localhost/kata-rs-pause:1
+CRI_NETWORK=kata-rs-e2e
+CRI_BRIDGE=kata-rs-cri0
+CRI_SUBNET=10.213.57.0/24
+# CRI runtime handlers mapped to the shim: `kata` (RuntimeClass) and `untrusted` (the
+# io.kubernetes.cri.untrusted-workload annotation, on containerd 1.x and 2.x).
+CRI_KATA_HANDLERS="kata untrusted"
+# containerd's restrict_oom_score_adj for CRI: true when this process lacks CAP_SYS_RESOURCE
+# (capability 24), which some sandboxes drop; then runc could not give a pod sandbox its
+# negative oom_score_adj, and containerd clamps it to its own instead.
+cri_restrict_oom() {
+  if (( 0x$(awk '/^CapEff/ {print $2}' /proc/self/status) >> 24 & 1 )); then echo false; else echo true; fi
+}

@@ -1,6 +1,7 @@
 //! Shared harness for the end-to-end suites: a private containerd per test binary (started
-//! through `scripts/containerd.sh`, the same script `make demo` uses), the locally built
-//! busybox image, `ctr` drivers, and checks that a sandbox left nothing behind.
+//! through `scripts/containerd.sh`, the same script `make demo` uses), optionally with its CRI
+//! plugin (driven through [`cri`]), the locally built busybox image, `ctr` drivers, and checks
+//! that a sandbox left nothing behind.
 //!
 //! Nothing here is faked: a missing part (containerd, QEMU, the shim, the guest) fails the
 //! test with a message saying what to build; there is no skip path.
@@ -11,6 +12,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod agent_rpc;
+pub mod cri;
 
 /// The runtime name containerd maps to our `containerd-shim-kata-v2` binary.
 pub const RUNTIME: &str = "io.containerd.kata.v2";
@@ -68,31 +70,41 @@ pub struct Containerd {
     dir: PathBuf,
     /// containerd and ctr binaries; `None` = the host's (on PATH).
     bin_dir: Option<PathBuf>,
+    /// With the CRI plugin, its runtime handlers, CNI network and sandbox image.
+    cri: bool,
 }
 
 impl Containerd {
     /// Starts (or reuses) a private containerd (the host's) under build/e2e/<name> and
     /// imports the image.
     pub fn start(name: &str) -> Self {
-        Self::start_with(name, None)
+        Self::start_with(name, None, false)
     }
 
     /// Like [`Containerd::start`] with containerd 2.x, unpacked by scripts/setup-host.sh.
     pub fn start_v2(name: &str) -> Self {
-        let dir = PathBuf::from(shell_var("CONTAINERD2_DIR").expect("CONTAINERD2_DIR in lib.sh"))
-            .join("usr/bin");
-        require_built(&[dir.join("containerd"), dir.join("ctr")]);
-        Self::start_with(name, Some(dir))
+        Self::start_with(name, Some(containerd2_bin_dir()), false)
     }
 
-    fn start_with(name: &str, bin_dir: Option<PathBuf>) -> Self {
+    /// Like [`Containerd::start`] with the CRI plugin (`CONTAINERD_CRI=1` in
+    /// scripts/containerd.sh); drive it with [`Containerd::cri`].
+    pub fn start_cri(name: &str) -> Self {
+        Self::start_with(name, None, true)
+    }
+
+    /// Like [`Containerd::start_cri`] with containerd 2.x.
+    pub fn start_cri_v2(name: &str) -> Self {
+        Self::start_with(name, Some(containerd2_bin_dir()), true)
+    }
+
+    fn start_with(name: &str, bin_dir: Option<PathBuf>, cri: bool) -> Self {
         let top = top_dir();
         require_built(&[
             top.join("target/release/containerd-shim-kata-v2"),
             top.join("build/configuration-qemu.toml"),
         ]);
         let dir = top.join("build/e2e").join(name);
-        let c = Containerd { dir, bin_dir };
+        let c = Containerd { dir, bin_dir, cri };
         {
             // Tests of one binary may share a containerd and run in parallel: count users,
             // so the last one out stops it.
@@ -104,6 +116,24 @@ impl Containerd {
         c.script(&["import-image"])
             .expect("importing the test image");
         c
+    }
+
+    /// This containerd's directory (root, state, socket, log).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A CRI client on this containerd's socket, once CRI reports the runtime and the network
+    /// ready (a containerd started with [`Containerd::start_cri`]).
+    pub fn cri(&self) -> cri::Cri {
+        assert!(
+            self.cri,
+            "containerd {} runs without CRI",
+            self.dir.display()
+        );
+        cri::Cri::connect(&self.dir.join("containerd.sock"))
+            .and_then(|c| c.wait_ready().map(|()| c))
+            .unwrap_or_else(|e| panic!("CRI: {e:#}\ncontainerd log:\n{}", self.log_tail(40)))
     }
 
     /// The ctr binary of this containerd.
@@ -122,6 +152,9 @@ impl Containerd {
         if let Some(d) = &self.bin_dir {
             cmd.env("CONTAINERD_BIN", d.join("containerd"))
                 .env("CTR_BIN", d.join("ctr"));
+        }
+        if self.cri {
+            cmd.env("CONTAINERD_CRI", "1");
         }
         let out = cmd
             .stdin(Stdio::null())
@@ -339,6 +372,14 @@ impl Drop for Containerd {
     }
 }
 
+/// containerd 2.x's bin directory (unpacked by scripts/setup-host.sh); fails if missing.
+fn containerd2_bin_dir() -> PathBuf {
+    let dir = PathBuf::from(shell_var("CONTAINERD2_DIR").expect("CONTAINERD2_DIR in lib.sh"))
+        .join("usr/bin");
+    require_built(&[dir.join("containerd"), dir.join("ctr")]);
+    dir
+}
+
 /// How many live [`Containerd`] handles use each containerd directory.
 static USERS: std::sync::Mutex<std::collections::BTreeMap<PathBuf, usize>> =
     std::sync::Mutex::new(std::collections::BTreeMap::new());
@@ -394,6 +435,12 @@ pub fn leftovers(sandbox_id: &str) -> Vec<String> {
         }
     }
     found
+}
+
+/// PIDs of the QEMU processes of a sandbox: those whose command line names a path in its
+/// directory under [`SANDBOX_RUN_DIR`].
+pub fn sandbox_vms(sandbox_id: &str) -> Vec<i32> {
+    pids_matching(&["qemu-system", &format!("{SANDBOX_RUN_DIR}/{sandbox_id}/")])
 }
 
 /// Waits (bounded) until a sandbox left nothing behind; returns what is still there.
