@@ -34,15 +34,13 @@ fn assert_clean(ctrd: &Containerd, id: &str) {
     );
 }
 
-/// `ctr run -d` of the test image, bounded; Err says why it failed.
-fn run_detached(ctrd: &Containerd, id: &str, cmd: &[&str]) -> Result<(), String> {
-    let image = test_image();
-    let mut args = vec!["run", "-d", "--runtime", RUNTIME, &image, id];
-    args.extend_from_slice(cmd);
-    let out = ctrd.ctr_bounded(&args, RUN_LIMIT);
+/// `ctr args...`, bounded by `limit`; Err names the call and why it failed.
+fn ctr_ok(ctrd: &Containerd, args: &[&str], limit: Duration) -> Result<(), String> {
+    let out = ctrd.ctr_bounded(args, limit);
     if !out.status.success() {
         return Err(format!(
-            "ctr run -d {id} ({:?}): {}",
+            "ctr {} ({:?}): {}",
+            args.join(" "),
             out.status,
             text(&out.stderr)
         ));
@@ -50,17 +48,17 @@ fn run_detached(ctrd: &Containerd, id: &str, cmd: &[&str]) -> Result<(), String>
     Ok(())
 }
 
-/// `ctr task kill -s SIG id`, bounded; Err says why it failed.
+/// `ctr run -d` of the test image, bounded.
+fn run_detached(ctrd: &Containerd, id: &str, cmd: &[&str]) -> Result<(), String> {
+    let image = test_image();
+    let mut args = vec!["run", "-d", "--runtime", RUNTIME, &image, id];
+    args.extend_from_slice(cmd);
+    ctr_ok(ctrd, &args, RUN_LIMIT)
+}
+
+/// `ctr task kill -s SIG id`, bounded.
 fn kill(ctrd: &Containerd, id: &str, sig: &str) -> Result<(), String> {
-    let out = ctrd.ctr_bounded(&["task", "kill", "-s", sig, id], CALL_LIMIT);
-    if !out.status.success() {
-        return Err(format!(
-            "ctr task kill -s {sig} {id} ({:?}): {}",
-            out.status,
-            text(&out.stderr)
-        ));
-    }
-    Ok(())
+    ctr_ok(ctrd, &["task", "kill", "-s", sig, id], CALL_LIMIT)
 }
 
 /// Waits (bounded) until the task is STOPPED; Err names the last status seen.
@@ -80,11 +78,8 @@ fn stopped_within(ctrd: &Containerd, id: &str, limit: Duration) -> Result<(), St
 
 /// `sh -c script` in the task, bounded; whether it exited 0.
 fn exec_ok(ctrd: &Containerd, id: &str, exec_id: &str, script: &str) -> bool {
-    let out = ctrd.ctr_bounded(
-        &["task", "exec", "--exec-id", exec_id, id, "sh", "-c", script],
-        CALL_LIMIT,
-    );
-    out.status.success()
+    let args = ["task", "exec", "--exec-id", exec_id, id, "sh", "-c", script];
+    ctr_ok(ctrd, &args, CALL_LIMIT).is_ok()
 }
 
 /// Runs `sh -c script` in the task until it exits 0 (bounded).
