@@ -16,6 +16,9 @@ pub mod cri;
 
 /// The runtime name containerd maps to our `containerd-shim-kata-v2` binary.
 pub const RUNTIME: &str = "io.containerd.kata.v2";
+/// Bound on any one `ctr` call of [`Containerd::ctr`] (a VM boot under TCG included); calls
+/// that must answer sooner use [`Containerd::ctr_bounded`].
+pub const CTR_CALL_LIMIT: Duration = Duration::from_secs(300);
 /// Where the shim keeps each sandbox's VM, helpers and sockets (see the shim's `vm` module).
 pub const SANDBOX_RUN_DIR: &str = "/run/kata-containers";
 
@@ -183,11 +186,10 @@ impl Containerd {
         self.ctr_with_stdin(args, None)
     }
 
-    /// `ctr` with the given bytes on stdin (`None` = no stdin).
+    /// `ctr` with the given bytes on stdin (`None` = no stdin), killed after
+    /// [`CTR_CALL_LIMIT`] so that no call, clean-up guards' included, can hang a suite.
     pub fn ctr_with_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
-        let sock = self.dir.join("containerd.sock");
-        let mut cmd = Command::new(self.ctr_bin());
-        cmd.arg("-a").arg(&sock).args(args);
+        let mut cmd = self.ctr_command(args, CTR_CALL_LIMIT);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd.stdin(if stdin.is_some() {
             Stdio::piped()
@@ -206,16 +208,21 @@ impl Containerd {
     /// `ctr` with stdin closed, killed after `limit` (coreutils `timeout`): a hung call fails
     /// the test instead of hanging it (exit status 124 then).
     pub fn ctr_bounded(&self, args: &[&str], limit: Duration) -> Output {
-        let sock = self.dir.join("containerd.sock");
-        Command::new("timeout")
-            .args(["-k", "5", &limit.as_secs().max(1).to_string()])
-            .arg(self.ctr_bin())
-            .arg("-a")
-            .arg(&sock)
-            .args(args)
+        self.ctr_command(args, limit)
             .stdin(Stdio::null())
             .output()
             .expect("spawning timeout ctr")
+    }
+
+    /// `timeout -k 5 LIMIT ctr -a SOCK args...`.
+    fn ctr_command(&self, args: &[&str], limit: Duration) -> Command {
+        let mut cmd = Command::new("timeout");
+        cmd.args(["-k", "5", &limit.as_secs().max(1).to_string()])
+            .arg(self.ctr_bin())
+            .arg("-a")
+            .arg(self.dir.join("containerd.sock"))
+            .args(args);
+        cmd
     }
 
     /// Starts a detached container with extra ctr flags (`--privileged`, `--mount`,

@@ -40,5 +40,9 @@ pub const DEBUG_CONSOLE_PORT: u32 = 1026;
 pub const GUEST_RUN_DIR: &str = "/run/kata-containers";
 /// Guest mount point of the sandbox's shared filesystem (virtio-fs or 9p).
 pub const GUEST_SHARED_DIR: &str = "/run/kata-containers/shared/containers";
+/// How long after StartContainer the agent holds a SIGTERM, SIGINT or SIGHUP sent to the
+/// container's init before the init handles it, to send it once it does (a PID 1 of a pid
+/// namespace drops the signals it does not handle): `agent/src/runtime/early_signal.rs`.
+pub const EARLY_SIGNAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 /// Mount tag of the sandbox's shared filesystem.
 pub const SHARED_FS_TAG: &str = "kataShared";

@@ -286,7 +286,7 @@ impl AgentService for Agent {
     }
 
     async fn signal_process(&self, _: &TtrpcContext, req: SignalProcessRequest) -> R<Empty> {
-        let r = (|| {
+        let r = async {
             ids(&req.container_id, &req.exec_id)?;
             let sig = signal_of(req.signal)?;
             let c = self.sandbox.get(&req.container_id)?;
@@ -294,12 +294,11 @@ impl AgentService for Agent {
             if req.all {
                 c.signal_all(sig);
             } else {
-                c.process(&req.exec_id)?
-                    .signal(sig)
-                    .map_err(|e| internal(format!("kill: {e}")))?;
+                c.signal(&req.exec_id, sig).await?;
             }
             Ok(Empty::new())
-        })();
+        }
+        .await;
         logged("SignalProcess", r)
     }
 

@@ -10,6 +10,7 @@ use oci_spec::runtime::{LinuxResources, Process as OciProcess, Spec};
 use tracing::{info, warn};
 
 use crate::error::{internal, AgentError, Result};
+use crate::runtime::early_signal::InitSignals;
 use crate::runtime::process::Process;
 use crate::runtime::spawn::{self, Report, SpawnKind, SpawnRequest};
 use crate::runtime::{cgroup, stdio};
@@ -36,6 +37,8 @@ pub struct Container {
     pending_start: Mutex<Option<(OwnedFd, Report)>>,
     /// Storages mounted for this container only (unmounted on removal).
     pub storages: Vec<PathBuf>,
+    /// Start time of the init and the termination signals held until it handles them.
+    init_signals: InitSignals,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -137,6 +140,7 @@ impl Container {
                 status: Mutex::new(Status::Created),
                 pending_start: Mutex::new(Some(pending)),
                 storages,
+                init_signals: InitSignals::default(),
             }),
             Err(e) => {
                 let cg2 = cg.clone();
@@ -206,6 +210,7 @@ impl Container {
         .await?;
         match outcome {
             Ok(()) => {
+                self.init_signals.mark_started();
                 *lock(&self.status) = Status::Running;
                 info!(container = %self.id, pid = self.init.pid, "container started");
                 Ok(())
@@ -288,6 +293,18 @@ impl Container {
         if execs.get(exec_id).is_some_and(|p| p.finished()) {
             execs.remove(exec_id);
         }
+    }
+
+    /// Signals one process (through its pidfd); for the init, a termination signal it does
+    /// not handle yet is held until it does (see [`crate::runtime::early_signal`]).
+    pub async fn signal(&self, exec_id: &str, sig: nix::sys::signal::Signal) -> Result<()> {
+        let p = self.process(exec_id)?;
+        let r = if Arc::ptr_eq(&p, &self.init) {
+            self.init_signals.send(&self.id, &p, sig).await
+        } else {
+            p.signal(sig)
+        };
+        r.map_err(|e| internal(format!("sending {sig:?} to pid {}: {e}", p.pid)))
     }
 
     pub fn signal_all(&self, sig: nix::sys::signal::Signal) {

@@ -1,7 +1,8 @@
-//! Containers and their processes: spawn and setup, mounts, cgroups, seccomp, stdio, sandbox state.
+//! Containers and their processes: spawn and setup, mounts, cgroups, seccomp, stdio, sandbox state, early signals.
 pub mod beneath;
 pub mod cgroup;
 pub mod container;
+pub mod early_signal;
 pub mod mount;
 pub mod pidfd;
 pub mod process;
