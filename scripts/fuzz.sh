@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # make fuzz: every target in fuzz/ under libFuzzer with AddressSanitizer, FUZZ_SECONDS each
-# (default 60), on the machine's stable toolchain (cargo-fuzz's nightly flags through
-# RUSTC_BOOTSTRAP=1). Fails on the first target that crashes, leaks or times out; the input
-# that did it is under fuzz/artifacts/<target>/. Corpora grow in fuzz/corpus/ between runs.
+# (default 60; FUZZ_TARGETS="a b" runs only those), on the machine's stable toolchain
+# (cargo-fuzz's nightly flags through RUSTC_BOOTSTRAP=1). Fails on the first target that
+# crashes, leaks or times out; the input that did it is under fuzz/artifacts/<target>/.
+# Corpora grow in fuzz/corpus/ between runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 seconds=${FUZZ_SECONDS:-60}
 cargo_fuzz=$(cargo_tool cargo-fuzz "$CARGO_FUZZ_VERSION")
 export RUSTC_BOOTSTRAP=1
-targets=$("$cargo_fuzz" list --fuzz-dir fuzz)
+targets=${FUZZ_TARGETS:-$("$cargo_fuzz" list --fuzz-dir fuzz)}
 step "build the fuzz targets"
 "$cargo_fuzz" build --fuzz-dir fuzz --sanitizer address
 for t in $targets; do

@@ -419,7 +419,12 @@ pub fn leftovers(sandbox_id: &str) -> Vec<String> {
         found.push(format!("directory {dir}"));
     }
     if let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") {
-        for l in mounts.lines().filter(|l| l.contains(sandbox_id)) {
+        // A path component equal to the id: `x-1` must not match `x-10`'s mounts.
+        let names_sandbox = |l: &&str| {
+            l.split_whitespace()
+                .any(|field| field.split('/').any(|c| c == sandbox_id))
+        };
+        for l in mounts.lines().filter(names_sandbox) {
             found.push(format!("mount {l}"));
         }
     }
@@ -432,7 +437,8 @@ pub fn leftovers(sandbox_id: &str) -> Vec<String> {
             let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
             let helpers = ["qemu-system", "virtiofsd", "vhost-device-vsock"];
-            let helper = cmdline.contains(&dir) && helpers.iter().any(|b| cmdline.contains(b));
+            let helper =
+                cmdline.contains(&format!("{dir}/")) && helpers.iter().any(|b| cmdline.contains(b));
             // The shim names its sandbox with -id, not by directory.
             let shim = cmdline.contains("containerd-shim-kata-v2")
                 && cmdline.contains(&format!(" -id {sandbox_id} "));
