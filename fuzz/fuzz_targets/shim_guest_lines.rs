@@ -21,12 +21,14 @@ fuzz_target!(|data: &[u8]| {
     let mut ring = LineRing::new(CONSOLE_RING_BYTES);
     let mut logged = 0u64;
     let mut rest = data;
-    // Each step: [milliseconds to advance, chunk length, chunk...].
-    while let [advance, len, tail @ ..] = rest {
+    // Each step: [time to advance in 50 ms units, repeats, chunk length, chunk...]: a guest
+    // that writes the same bytes many times reaches lengths past the input's own size.
+    while let [advance, repeats, len, tail @ ..] = rest {
         now += Duration::from_millis(u64::from(*advance) * 50);
         let n = usize::from(*len).min(tail.len());
         let (chunk, next) = tail.split_at(n);
-        for line in lines.push(chunk, now) {
+        let written = chunk.repeat(usize::from(*repeats).max(1));
+        for line in lines.push(&written, now) {
             assert!(line.text.len() <= MAX_DECODED_LINE, "{} bytes", line.text.len());
             logged += u64::from(line.to_log);
             ring.push(&line.text);

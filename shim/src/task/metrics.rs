@@ -124,7 +124,11 @@ mod tests {
         assert_eq!(any.type_url, METRICS_TYPE_URL);
         let m = Metrics::parse_from_bytes(&any.value).unwrap();
         assert_eq!(m.pids.current, 3);
-        assert_eq!(m.pids.limit, u64::MAX, "no pids limit, as containerd spells it");
+        assert_eq!(
+            m.pids.limit,
+            u64::MAX,
+            "no pids limit, as containerd spells it"
+        );
         assert_eq!(m.cpu.usage_usec, 10);
         assert_eq!(m.cpu.user_usec, 6);
         assert_eq!(m.cpu.nr_throttled, 1);
