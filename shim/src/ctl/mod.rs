@@ -3,4 +3,5 @@
 
 pub mod check;
 pub mod console;
+pub mod containerd;
 pub mod env;

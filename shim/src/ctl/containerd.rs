@@ -1,0 +1,573 @@
+//! Does containerd's configuration send Kubernetes pods to this runtime, by both routes?
+//!
+//! The routes: a CRI runtime handler `kata` (`runtimeClassName: kata`) and one named
+//! `untrusted` (pods annotated `io.kubernetes.cri.untrusted-workload: "true"`: containerd 2.x
+//! sends them there, and so does 1.x when it has no `untrusted_workload_runtime`). Where the
+//! handlers live depends on the configuration's `version`: 2 (containerd 1.6/1.7, also read by
+//! 2.x) or 3 (containerd 2.x). The handlers to add are the files shipped in configs/containerd/.
+
+use std::path::Path;
+
+use super::check::{Finding, RUNTIME_TYPE};
+
+/// The runtime handler behind `runtimeClassName: kata`.
+pub const KATA_HANDLER: &str = "kata";
+/// The runtime handler containerd gives pods annotated [`UNTRUSTED_ANNOTATION`].
+pub const UNTRUSTED_HANDLER: &str = "untrusted";
+pub const UNTRUSTED_ANNOTATION: &str = "io.kubernetes.cri.untrusted-workload";
+/// containerd 1.x's own setting for the untrusted-workload runtime (gone in 2.x).
+const UNTRUSTED_WORKLOAD_RUNTIME: &str = "untrusted_workload_runtime";
+
+/// The shipped handler snippets (configs/containerd/), shown as the fix.
+pub const SNIPPET_V2: &str = include_str!("../../../configs/containerd/containerd-1.x.toml");
+pub const SNIPPET_V3: &str = include_str!("../../../configs/containerd/containerd-2.x.toml");
+
+/// A containerd configuration layout: which plugin holds the CRI runtime handlers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `version = 2`: containerd 1.6/1.7 (2.x migrates it when it starts).
+    V2,
+    /// `version = 3`: containerd 2.x only.
+    V3,
+}
+
+impl Layout {
+    pub fn version(self) -> i64 {
+        match self {
+            Layout::V2 => 2,
+            Layout::V3 => 3,
+        }
+    }
+
+    /// The plugin whose `containerd.runtimes` table this layout reads.
+    pub fn runtime_plugin(self) -> &'static str {
+        match self {
+            Layout::V2 => "io.containerd.grpc.v1.cri",
+            Layout::V3 => "io.containerd.cri.v1.runtime",
+        }
+    }
+
+    fn other(self) -> Layout {
+        match self {
+            Layout::V2 => Layout::V3,
+            Layout::V3 => Layout::V2,
+        }
+    }
+
+    fn readers(self) -> &'static str {
+        match self {
+            Layout::V2 => "containerd 1.6/1.7, and 2.x after migrating it",
+            Layout::V3 => "containerd 2.x",
+        }
+    }
+
+    /// The shipped snippet for this layout, without its comments and `version` line.
+    pub fn snippet_tables(self) -> String {
+        let text = match self {
+            Layout::V2 => SNIPPET_V2,
+            Layout::V3 => SNIPPET_V3,
+        };
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.starts_with("version") && !l.trim().is_empty())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// What a containerd configuration routes to this runtime.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ContainerdRouting {
+    pub layout: Layout,
+    /// Runtime handlers with our runtime_type, in the table `layout` reads.
+    pub handlers: Vec<String>,
+    /// containerd 1.x's `untrusted_workload_runtime` has our runtime_type.
+    pub untrusted_workload_runtime: bool,
+    /// Handlers with our runtime_type in the other layout's table, which containerd ignores.
+    pub ignored: Vec<String>,
+}
+
+impl ContainerdRouting {
+    pub fn has(&self, handler: &str) -> bool {
+        self.handlers.iter().any(|h| h == handler)
+    }
+}
+
+/// Why a containerd configuration could not be read as version 2 or 3.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RoutingError {
+    Syntax(String),
+    /// `version` absent (= 1) or not 2/3.
+    Version(String),
+}
+
+/// Reads the CRI runtime handlers of a containerd configuration (version 2 or 3).
+pub fn routing(text: &str) -> Result<ContainerdRouting, RoutingError> {
+    let doc: toml::Value = text
+        .parse()
+        .map_err(|e: toml::de::Error| RoutingError::Syntax(e.message().to_string()))?;
+    let layout = match doc.get("version") {
+        Some(toml::Value::Integer(2)) => Layout::V2,
+        Some(toml::Value::Integer(3)) => Layout::V3,
+        Some(v) => return Err(RoutingError::Version(format!("version = {v}"))),
+        None => return Err(RoutingError::Version("no version (= version 1)".into())),
+    };
+    let table = |l: Layout| {
+        doc.get("plugins")
+            .and_then(|p| p.get(l.runtime_plugin()))
+            .and_then(|p| p.get("containerd"))
+    };
+    let ours = |l: Layout| -> Vec<String> {
+        let mut names: Vec<String> = table(l)
+            .and_then(|c| c.get("runtimes"))
+            .and_then(|r| r.as_table())
+            .into_iter()
+            .flatten()
+            .filter(|(_, rt)| rt.get("runtime_type").and_then(|t| t.as_str()) == Some(RUNTIME_TYPE))
+            .map(|(name, _)| name.clone())
+            .collect();
+        names.sort();
+        names
+    };
+    let untrusted_workload_runtime = table(layout)
+        .and_then(|c| c.get(UNTRUSTED_WORKLOAD_RUNTIME))
+        .and_then(|u| u.get("runtime_type"))
+        .and_then(|t| t.as_str())
+        == Some(RUNTIME_TYPE);
+    Ok(ContainerdRouting {
+        layout,
+        handlers: ours(layout),
+        untrusted_workload_runtime,
+        ignored: ours(layout.other()),
+    })
+}
+
+/// The major version in `containerd --version` output ("containerd github.com/... 1.6.20 ...").
+pub fn containerd_major(version_output: &str) -> Option<u32> {
+    version_output
+        .split_whitespace()
+        .nth(2)?
+        .trim_start_matches('v')
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn add_fix(layout: Layout) -> String {
+    let how = match layout {
+        Layout::V2 => "append to containerd's config (not through `imports`: containerd 1.x would replace its whole CRI table)",
+        Layout::V3 => "add to containerd's config, or list the shipped file in its `imports`",
+    };
+    format!(
+        "{how}, then restart containerd (docs/kubernetes.md; `make install` ships this as {}):\n{}",
+        match layout {
+            Layout::V2 => "containerd-1.x.toml",
+            Layout::V3 => "containerd-2.x.toml",
+        },
+        layout.snippet_tables()
+    )
+}
+
+/// The findings for containerd's configuration at `path`; `major` is the installed
+/// containerd's major version, when known.
+pub fn config_findings(path: &Path, major: Option<u32>) -> Vec<Finding> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            return vec![Finding::fail(
+                "containerd config",
+                format!("{}: {e}", path.display()),
+                format!(
+                    "write one (`containerd config default > {}`), then {}",
+                    path.display(),
+                    add_fix(if major == Some(1) {
+                        Layout::V2
+                    } else {
+                        Layout::V3
+                    })
+                ),
+            )]
+        }
+    };
+    findings(path, &text, major)
+}
+
+/// [`config_findings`] on text already read.
+pub fn findings(path: &Path, text: &str, major: Option<u32>) -> Vec<Finding> {
+    let p = path.display();
+    let r = match routing(text) {
+        Ok(r) => r,
+        Err(RoutingError::Syntax(e)) => {
+            return vec![Finding::fail(
+                "containerd config",
+                format!("{p}: not valid TOML: {e}"),
+                "fix the file's syntax",
+            )]
+        }
+        Err(RoutingError::Version(v)) => {
+            return vec![Finding::fail(
+                "containerd config",
+                format!("{p}: {v}; kata-ctl reads version 2 (containerd 1.6/1.7) and 3 (2.x) configurations"),
+                "rewrite it in a current layout: `containerd config default` prints one \
+                 (containerd 2.x: `containerd config migrate` converts an old file)",
+            )]
+        }
+    };
+    let layout = r.layout;
+    let mut out = Vec::new();
+    if layout == Layout::V3 && major == Some(1) {
+        out.push(Finding::fail(
+            "containerd config",
+            format!(
+                "{p}: version 3, which the installed containerd 1.x does not read (its CRI \
+                 handlers are in plugin {})",
+                Layout::V2.runtime_plugin()
+            ),
+            format!("use a version 2 configuration; {}", add_fix(Layout::V2)),
+        ));
+    } else {
+        out.push(Finding::ok(
+            "containerd config",
+            format!(
+                "{p}: version {} ({}), handlers in plugin {}",
+                layout.version(),
+                layout.readers(),
+                layout.runtime_plugin()
+            ),
+        ));
+    }
+    let misplaced = |handler: &str| {
+        if r.ignored.iter().any(|h| h == handler) {
+            format!(
+                "; runtimes.{handler} is under plugin {}, which a version {} configuration does not read",
+                layout.other().runtime_plugin(),
+                layout.version()
+            )
+        } else {
+            String::new()
+        }
+    };
+
+    if r.has(KATA_HANDLER) {
+        out.push(Finding::ok(
+            "containerd kata",
+            format!(
+                "runtime handler(s) {:?} use {RUNTIME_TYPE} (runtimeClassName: {KATA_HANDLER})",
+                r.handlers
+            ),
+        ));
+    } else {
+        out.push(Finding::fail(
+            "containerd kata",
+            format!(
+                "{p}: no runtime handler \"{KATA_HANDLER}\" with runtime_type {RUNTIME_TYPE} \
+                 (found {:?}): pods with runtimeClassName: {KATA_HANDLER} cannot start{}",
+                r.handlers,
+                misplaced(KATA_HANDLER)
+            ),
+            add_fix(layout),
+        ));
+    }
+
+    let uwr = r.untrusted_workload_runtime;
+    let untrusted = "containerd untrusted";
+    out.push(match (r.has(UNTRUSTED_HANDLER), uwr, layout) {
+        (true, true, Layout::V2) => Finding::fail(
+            untrusted,
+            format!(
+                "{p}: both {UNTRUSTED_WORKLOAD_RUNTIME} and runtimes.{UNTRUSTED_HANDLER} are set: \
+                 containerd 1.x then refuses to load its CRI plugin (\"conflicting definitions\")"
+            ),
+            format!(
+                "remove the {UNTRUSTED_WORKLOAD_RUNTIME} table; keep runtimes.{UNTRUSTED_HANDLER}"
+            ),
+        ),
+        (true, _, _) => Finding::ok(
+            untrusted,
+            format!(
+                "pods annotated {UNTRUSTED_ANNOTATION} run in VMs (runtime handler \
+                 \"{UNTRUSTED_HANDLER}\", read by containerd 1.x and 2.x)"
+            ),
+        ),
+        (false, true, Layout::V2) => Finding::warn(
+            untrusted,
+            format!(
+                "{p}: pods annotated {UNTRUSTED_ANNOTATION} reach {RUNTIME_TYPE} only through \
+                 {UNTRUSTED_WORKLOAD_RUNTIME}, which containerd 1.x reads but 2.x ignores (it \
+                 removed that setting and looks for a runtime handler \"{UNTRUSTED_HANDLER}\")"
+            ),
+            format!(
+                "replace the {UNTRUSTED_WORKLOAD_RUNTIME} table with runtimes.{UNTRUSTED_HANDLER} \
+                 (both set stop containerd 1.x's CRI plugin); {}",
+                add_fix(layout)
+            ),
+        ),
+        (false, true, Layout::V3) => Finding::fail(
+            untrusted,
+            format!(
+                "{p}: {UNTRUSTED_WORKLOAD_RUNTIME} is set, but containerd 2.x ignores it: pods \
+                 annotated {UNTRUSTED_ANNOTATION} need a runtime handler \"{UNTRUSTED_HANDLER}\""
+            ),
+            add_fix(layout),
+        ),
+        (false, false, _) => Finding::fail(
+            untrusted,
+            format!(
+                "{p}: no runtime handler \"{UNTRUSTED_HANDLER}\" with runtime_type {RUNTIME_TYPE}: \
+                 pods annotated {UNTRUSTED_ANNOTATION} do not run in VMs{}",
+                misplaced(UNTRUSTED_HANDLER)
+            ),
+            add_fix(layout),
+        ),
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ctl::check::Status;
+
+    /// Debian's containerd 1.6 package ships this /etc/containerd/config.toml.
+    const DEBIAN_CONFIG: &str = r#"version = 2
+
+[plugins]
+  [plugins."io.containerd.grpc.v1.cri"]
+    [plugins."io.containerd.grpc.v1.cri".cni]
+      bin_dir = "/usr/lib/cni"
+      conf_dir = "/etc/cni/net.d"
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "/var/lib/containerd/opt"
+"#;
+
+    fn check(text: &str, major: Option<u32>) -> Vec<Finding> {
+        findings(Path::new("/etc/containerd/config.toml"), text, major)
+    }
+
+    fn get<'a>(f: &'a [Finding], what: &str) -> &'a Finding {
+        f.iter()
+            .find(|f| f.what == what)
+            .unwrap_or_else(|| panic!("no finding {what}: {f:#?}"))
+    }
+
+    fn v2_table(handler: &str) -> String {
+        format!(
+            "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{handler}]\n  runtime_type = \"{RUNTIME_TYPE}\"\n"
+        )
+    }
+
+    fn v3_table(handler: &str) -> String {
+        format!(
+            "[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.{handler}]\n  runtime_type = \"{RUNTIME_TYPE}\"\n"
+        )
+    }
+
+    const UWR_V2: &str = "[plugins.\"io.containerd.grpc.v1.cri\".containerd.untrusted_workload_runtime]\n  runtime_type = \"io.containerd.kata.v2\"\n";
+
+    #[test]
+    fn shipped_snippets_route_both_handlers() {
+        // containerd 1.x: the snippet appended to Debian's config, as docs/kubernetes.md says.
+        let v2 = format!("{DEBIAN_CONFIG}\n{SNIPPET_V2}");
+        let r = routing(&v2).expect("valid");
+        assert_eq!(r.layout, Layout::V2);
+        assert_eq!(r.handlers, vec!["kata", "untrusted"]);
+        assert!(!r.untrusted_workload_runtime);
+        let f = check(&v2, Some(1));
+        assert!(f.iter().all(|f| f.status == Status::Ok), "{f:#?}");
+
+        // containerd 2.x: the snippet on its own (imported) and appended to a version 3 file.
+        for v3 in [
+            SNIPPET_V3.to_string(),
+            format!("version = 3\n{}", Layout::V3.snippet_tables()),
+        ] {
+            let r = routing(&v3).expect("valid");
+            assert_eq!(r.layout, Layout::V3);
+            assert_eq!(r.handlers, vec!["kata", "untrusted"]);
+            let f = check(&v3, Some(2));
+            assert!(f.iter().all(|f| f.status == Status::Ok), "{f:#?}");
+            assert!(get(&f, "containerd config").detail.contains("version 3"));
+        }
+        // A version 2 file is read by containerd 2.x too.
+        let f = check(&v2, Some(2));
+        assert!(f.iter().all(|f| f.status == Status::Ok), "{f:#?}");
+    }
+
+    #[test]
+    fn only_kata_names_the_missing_untrusted_route() {
+        for text in [
+            format!("version = 2\n{}", v2_table("kata")),
+            format!("version = 3\n{}", v3_table("kata")),
+        ] {
+            let f = check(&text, None);
+            assert_eq!(get(&f, "containerd kata").status, Status::Ok);
+            let u = get(&f, "containerd untrusted");
+            assert_eq!(u.status, Status::Fail, "{text}");
+            assert!(
+                u.detail.contains("no runtime handler \"untrusted\"")
+                    && u.detail.contains(UNTRUSTED_ANNOTATION),
+                "{}",
+                u.detail
+            );
+            assert!(
+                u.fix
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains("runtimes.untrusted]"),
+                "the fix shows the table to add: {u:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn untrusted_workload_runtime_is_named_as_ignored_by_containerd_2() {
+        // Version 2: works on containerd 1.x, not on 2.x.
+        let text = format!("version = 2\n{}{UWR_V2}", v2_table("kata"));
+        let u = check(&text, Some(1)).remove(2);
+        assert_eq!(u.what, "containerd untrusted");
+        assert_eq!(u.status, Status::Warn);
+        assert!(u.detail.contains("2.x ignores"), "{}", u.detail);
+        assert!(u
+            .fix
+            .as_deref()
+            .unwrap_or_default()
+            .contains("runtimes.untrusted]"));
+
+        // Version 3: containerd 2.x only, so the setting routes nothing.
+        let text = format!(
+            "version = 3\n{}{}",
+            v3_table("kata"),
+            UWR_V2.replace("io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime")
+        );
+        let u = check(&text, Some(2)).remove(2);
+        assert_eq!(u.status, Status::Fail);
+        assert!(
+            u.detail.contains("containerd 2.x ignores it"),
+            "{}",
+            u.detail
+        );
+    }
+
+    #[test]
+    fn both_untrusted_settings_are_refused_as_containerd_1_refuses_them() {
+        let text = format!(
+            "version = 2\n{}{}{UWR_V2}",
+            v2_table("kata"),
+            v2_table("untrusted")
+        );
+        let u = check(&text, Some(1)).remove(2);
+        assert_eq!(u.status, Status::Fail);
+        assert!(u.detail.contains("conflicting definitions"), "{}", u.detail);
+    }
+
+    #[test]
+    fn handlers_in_the_other_layout_are_named_as_not_read() {
+        // Version 2 with 2.x's plugin name: containerd never sees these handlers.
+        let text = format!("version = 2\n{}{}", v3_table("kata"), v3_table("untrusted"));
+        let r = routing(&text).expect("valid");
+        assert!(r.handlers.is_empty());
+        assert_eq!(r.ignored, vec!["kata", "untrusted"]);
+        let f = check(&text, None);
+        let k = get(&f, "containerd kata");
+        assert_eq!(k.status, Status::Fail);
+        assert!(
+            k.detail.contains("io.containerd.cri.v1.runtime")
+                && k.detail.contains("version 2 configuration does not read"),
+            "{}",
+            k.detail
+        );
+        assert!(k
+            .fix
+            .as_deref()
+            .unwrap_or_default()
+            .contains("io.containerd.grpc.v1.cri"));
+
+        // Version 3 with 1.x's plugin name.
+        let text = format!("version = 3\n{}", v2_table("kata"));
+        let k = check(&text, Some(2)).remove(1);
+        assert_eq!(k.status, Status::Fail);
+        assert!(
+            k.detail.contains("version 3 configuration does not read"),
+            "{}",
+            k.detail
+        );
+        assert!(k
+            .fix
+            .as_deref()
+            .unwrap_or_default()
+            .contains("io.containerd.cri.v1.runtime"));
+    }
+
+    #[test]
+    fn version_3_on_containerd_1_fails() {
+        let f = check(SNIPPET_V3, Some(1));
+        let c = get(&f, "containerd config");
+        assert_eq!(c.status, Status::Fail);
+        assert!(c.detail.contains("does not read"), "{}", c.detail);
+        assert!(c
+            .fix
+            .as_deref()
+            .unwrap_or_default()
+            .contains("io.containerd.grpc.v1.cri"));
+    }
+
+    #[test]
+    fn unreadable_configs_are_one_failure() {
+        for (text, says) in [
+            ("[[[", "not valid TOML"),
+            ("[plugins]\n", "no version"),
+            ("version = 1\n", "version = 1"),
+        ] {
+            let f = check(text, None);
+            assert_eq!(f.len(), 1, "{f:#?}");
+            assert_eq!(f[0].status, Status::Fail);
+            assert!(f[0].detail.contains(says), "{}", f[0].detail);
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = config_findings(&dir.path().join("nope.toml"), Some(2));
+        assert_eq!(missing.len(), 1);
+        assert_eq!(missing[0].status, Status::Fail);
+        assert!(missing[0].detail.contains("nope.toml"));
+        assert!(missing[0]
+            .fix
+            .as_deref()
+            .unwrap_or_default()
+            .contains("cri.v1.runtime"));
+    }
+
+    #[test]
+    fn containerd_major_reads_1_x_and_2_x_version_lines() {
+        assert_eq!(
+            containerd_major(
+                "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3"
+            ),
+            Some(1)
+        );
+        assert_eq!(
+            containerd_major("containerd github.com/containerd/containerd/v2 v2.1.9 abc"),
+            Some(2)
+        );
+        assert_eq!(containerd_major("containerd"), None);
+    }
+
+    #[test]
+    fn snippet_tables_are_the_handler_tables_only() {
+        for l in [Layout::V2, Layout::V3] {
+            let t = l.snippet_tables();
+            assert!(!t.contains('#') && !t.contains("version"), "{t}");
+            assert!(t.contains(&format!(
+                "\"{}\".containerd.runtimes.kata]",
+                l.runtime_plugin()
+            )));
+            assert!(t.contains("runtimes.untrusted]"));
+            assert_eq!(
+                t.matches("privileged_without_host_devices = true").count(),
+                2
+            );
+            assert_eq!(
+                t.matches("pod_annotations = [\"io.katacontainers.*\"]")
+                    .count(),
+                2
+            );
+        }
+    }
+}
