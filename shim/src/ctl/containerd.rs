@@ -61,14 +61,21 @@ impl Layout {
         }
     }
 
-    /// The shipped snippet for this layout, without its comments and `version` line.
-    pub fn snippet_tables(self) -> String {
+    /// The shipped snippet's table for `handler` (header and keys), as text to add.
+    pub fn snippet_table(self, handler: &str) -> String {
         let text = match self {
             Layout::V2 => SNIPPET_V2,
             Layout::V3 => SNIPPET_V3,
         };
+        let header = format!(
+            "[plugins.\"{}\".containerd.runtimes.{handler}]",
+            self.runtime_plugin()
+        );
         text.lines()
-            .filter(|l| !l.starts_with('#') && !l.starts_with("version") && !l.trim().is_empty())
+            .skip_while(|l| l.trim() != header)
+            .enumerate()
+            .take_while(|(i, l)| *i == 0 || l.starts_with(' '))
+            .map(|(_, l)| l)
             .collect::<Vec<_>>()
             .join("\n")
     }
@@ -153,7 +160,8 @@ pub fn containerd_major(version_output: &str) -> Option<u32> {
         .ok()
 }
 
-fn add_fix(layout: Layout) -> String {
+/// How to add the runtime handler `handler` to a configuration with `layout`.
+fn add_fix(layout: Layout, handler: &str) -> String {
     let how = match layout {
         Layout::V2 => "append to containerd's config (not through `imports`: containerd 1.x would replace its whole CRI table)",
         Layout::V3 => "add to containerd's config, or list the shipped file in its `imports`",
@@ -164,7 +172,16 @@ fn add_fix(layout: Layout) -> String {
             Layout::V2 => "containerd-1.x.toml",
             Layout::V3 => "containerd-2.x.toml",
         },
-        layout.snippet_tables()
+        layout.snippet_table(handler)
+    )
+}
+
+/// How to add both runtime handlers.
+fn both_fix(layout: Layout) -> String {
+    format!(
+        "{}\n{}",
+        add_fix(layout, KATA_HANDLER),
+        layout.snippet_table(UNTRUSTED_HANDLER)
     )
 }
 
@@ -180,7 +197,7 @@ pub fn config_findings(path: &Path, major: Option<u32>) -> Vec<Finding> {
                 format!(
                     "write one (`containerd config default > {}`), then {}",
                     path.display(),
-                    add_fix(if major == Some(1) {
+                    both_fix(if major == Some(1) {
                         Layout::V2
                     } else {
                         Layout::V3
@@ -223,7 +240,7 @@ pub fn findings(path: &Path, text: &str, major: Option<u32>) -> Vec<Finding> {
                  handlers are in plugin {})",
                 Layout::V2.runtime_plugin()
             ),
-            format!("use a version 2 configuration; {}", add_fix(Layout::V2)),
+            format!("use a version 2 configuration; {}", both_fix(Layout::V2)),
         ));
     } else {
         out.push(Finding::ok(
@@ -265,7 +282,7 @@ pub fn findings(path: &Path, text: &str, major: Option<u32>) -> Vec<Finding> {
                 r.handlers,
                 misplaced(KATA_HANDLER)
             ),
-            add_fix(layout),
+            add_fix(layout, KATA_HANDLER),
         ));
     }
 
@@ -299,7 +316,7 @@ pub fn findings(path: &Path, text: &str, major: Option<u32>) -> Vec<Finding> {
             format!(
                 "replace the {UNTRUSTED_WORKLOAD_RUNTIME} table with runtimes.{UNTRUSTED_HANDLER} \
                  (both set stop containerd 1.x's CRI plugin); {}",
-                add_fix(layout)
+                add_fix(layout, UNTRUSTED_HANDLER)
             ),
         ),
         (false, true, Layout::V3) => Finding::fail(
@@ -308,7 +325,7 @@ pub fn findings(path: &Path, text: &str, major: Option<u32>) -> Vec<Finding> {
                 "{p}: {UNTRUSTED_WORKLOAD_RUNTIME} is set, but containerd 2.x ignores it: pods \
                  annotated {UNTRUSTED_ANNOTATION} need a runtime handler \"{UNTRUSTED_HANDLER}\""
             ),
-            add_fix(layout),
+            add_fix(layout, UNTRUSTED_HANDLER),
         ),
         (false, false, _) => Finding::fail(
             untrusted,
@@ -317,7 +334,7 @@ pub fn findings(path: &Path, text: &str, major: Option<u32>) -> Vec<Finding> {
                  pods annotated {UNTRUSTED_ANNOTATION} do not run in VMs{}",
                 misplaced(UNTRUSTED_HANDLER)
             ),
-            add_fix(layout),
+            add_fix(layout, UNTRUSTED_HANDLER),
         ),
     });
     out
@@ -378,7 +395,11 @@ mod tests {
         // containerd 2.x: the snippet on its own (imported) and appended to a version 3 file.
         for v3 in [
             SNIPPET_V3.to_string(),
-            format!("version = 3\n{}", Layout::V3.snippet_tables()),
+            format!(
+                "version = 3\n{}\n{}",
+                Layout::V3.snippet_table(KATA_HANDLER),
+                Layout::V3.snippet_table(UNTRUSTED_HANDLER)
+            ),
         ] {
             let r = routing(&v3).expect("valid");
             assert_eq!(r.layout, Layout::V3);
@@ -550,24 +571,25 @@ mod tests {
     }
 
     #[test]
-    fn snippet_tables_are_the_handler_tables_only() {
+    fn snippet_table_is_one_handler_table_of_the_shipped_file() {
         for l in [Layout::V2, Layout::V3] {
-            let t = l.snippet_tables();
-            assert!(!t.contains('#') && !t.contains("version"), "{t}");
-            assert!(t.contains(&format!(
-                "\"{}\".containerd.runtimes.kata]",
-                l.runtime_plugin()
-            )));
-            assert!(t.contains("runtimes.untrusted]"));
-            assert_eq!(
-                t.matches("privileged_without_host_devices = true").count(),
-                2
-            );
-            assert_eq!(
-                t.matches("pod_annotations = [\"io.katacontainers.*\"]")
-                    .count(),
-                2
-            );
+            for h in [KATA_HANDLER, UNTRUSTED_HANDLER] {
+                let t = l.snippet_table(h);
+                let header = format!(
+                    "[plugins.\"{}\".containerd.runtimes.{h}]",
+                    l.runtime_plugin()
+                );
+                assert!(t.starts_with(&header), "{t}");
+                assert_eq!(t.matches("[plugins").count(), 1, "{t}");
+                assert!(!t.contains('#'), "{t}");
+                for key in [
+                    format!("runtime_type = \"{RUNTIME_TYPE}\""),
+                    "pod_annotations = [\"io.katacontainers.*\"]".to_string(),
+                    "privileged_without_host_devices = true".to_string(),
+                ] {
+                    assert!(t.contains(&key), "{key} in {t}");
+                }
+            }
         }
     }
 }
