@@ -6,7 +6,7 @@
 //! handlers live depends on the configuration's `version`: 2 (containerd 1.6/1.7, also read by
 //! 2.x) or 3 (containerd 2.x). The handlers to add are the files shipped in configs/containerd/.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::check::{Finding, RUNTIME_TYPE};
 
@@ -81,21 +81,34 @@ impl Layout {
     }
 }
 
-/// What a containerd configuration routes to this runtime.
-#[derive(Debug, PartialEq, Eq)]
+/// What a containerd configuration routes to this runtime, its `imports` included.
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct ContainerdRouting {
-    pub layout: Layout,
-    /// Runtime handlers with our runtime_type, in the table `layout` reads.
+    pub layout: Option<Layout>,
+    /// Runtime handlers with our runtime_type, in the table each file's layout reads.
     pub handlers: Vec<String>,
     /// containerd 1.x's `untrusted_workload_runtime` has our runtime_type.
     pub untrusted_workload_runtime: bool,
     /// Handlers with our runtime_type in the other layout's table, which containerd ignores.
     pub ignored: Vec<String>,
+    /// Files read through `imports`, in order.
+    pub imported: Vec<PathBuf>,
+    /// Imported files that containerd cannot load (it then does not start).
+    pub import_errors: Vec<String>,
+    /// `imports` that do not do what the file seems to intend.
+    pub import_warnings: Vec<String>,
+    /// Imported files with a CRI plugin table of the version 2 layout while the main file has
+    /// one too: containerd 1.x replaces the main file's whole table with theirs.
+    pub cri_table_replaced_by: Vec<PathBuf>,
 }
 
 impl ContainerdRouting {
     pub fn has(&self, handler: &str) -> bool {
         self.handlers.iter().any(|h| h == handler)
+    }
+
+    fn layout(&self) -> Layout {
+        self.layout.unwrap_or(Layout::V2)
     }
 }
 
@@ -107,45 +120,172 @@ pub enum RoutingError {
     Version(String),
 }
 
-/// Reads the CRI runtime handlers of a containerd configuration (version 2 or 3).
-pub fn routing(text: &str) -> Result<ContainerdRouting, RoutingError> {
-    let doc: toml::Value = text
-        .parse()
-        .map_err(|e: toml::de::Error| RoutingError::Syntax(e.message().to_string()))?;
-    let layout = match doc.get("version") {
-        Some(toml::Value::Integer(2)) => Layout::V2,
-        Some(toml::Value::Integer(3)) => Layout::V3,
-        Some(v) => return Err(RoutingError::Version(format!("version = {v}"))),
-        None => return Err(RoutingError::Version("no version (= version 1)".into())),
-    };
-    let table = |l: Layout| {
-        doc.get("plugins")
-            .and_then(|p| p.get(l.runtime_plugin()))
+fn parse(text: &str) -> Result<toml::Value, RoutingError> {
+    text.parse()
+        .map_err(|e: toml::de::Error| RoutingError::Syntax(e.message().to_string()))
+}
+
+fn layout_of(doc: &toml::Value) -> Result<Option<Layout>, RoutingError> {
+    match doc.get("version") {
+        Some(toml::Value::Integer(2)) => Ok(Some(Layout::V2)),
+        Some(toml::Value::Integer(3)) => Ok(Some(Layout::V3)),
+        Some(v) => Err(RoutingError::Version(format!("version = {v}"))),
+        None => Ok(None),
+    }
+}
+
+fn cri_table(doc: &toml::Value, l: Layout) -> Option<&toml::Value> {
+    doc.get("plugins").and_then(|p| p.get(l.runtime_plugin()))
+}
+
+/// Our handlers in `doc`'s table of layout `l`.
+fn our_handlers(doc: &toml::Value, l: Layout) -> Vec<String> {
+    cri_table(doc, l)
+        .and_then(|p| p.get("containerd"))
+        .and_then(|c| c.get("runtimes"))
+        .and_then(|r| r.as_table())
+        .into_iter()
+        .flatten()
+        .filter(|(_, rt)| rt.get("runtime_type").and_then(|t| t.as_str()) == Some(RUNTIME_TYPE))
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+impl ContainerdRouting {
+    /// Adds one file's handlers, read in layout `l`.
+    fn add(&mut self, doc: &toml::Value, l: Layout) {
+        self.handlers.extend(our_handlers(doc, l));
+        self.ignored.extend(our_handlers(doc, l.other()));
+        self.untrusted_workload_runtime |= cri_table(doc, l)
             .and_then(|p| p.get("containerd"))
+            .and_then(|c| c.get(UNTRUSTED_WORKLOAD_RUNTIME))
+            .and_then(|u| u.get("runtime_type"))
+            .and_then(|t| t.as_str())
+            == Some(RUNTIME_TYPE);
+        for v in [&mut self.handlers, &mut self.ignored] {
+            v.sort();
+            v.dedup();
+        }
+    }
+}
+
+/// Tables holding an `imports` key: containerd reads `imports` only before the first table
+/// (a line appended at the end of a file lands in its last table).
+fn nested_imports(v: &toml::Value, at: &str, out: &mut Vec<String>) {
+    let Some(t) = v.as_table() else { return };
+    for (k, v) in t {
+        let path = if at.is_empty() {
+            k.clone()
+        } else {
+            format!("{at}.{k}")
+        };
+        if k == "imports" && !at.is_empty() {
+            out.push(at.to_string());
+        }
+        nested_imports(v, &path, out);
+    }
+}
+
+/// The files an `imports` entry names: relative to `dir`, `*` in the file name as a glob.
+fn import_paths(dir: &Path, entry: &str) -> Vec<PathBuf> {
+    let p = dir.join(entry);
+    let name = p.file_name().map(|n| n.to_string_lossy().to_string());
+    match (name, p.parent()) {
+        (Some(name), Some(parent)) if name.contains('*') => {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(parent)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| crate::config::glob_matches(&name, &e.file_name().to_string_lossy()))
+                .map(|e| e.path())
+                .collect();
+            found.sort();
+            found
+        }
+        _ => vec![p],
+    }
+}
+
+/// Reads the CRI runtime handlers of one configuration text, without following `imports`.
+pub fn routing(text: &str) -> Result<ContainerdRouting, RoutingError> {
+    routing_at(Path::new(""), text)
+}
+
+/// Reads the CRI runtime handlers of the configuration at `path` (its text already read),
+/// following its `imports` as containerd does.
+pub fn routing_at(path: &Path, text: &str) -> Result<ContainerdRouting, RoutingError> {
+    let doc = parse(text)?;
+    let layout =
+        layout_of(&doc)?.ok_or_else(|| RoutingError::Version("no version (= version 1)".into()))?;
+    let mut r = ContainerdRouting {
+        layout: Some(layout),
+        ..Default::default()
     };
-    let ours = |l: Layout| -> Vec<String> {
-        let mut names: Vec<String> = table(l)
-            .and_then(|c| c.get("runtimes"))
-            .and_then(|r| r.as_table())
-            .into_iter()
-            .flatten()
-            .filter(|(_, rt)| rt.get("runtime_type").and_then(|t| t.as_str()) == Some(RUNTIME_TYPE))
-            .map(|(name, _)| name.clone())
-            .collect();
-        names.sort();
-        names
-    };
-    let untrusted_workload_runtime = table(layout)
-        .and_then(|c| c.get(UNTRUSTED_WORKLOAD_RUNTIME))
-        .and_then(|u| u.get("runtime_type"))
-        .and_then(|t| t.as_str())
-        == Some(RUNTIME_TYPE);
-    Ok(ContainerdRouting {
-        layout,
-        handlers: ours(layout),
-        untrusted_workload_runtime,
-        ignored: ours(layout.other()),
-    })
+    r.add(&doc, layout);
+    let mut nested = Vec::new();
+    nested_imports(&doc, "", &mut nested);
+    for at in nested {
+        r.import_warnings.push(format!(
+            "`imports` is inside the table [{at}], so containerd does not read it: put it above the first table"
+        ));
+    }
+    if path.as_os_str().is_empty() {
+        return Ok(r);
+    }
+    let mut queue: Vec<(PathBuf, toml::Value)> = vec![(path.to_path_buf(), doc)];
+    let mut seen = vec![path.to_path_buf()];
+    let main_has_cri_v2 = cri_table(&queue[0].1, Layout::V2).is_some();
+    while let Some((file, doc)) = queue.pop() {
+        let dir = file.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let entries = doc
+            .get("imports")
+            .and_then(|i| i.as_array())
+            .cloned()
+            .unwrap_or_default();
+        for entry in entries.iter().filter_map(|e| e.as_str()) {
+            let files = import_paths(&dir, entry);
+            if files.is_empty() || (!entry.contains('*') && !files[0].exists()) {
+                r.import_warnings.push(format!(
+                    "imports names {entry}, which matches no file (containerd skips it)"
+                ));
+                continue;
+            }
+            for f in files {
+                if seen.contains(&f) {
+                    continue;
+                }
+                seen.push(f.clone());
+                let imported = std::fs::read_to_string(&f)
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| {
+                        parse(&t).map_err(|e| match e {
+                            RoutingError::Syntax(s) | RoutingError::Version(s) => s,
+                        })
+                    })
+                    .and_then(|d| {
+                        layout_of(&d).map(|l| (d, l)).map_err(|e| match e {
+                            RoutingError::Syntax(s) | RoutingError::Version(s) => s,
+                        })
+                    });
+                match imported {
+                    Err(e) => r
+                        .import_errors
+                        .push(format!("imported {}: {e}", f.display())),
+                    Ok((d, l)) => {
+                        let l = l.unwrap_or(layout);
+                        r.add(&d, l);
+                        if l == Layout::V2 && main_has_cri_v2 && cri_table(&d, Layout::V2).is_some()
+                        {
+                            r.cri_table_replaced_by.push(f.clone());
+                        }
+                        r.imported.push(f.clone());
+                        queue.push((f, d));
+                    }
+                }
+            }
+        }
+    }
+    Ok(r)
 }
 
 /// The major version in `containerd --version` output ("containerd github.com/... 1.6.20 ...").
@@ -212,7 +352,7 @@ pub fn config_findings(path: &Path, major: Option<u32>) -> Vec<Finding> {
 /// [`config_findings`] on text already read.
 pub fn findings(path: &Path, text: &str, major: Option<u32>) -> Vec<Finding> {
     let p = path.display();
-    let r = match routing(text) {
+    let r = match routing_at(path, text) {
         Ok(r) => r,
         Err(RoutingError::Syntax(e)) => {
             return vec![Finding::fail(
@@ -230,7 +370,7 @@ pub fn findings(path: &Path, text: &str, major: Option<u32>) -> Vec<Finding> {
             )]
         }
     };
-    let layout = r.layout;
+    let layout = r.layout();
     let mut out = Vec::new();
     if layout == Layout::V3 && major == Some(1) {
         out.push(Finding::fail(
@@ -246,12 +386,49 @@ pub fn findings(path: &Path, text: &str, major: Option<u32>) -> Vec<Finding> {
         out.push(Finding::ok(
             "containerd config",
             format!(
-                "{p}: version {} ({}), handlers in plugin {}",
+                "{p}: version {} ({}), handlers in plugin {}{}",
                 layout.version(),
                 layout.readers(),
-                layout.runtime_plugin()
+                layout.runtime_plugin(),
+                if r.imported.is_empty() {
+                    String::new()
+                } else {
+                    let files: Vec<String> =
+                        r.imported.iter().map(|f| f.display().to_string()).collect();
+                    format!("; imports {}", files.join(", "))
+                }
             ),
         ));
+    }
+    const IMPORTS: &str = "containerd imports";
+    for e in &r.import_errors {
+        out.push(Finding::fail(
+            IMPORTS,
+            format!("{p}: {e}: containerd does not start with it"),
+            "fix or remove the imported file",
+        ));
+    }
+    for w in &r.import_warnings {
+        out.push(Finding::warn(
+            IMPORTS,
+            format!("{p}: {w}"),
+            "correct `imports`",
+        ));
+    }
+    if major != Some(2) {
+        for f in &r.cri_table_replaced_by {
+            out.push(Finding::warn(
+                IMPORTS,
+                format!(
+                    "{p} and its import {} both have a [plugins.\"{}\"] table: containerd 1.x \
+                     keeps only the imported one, dropping the main file's other CRI settings \
+                     (containerd 2.x merges them)",
+                    f.display(),
+                    Layout::V2.runtime_plugin()
+                ),
+                format!("on containerd 1.x, append the handlers to {p} instead of importing them"),
+            ));
+        }
     }
     let misplaced = |handler: &str| {
         if r.ignored.iter().any(|h| h == handler) {
@@ -386,7 +563,7 @@ mod tests {
         // containerd 1.x: the snippet appended to Debian's config, as docs/kubernetes.md says.
         let v2 = format!("{DEBIAN_CONFIG}\n{SNIPPET_V2}");
         let r = routing(&v2).expect("valid");
-        assert_eq!(r.layout, Layout::V2);
+        assert_eq!(r.layout, Some(Layout::V2));
         assert_eq!(r.handlers, vec!["kata", "untrusted"]);
         assert!(!r.untrusted_workload_runtime);
         let f = check(&v2, Some(1));
@@ -402,7 +579,7 @@ mod tests {
             ),
         ] {
             let r = routing(&v3).expect("valid");
-            assert_eq!(r.layout, Layout::V3);
+            assert_eq!(r.layout, Some(Layout::V3));
             assert_eq!(r.handlers, vec!["kata", "untrusted"]);
             let f = check(&v3, Some(2));
             assert!(f.iter().all(|f| f.status == Status::Ok), "{f:#?}");
@@ -553,6 +730,96 @@ mod tests {
             .as_deref()
             .unwrap_or_default()
             .contains("cri.v1.runtime"));
+    }
+
+    /// `main` as config.toml in a temporary directory with `files` beside it.
+    fn check_dir(main: &str, files: &[(&str, &str)], major: Option<u32>) -> Vec<Finding> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, body) in files {
+            let f = dir.path().join(name);
+            std::fs::create_dir_all(f.parent().expect("parent")).expect("mkdir");
+            std::fs::write(f, body).expect("write");
+        }
+        let p = dir.path().join("config.toml");
+        std::fs::write(&p, main).expect("write");
+        config_findings(&p, major)
+    }
+
+    #[test]
+    fn imports_are_followed_as_containerd_2_merges_them() {
+        // The documented containerd 2.x route: the shipped file in `imports`, by path or glob.
+        for entry in ["kata.toml", "conf.d/*.toml"] {
+            let main = format!("version = 3\nimports = [\"{entry}\"]\n");
+            let f = check_dir(
+                &main,
+                &[("kata.toml", SNIPPET_V3), ("conf.d/kata.toml", SNIPPET_V3)],
+                Some(2),
+            );
+            assert!(f.iter().all(|f| f.status == Status::Ok), "{entry}: {f:#?}");
+            assert!(
+                get(&f, "containerd config").detail.contains("; imports "),
+                "{f:#?}"
+            );
+        }
+        // Without the import, nothing routes.
+        let f = check_dir("version = 3\n", &[("kata.toml", SNIPPET_V3)], Some(2));
+        assert_eq!(get(&f, "containerd kata").status, Status::Fail);
+    }
+
+    #[test]
+    fn imports_appended_below_a_table_are_named_as_not_read() {
+        let main = format!("{DEBIAN_CONFIG}imports = [\"kata.toml\"]\n");
+        let f = check_dir(&main, &[("kata.toml", SNIPPET_V2)], Some(1));
+        let w = get(&f, "containerd imports");
+        assert_eq!(w.status, Status::Warn);
+        assert!(
+            w.detail
+                .contains("inside the table [plugins.io.containerd.internal.v1.opt]"),
+            "{}",
+            w.detail
+        );
+        assert_eq!(get(&f, "containerd kata").status, Status::Fail);
+    }
+
+    #[test]
+    fn containerd_1_replacing_the_cri_table_through_imports_is_named() {
+        let imported = format!("version = 2\n{SNIPPET_V2}");
+        let main =
+            DEBIAN_CONFIG.replace("version = 2\n", "version = 2\nimports = [\"kata.toml\"]\n");
+        let f = check_dir(&main, &[("kata.toml", &imported)], Some(1));
+        let w = get(&f, "containerd imports");
+        assert_eq!(w.status, Status::Warn);
+        assert!(
+            w.detail.contains("keeps only the imported one"),
+            "{}",
+            w.detail
+        );
+        assert!(w.fix.as_deref().unwrap_or_default().contains("append"));
+        assert_eq!(get(&f, "containerd kata").status, Status::Ok);
+        // containerd 2.x merges: no warning.
+        let f = check_dir(&main, &[("kata.toml", &imported)], Some(2));
+        assert!(f.iter().all(|f| f.status == Status::Ok), "{f:#?}");
+    }
+
+    #[test]
+    fn missing_and_broken_imports_are_named() {
+        let f = check_dir("version = 3\nimports = [\"nope.toml\"]\n", &[], Some(2));
+        let w = get(&f, "containerd imports");
+        assert_eq!(w.status, Status::Warn);
+        assert!(
+            w.detail.contains("nope.toml, which matches no file"),
+            "{}",
+            w.detail
+        );
+
+        let f = check_dir(
+            "version = 3\nimports = [\"bad.toml\"]\n",
+            &[("bad.toml", "[[[")],
+            Some(2),
+        );
+        let e = get(&f, "containerd imports");
+        assert_eq!(e.status, Status::Fail);
+        assert!(e.detail.contains("bad.toml"), "{}", e.detail);
     }
 
     #[test]
