@@ -94,7 +94,7 @@ fn check_without_a_configuration_file_checks_the_host_on_the_defaults() {
         return;
     }
     let bin = top_dir().join("target/release/kata-ctl");
-    require_built(&[bin.clone()]);
+    require_built(std::slice::from_ref(&bin));
     let out = Command::new(bin)
         .arg("check")
         .env_remove("KATA_CONF_FILE")

@@ -120,6 +120,14 @@ pub enum RoutingError {
     Version(String),
 }
 
+impl RoutingError {
+    fn into_message(self) -> String {
+        match self {
+            RoutingError::Syntax(s) | RoutingError::Version(s) => s,
+        }
+    }
+}
+
 fn parse(text: &str) -> Result<toml::Value, RoutingError> {
     text.parse()
         .map_err(|e: toml::de::Error| RoutingError::Syntax(e.message().to_string()))
@@ -257,15 +265,10 @@ pub fn routing_at(path: &Path, text: &str) -> Result<ContainerdRouting, RoutingE
                 seen.push(f.clone());
                 let imported = std::fs::read_to_string(&f)
                     .map_err(|e| e.to_string())
-                    .and_then(|t| {
-                        parse(&t).map_err(|e| match e {
-                            RoutingError::Syntax(s) | RoutingError::Version(s) => s,
-                        })
-                    })
+                    .and_then(|t| parse(&t).map_err(RoutingError::into_message))
                     .and_then(|d| {
-                        layout_of(&d).map(|l| (d, l)).map_err(|e| match e {
-                            RoutingError::Syntax(s) | RoutingError::Version(s) => s,
-                        })
+                        let l = layout_of(&d).map_err(RoutingError::into_message)?;
+                        Ok((d, l))
                     });
                 match imported {
                     Err(e) => r
@@ -544,16 +547,24 @@ mod tests {
             .unwrap_or_else(|| panic!("no finding {what}: {f:#?}"))
     }
 
-    fn v2_table(handler: &str) -> String {
+    fn fix(f: &Finding) -> &str {
+        f.fix.as_deref().unwrap_or_default()
+    }
+
+    /// A handler table of ours in the layout `l` reads.
+    fn table(l: Layout, handler: &str) -> String {
         format!(
-            "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{handler}]\n  runtime_type = \"{RUNTIME_TYPE}\"\n"
+            "[plugins.\"{}\".containerd.runtimes.{handler}]\n  runtime_type = \"{RUNTIME_TYPE}\"\n",
+            l.runtime_plugin()
         )
     }
 
+    fn v2_table(handler: &str) -> String {
+        table(Layout::V2, handler)
+    }
+
     fn v3_table(handler: &str) -> String {
-        format!(
-            "[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.{handler}]\n  runtime_type = \"{RUNTIME_TYPE}\"\n"
-        )
+        table(Layout::V3, handler)
     }
 
     const UWR_V2: &str = "[plugins.\"io.containerd.grpc.v1.cri\".containerd.untrusted_workload_runtime]\n  runtime_type = \"io.containerd.kata.v2\"\n";
@@ -607,10 +618,7 @@ mod tests {
                 u.detail
             );
             assert!(
-                u.fix
-                    .as_deref()
-                    .unwrap_or_default()
-                    .contains("runtimes.untrusted]"),
+                fix(u).contains("runtimes.untrusted]"),
                 "the fix shows the table to add: {u:?}"
             );
         }
@@ -624,11 +632,7 @@ mod tests {
         assert_eq!(u.what, "containerd untrusted");
         assert_eq!(u.status, Status::Warn);
         assert!(u.detail.contains("2.x ignores"), "{}", u.detail);
-        assert!(u
-            .fix
-            .as_deref()
-            .unwrap_or_default()
-            .contains("runtimes.untrusted]"));
+        assert!(fix(&u).contains("runtimes.untrusted]"));
 
         // Version 3: containerd 2.x only, so the setting routes nothing.
         let text = format!(
@@ -673,11 +677,7 @@ mod tests {
             "{}",
             k.detail
         );
-        assert!(k
-            .fix
-            .as_deref()
-            .unwrap_or_default()
-            .contains("io.containerd.grpc.v1.cri"));
+        assert!(fix(k).contains("io.containerd.grpc.v1.cri"));
 
         // Version 3 with 1.x's plugin name.
         let text = format!("version = 3\n{}", v2_table("kata"));
@@ -688,11 +688,7 @@ mod tests {
             "{}",
             k.detail
         );
-        assert!(k
-            .fix
-            .as_deref()
-            .unwrap_or_default()
-            .contains("io.containerd.cri.v1.runtime"));
+        assert!(fix(&k).contains("io.containerd.cri.v1.runtime"));
     }
 
     #[test]
@@ -701,11 +697,7 @@ mod tests {
         let c = get(&f, "containerd config");
         assert_eq!(c.status, Status::Fail);
         assert!(c.detail.contains("does not read"), "{}", c.detail);
-        assert!(c
-            .fix
-            .as_deref()
-            .unwrap_or_default()
-            .contains("io.containerd.grpc.v1.cri"));
+        assert!(fix(c).contains("io.containerd.grpc.v1.cri"));
     }
 
     #[test]
@@ -725,11 +717,7 @@ mod tests {
         assert_eq!(missing.len(), 1);
         assert_eq!(missing[0].status, Status::Fail);
         assert!(missing[0].detail.contains("nope.toml"));
-        assert!(missing[0]
-            .fix
-            .as_deref()
-            .unwrap_or_default()
-            .contains("cri.v1.runtime"));
+        assert!(fix(&missing[0]).contains("cri.v1.runtime"));
     }
 
     /// `main` as config.toml in a temporary directory with `files` beside it.
@@ -794,7 +782,7 @@ mod tests {
             "{}",
             w.detail
         );
-        assert!(w.fix.as_deref().unwrap_or_default().contains("append"));
+        assert!(fix(w).contains("append"));
         assert_eq!(get(&f, "containerd kata").status, Status::Ok);
         // containerd 2.x merges: no warning.
         let f = check_dir(&main, &[("kata.toml", &imported)], Some(2));
