@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use tokio::process::Command;
 
 use super::containerd;
+pub use super::finding::{Finding, Status};
 use crate::config::{
     Arch, Config, ConfigError, Loaded, QemuConfig, SharedFs, Vmm, DEFAULT_CONFIG_PATHS,
     ENV_CONFIG_FILE,
@@ -18,71 +19,6 @@ use crate::hypervisor::qemu::vsock_device::{self, VsockKind, VHOST_VSOCK_DEV};
 
 /// Oldest QEMU the command lines are written and tested for.
 pub const MIN_QEMU: (u32, u32) = (7, 2);
-/// The runtime type containerd maps to this shim's binary name.
-pub const RUNTIME_TYPE: &str = "io.containerd.kata.v2";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Ok,
-    /// Works, but not the way a user wants in production (e.g. TCG instead of KVM).
-    Warn,
-    Fail,
-}
-
-impl Status {
-    pub fn label(self) -> &'static str {
-        match self {
-            Status::Ok => "ok",
-            Status::Warn => "warn",
-            Status::Fail => "FAIL",
-        }
-    }
-}
-
-/// One line of the report.
-#[derive(Debug, Clone)]
-pub struct Finding {
-    pub what: &'static str,
-    pub status: Status,
-    pub detail: String,
-    /// How to fix it, for Warn and Fail.
-    pub fix: Option<String>,
-}
-
-impl Finding {
-    pub(crate) fn ok(what: &'static str, detail: impl Into<String>) -> Self {
-        Finding {
-            what,
-            status: Status::Ok,
-            detail: detail.into(),
-            fix: None,
-        }
-    }
-    pub(crate) fn warn(
-        what: &'static str,
-        detail: impl Into<String>,
-        fix: impl Into<String>,
-    ) -> Self {
-        Finding {
-            what,
-            status: Status::Warn,
-            detail: detail.into(),
-            fix: Some(fix.into()),
-        }
-    }
-    pub(crate) fn fail(
-        what: &'static str,
-        detail: impl Into<String>,
-        fix: impl Into<String>,
-    ) -> Self {
-        Finding {
-            what,
-            status: Status::Fail,
-            detail: detail.into(),
-            fix: Some(fix.into()),
-        }
-    }
-}
 
 /// What `check` looks at besides the runtime configuration.
 #[derive(Debug, Clone)]

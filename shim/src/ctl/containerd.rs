@@ -8,7 +8,10 @@
 
 use std::path::{Path, PathBuf};
 
-use super::check::{Finding, RUNTIME_TYPE};
+use super::finding::Finding;
+
+/// The runtime type containerd maps to this shim's binary name.
+pub const RUNTIME_TYPE: &str = "io.containerd.kata.v2";
 
 /// The runtime handler behind `runtimeClassName: kata`.
 pub const KATA_HANDLER: &str = "kata";
@@ -523,7 +526,7 @@ pub fn findings(path: &Path, text: &str, major: Option<u32>) -> Vec<Finding> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ctl::check::Status;
+    use crate::ctl::finding::Status;
 
     /// Debian's containerd 1.6 package ships this /etc/containerd/config.toml.
     const DEBIAN_CONFIG: &str = r#"version = 2

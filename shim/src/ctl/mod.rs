@@ -5,3 +5,4 @@ pub mod check;
 pub mod console;
 pub mod containerd;
 pub mod env;
+pub mod finding;
