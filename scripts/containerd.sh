@@ -24,8 +24,9 @@ cni_bin_dir=/usr/lib/cni   # Debian's containernetworking-plugins
 running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 
 # The CRI plugin's part of config.toml for containerd major version $1 (1: config version 2,
-# 2: version 3): runc by default; the handlers in $CRI_KATA_HANDLERS run the shim with the
-# build's configuration; netns mounts stay under the private state dir.
+# 2: version 3): runc by default; the handlers in $CRI_KATA_HANDLERS, from the shipped
+# configs/containerd/containerd-$1.x.toml, run the shim with the build's configuration;
+# netns mounts stay under the private state dir.
 cri_config() {
   local cri runtime images cni_bins h
   if [ "$1" -ge 2 ]; then
@@ -55,12 +56,14 @@ TOML
 [plugins.$runtime.containerd.runtimes.runc]
   runtime_type = "io.containerd.runc.v2"
 TOML
+  # The handlers are the shipped snippet's (what docs/kubernetes.md has operators add), each
+  # pointed at the build's configuration.
+  local snippet="$top/configs/containerd/containerd-$1.x.toml"
+  grep -v '^version' "$snippet"
   for h in $CRI_KATA_HANDLERS; do
+    grep -qF "[plugins.$runtime.containerd.runtimes.$h]" "$snippet" ||
+      die "$snippet has no runtime handler $h (CRI_KATA_HANDLERS in scripts/lib.sh)"
     cat <<TOML
-[plugins.$runtime.containerd.runtimes.$h]
-  runtime_type = "io.containerd.kata.v2"
-  pod_annotations = ["io.katacontainers.*"]
-  privileged_without_host_devices = true
 [plugins.$runtime.containerd.runtimes.$h.options]
   ConfigPath = "$runtime_config"
 TOML

@@ -5,6 +5,12 @@
 #   /usr/share/defaults/kata-containers/configuration.toml   the shipped defaults
 #   /usr/share/kata-containers/        guest kernel + initrd (host arch under Kata's names,
 #                                      every built arch under <name>-<arch>)
+#   /usr/share/kata-containers/containerd/  CRI runtime handlers kata and untrusted to add to
+#                                      containerd's config (configs/containerd/)
+#   /usr/share/kata-containers/crio/   CRI-O drop-in naming the installed shim (configs/crio/)
+#   /usr/share/kata-containers/kubernetes/  RuntimeClass kata and example pods
+# containerd's and CRI-O's own configuration is the admin's: docs/kubernetes.md says how to
+# add the handlers to it.
 # The helper daemons go to the paths the shipped configuration names, so config and files agree.
 # DESTDIR (default empty) stages everything under another root, as packagers expect.
 set -euo pipefail
@@ -19,7 +25,11 @@ config_src="$top/configs/configuration-qemu.toml"
 dest=${DESTDIR:-}
 etc_dir=$dest/etc/kata-containers
 defaults_dir=$dest/usr/share/defaults/kata-containers
-assets_dir=$dest/usr/share/kata-containers
+share=/usr/share/kata-containers
+assets_dir=$dest$share
+containerd_snippets=$share/containerd
+crio_dropins=$share/crio
+kube_manifests=$share/kubernetes
 host_arch=$(uname -m)
 
 # Value of a `key = "value"` line in the shipped configuration.
@@ -62,21 +72,39 @@ install)
   # Helper daemons already present (e.g. a distribution's virtiofsd) are left alone.
   [ -x "$virtiofsd_dst" ] || put 0755 "$VIRTIOFSD_BIN" "$virtiofsd_dst"
   [ -x "$vsockd_dst" ] || put 0755 "$VHOST_DEVICE_VSOCK_BIN" "$vsockd_dst"
+  for f in "$top"/configs/containerd/*.toml; do
+    put 0644 "$f" "$dest$containerd_snippets/$(basename "$f")"
+  done
+  for f in "$top"/configs/kubernetes/*.yaml; do
+    put 0644 "$f" "$dest$kube_manifests/$(basename "$f")"
+  done
+  # CRI-O starts the shim by path: the one installed here.
+  for f in "$top"/configs/crio/*.conf; do
+    crio_tmp=$(mktemp)
+    sed "s|^runtime_path = .*|runtime_path = \"$prefix/bin/containerd-shim-kata-v2\"|" "$f" >"$crio_tmp"
+    put 0644 "$crio_tmp" "$dest$crio_dropins/$(basename "$f")"
+    rm -f "$crio_tmp"
+  done
   cat <<TXT
-Installed. Add this to /etc/containerd/config.toml and restart containerd:
+Installed. To run Kubernetes pods in VMs, give containerd the runtime handlers kata and
+untrusted (docs/kubernetes.md), then restart it. If /etc/containerd/config.toml says
+  version = 2 (containerd 1.6/1.7; 2.x reads it too): append to it
+      $containerd_snippets/containerd-1.x.toml
+  version = 3 (containerd 2.x): list in its top-level imports (above the first table)
+      "$containerd_snippets/containerd-2.x.toml"
+CRI-O (untested): cp $crio_dropins/50-kata.conf /etc/crio/crio.conf.d/
+Kubernetes: kubectl apply -f $kube_manifests/runtimeclass-kata.yaml
 
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata]
-  runtime_type = "io.containerd.kata.v2"
-
-Then: ctr run --runtime io.containerd.kata.v2 docker.io/library/busybox:latest t1 echo hi
-Check the host with: kata-ctl check
+Without Kubernetes: ctr run --runtime io.containerd.kata.v2 docker.io/library/busybox:latest t1 echo hi
+Check the host and containerd's configuration with: kata-ctl check
 TXT
   ;;
 uninstall)
   [ -f "$manifest" ] || { echo "nothing installed by this project (no $manifest)"; exit 0; }
   while read -r f; do rm -f "$f"; done <"$manifest"
   rm -f "$manifest"
-  rmdir "$assets_dir" "$defaults_dir" "$etc_dir" "$(dirname "$virtiofsd_dst")" 2>/dev/null || true
+  rmdir "$dest$containerd_snippets" "$dest$crio_dropins" "$dest$kube_manifests" \
+    "$assets_dir" "$defaults_dir" "$etc_dir" "$(dirname "$virtiofsd_dst")" 2>/dev/null || true
   echo "Removed every file make install had put in place."
   ;;
 *) die "unknown action '$action' (install|uninstall)" ;;

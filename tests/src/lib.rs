@@ -380,7 +380,7 @@ impl Drop for Containerd {
 }
 
 /// containerd 2.x's bin directory (unpacked by scripts/setup-host.sh); fails if missing.
-fn containerd2_bin_dir() -> PathBuf {
+pub fn containerd2_bin_dir() -> PathBuf {
     let dir = PathBuf::from(shell_var("CONTAINERD2_DIR").expect("CONTAINERD2_DIR in lib.sh"))
         .join("usr/bin");
     require_built(&[dir.join("containerd"), dir.join("ctr")]);

@@ -1,6 +1,7 @@
 //! kata-ctl against this host and the built guest: `check` passes for a containerd config that
-//! routes to us and fails (exit 1, with a fix) for one that does not; `env` shows every value
-//! with its origin.
+//! routes to us by both handlers (the shipped configs/containerd file) and fails (exit 1, with
+//! a fix) for one that does not; with no configuration file installed it still checks the
+//! host, on the built-in defaults; `env` shows every value with its origin.
 
 use kata_e2e::*;
 use std::process::Command;
@@ -28,10 +29,10 @@ fn check_passes_on_a_routed_host_and_names_fixes_otherwise() {
         .join("build/configuration-qemu.toml")
         .to_string_lossy()
         .to_string();
-    let routed = write_containerd_config(
-        "containerd-routed.toml",
-        "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.kata]\n  runtime_type = \"io.containerd.kata.v2\"\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.untrusted_workload_runtime]\n  runtime_type = \"io.containerd.kata.v2\"\n",
-    );
+    let snippet = std::fs::read_to_string(top_dir().join("configs/containerd/containerd-1.x.toml"))
+        .expect("configs/containerd/containerd-1.x.toml");
+    let routed =
+        write_containerd_config("containerd-routed.toml", &format!("version = 2\n{snippet}"));
     let out = kata_ctl(&["--config", &cfg, "check", "--containerd-config", &routed]);
     let report = text(&out.stdout);
     println!("{report}");
@@ -47,6 +48,7 @@ fn check_passes_on_a_routed_host_and_names_fixes_otherwise() {
         "guest kernel",
         "guest initrd",
         "containerd kata",
+        "containerd untrusted",
     ] {
         let has_line = report.lines().any(|l| {
             l.starts_with('[')
@@ -64,6 +66,64 @@ fn check_passes_on_a_routed_host_and_names_fixes_otherwise() {
     assert!(
         report.contains("runtimes.kata]"),
         "the fix shows the snippet: {report}"
+    );
+
+    // Only `kata`: the untrusted-workload route is named as missing.
+    let kata_only = write_containerd_config(
+        "containerd-kata-only.toml",
+        "version = 3\n[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.kata]\n  runtime_type = \"io.containerd.kata.v2\"\n",
+    );
+    let out = kata_ctl(&["--config", &cfg, "check", "--containerd-config", &kata_only]);
+    let report = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "check should fail:\n{report}");
+    assert!(
+        report.contains("[FAIL] containerd untrusted")
+            && report.contains("no runtime handler \"untrusted\""),
+        "{report}"
+    );
+}
+
+#[test]
+fn check_without_a_configuration_file_checks_the_host_on_the_defaults() {
+    let installed: Vec<_> = kata_shim::config::DEFAULT_CONFIG_PATHS
+        .iter()
+        .filter(|p| std::path::Path::new(p).exists())
+        .collect();
+    if !installed.is_empty() {
+        println!("skipped: this host has a configuration installed ({installed:?})");
+        return;
+    }
+    let bin = top_dir().join("target/release/kata-ctl");
+    require_built(std::slice::from_ref(&bin));
+    let out = Command::new(bin)
+        .arg("check")
+        .env_remove("KATA_CONF_FILE")
+        .output()
+        .expect("running kata-ctl");
+    let report = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    let first = report.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("[FAIL] configuration: no configuration file found")
+            && first.contains("built-in defaults"),
+        "{report}"
+    );
+    for what in [
+        "accelerator: ",
+        "qemu: ",
+        "host kernel: ",
+        "guest kernel: ",
+        "containerd: ",
+    ] {
+        let checked = report.lines().any(|l| {
+            l.split_once(']')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with(what))
+        });
+        assert!(checked, "{what} checked:\n{report}");
+    }
+    assert!(
+        report.contains("(from built-in default of [hypervisor.qemu] kernel)"),
+        "{report}"
     );
 }
 

@@ -4,13 +4,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use kata_shim::config::{load, Config, LoadRequest};
+use kata_shim::config::{load, Config, LoadRequest, Loaded};
 use kata_shim::ctl::{check, console, env};
 
 const USAGE: &str = "usage: kata-ctl [--config FILE] <command>
 
 commands:
-  check [--containerd-config FILE]   can this host run VM sandboxes? one line per check, with a fix
+  check [--containerd-config FILE]   can this host run VM sandboxes, and does containerd send pods
+                                     here (handlers kata and untrusted)? one line per check, with
+                                     a fix; with no configuration file yet, the built-in defaults
   env                                effective configuration and where each value came from
   exec <sandbox-id>                  open the guest debug console (needs debug_console_enabled)
 
@@ -55,10 +57,14 @@ fn load_config(explicit: Option<&PathBuf>) -> Result<(Config, PathBuf)> {
         config_path: explicit.cloned(),
         ..Default::default()
     })?;
+    print_warnings(&loaded);
+    Ok((loaded.config, loaded.path))
+}
+
+fn print_warnings(loaded: &Loaded) {
     for w in &loaded.warnings {
         eprintln!("warning: {w}");
     }
-    Ok((loaded.config, loaded.path))
 }
 
 async fn run() -> Result<ExitCode> {
@@ -68,20 +74,18 @@ async fn run() -> Result<ExitCode> {
     };
     match cmd.as_str() {
         "check" => {
-            let (config, path) = match load_config(args.config.as_ref()) {
-                Ok(c) => c,
-                Err(e) => {
-                    println!("[FAIL] configuration: {e:#}");
-                    println!("       fix: correct the file, or point --config / $KATA_CONF_FILE at a valid one");
-                    return Ok(ExitCode::from(1));
-                }
-            };
-            println!("[ok]   configuration: {}", path.display());
+            let loaded = load(&LoadRequest {
+                config_path: args.config.clone(),
+                ..Default::default()
+            });
+            if let Ok(l) = &loaded {
+                print_warnings(l);
+            }
             let mut inputs = check::CheckInputs::default();
             if let Some(c) = args.containerd_config {
                 inputs.containerd_config = c;
             }
-            let findings = check::run(&config, &inputs).await;
+            let findings = check::run_all(loaded, &inputs).await;
             let mut failed = false;
             for f in &findings {
                 println!(

@@ -119,6 +119,11 @@ fn pattern_matches(pattern: &str, name: &str) -> bool {
         .trim_start_matches('^')
         .trim_end_matches('$')
         .replace(".*", "*");
+    glob_matches(&p, name)
+}
+
+/// Anchored match where `*` matches any run of characters (and nothing else is special).
+pub fn glob_matches(p: &str, name: &str) -> bool {
     let parts: Vec<&str> = p.split('*').collect();
     if parts.len() == 1 {
         return p == name;

@@ -13,7 +13,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use annotations::{annotation_overrides, Overrides, ANNOTATION_CONFIG_PATH, ANNOTATION_PREFIX};
+pub use annotations::{
+    annotation_overrides, glob_matches, Overrides, ANNOTATION_CONFIG_PATH, ANNOTATION_PREFIX,
+};
 pub use clh::ClhConfig;
 pub use guest::GuestConfig;
 pub use load::{load, load_from, LoadRequest, Loaded, DEFAULT_CONFIG_PATHS, ENV_CONFIG_FILE};

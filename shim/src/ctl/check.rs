@@ -7,70 +7,18 @@ use std::path::{Path, PathBuf};
 
 use tokio::process::Command;
 
-use crate::config::{Arch, Config, QemuConfig, SharedFs, Vmm};
+use super::containerd;
+pub use super::finding::{Finding, Status};
+use crate::config::{
+    Arch, Config, ConfigError, Loaded, QemuConfig, SharedFs, Vmm, DEFAULT_CONFIG_PATHS,
+    ENV_CONFIG_FILE,
+};
 use crate::hypervisor::accel::{self, Accel};
 use crate::hypervisor::host;
 use crate::hypervisor::qemu::vsock_device::{self, VsockKind, VHOST_VSOCK_DEV};
 
 /// Oldest QEMU the command lines are written and tested for.
 pub const MIN_QEMU: (u32, u32) = (7, 2);
-/// The runtime type containerd maps to this shim's binary name.
-pub const RUNTIME_TYPE: &str = "io.containerd.kata.v2";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Ok,
-    /// Works, but not the way a user wants in production (e.g. TCG instead of KVM).
-    Warn,
-    Fail,
-}
-
-impl Status {
-    pub fn label(self) -> &'static str {
-        match self {
-            Status::Ok => "ok",
-            Status::Warn => "warn",
-            Status::Fail => "FAIL",
-        }
-    }
-}
-
-/// One line of the report.
-#[derive(Debug, Clone)]
-pub struct Finding {
-    pub what: &'static str,
-    pub status: Status,
-    pub detail: String,
-    /// How to fix it, for Warn and Fail.
-    pub fix: Option<String>,
-}
-
-impl Finding {
-    fn ok(what: &'static str, detail: impl Into<String>) -> Self {
-        Finding {
-            what,
-            status: Status::Ok,
-            detail: detail.into(),
-            fix: None,
-        }
-    }
-    fn warn(what: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
-        Finding {
-            what,
-            status: Status::Warn,
-            detail: detail.into(),
-            fix: Some(fix.into()),
-        }
-    }
-    fn fail(what: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
-        Finding {
-            what,
-            status: Status::Fail,
-            detail: detail.into(),
-            fix: Some(fix.into()),
-        }
-    }
-}
 
 /// What `check` looks at besides the runtime configuration.
 #[derive(Debug, Clone)]
@@ -88,6 +36,54 @@ impl Default for CheckInputs {
             containerd_config: PathBuf::from("/etc/containerd/config.toml"),
         }
     }
+}
+
+/// The configuration `check` uses: the file the shim would load or, when none is installed
+/// yet, the built-in defaults (which name the paths `make install` installs to), so every
+/// host check still runs. The finding says which; a file that is there but bad stops `check`
+/// (`None`): checking defaults would describe a runtime the shim does not run.
+pub fn configuration(loaded: Result<Loaded, ConfigError>) -> (Option<Config>, Finding) {
+    const WHAT: &str = "configuration";
+    match loaded {
+        Ok(l) => (
+            Some(l.config),
+            Finding::ok(WHAT, l.path.display().to_string()),
+        ),
+        Err(ConfigError::NotFound { tried }) => (
+            Some(Config::default()),
+            Finding::fail(
+                WHAT,
+                format!(
+                    "no configuration file found (looked at {tried}), so the shim refuses \
+                     sandboxes; the checks below use the built-in defaults"
+                ),
+                format!(
+                    "`make install` installs {}, or point --config / ${ENV_CONFIG_FILE} at a \
+                     configuration",
+                    DEFAULT_CONFIG_PATHS[0]
+                ),
+            ),
+        ),
+        Err(e) => (
+            None,
+            Finding::fail(
+                WHAT,
+                e.to_string(),
+                "correct the file, or point --config / $KATA_CONF_FILE at a valid one",
+            ),
+        ),
+    }
+}
+
+/// `kata-ctl check`: the configuration finding, then every host check (with the built-in
+/// defaults when no configuration file is installed yet).
+pub async fn run_all(loaded: Result<Loaded, ConfigError>, inputs: &CheckInputs) -> Vec<Finding> {
+    let (config, first) = configuration(loaded);
+    let mut out = vec![first];
+    if let Some(config) = config {
+        out.extend(run(&config, inputs).await);
+    }
+    out
 }
 
 /// Runs every check against `config` (already loaded and validated by the caller).
@@ -114,8 +110,12 @@ pub async fn run(config: &Config, inputs: &CheckInputs) -> Vec<Finding> {
     out.push(check_host_kernel());
     out.push(check_kernel(config));
     out.push(check_initrd(config));
-    out.push(check_containerd_binary().await);
-    out.extend(check_containerd_config(&inputs.containerd_config));
+    let (binary, major) = check_containerd_binary().await;
+    out.push(binary);
+    out.extend(containerd::config_findings(
+        &inputs.containerd_config,
+        major,
+    ));
     out
 }
 
@@ -495,126 +495,23 @@ fn check_initrd(config: &Config) -> Finding {
     }
 }
 
-async fn check_containerd_binary() -> Finding {
+/// `containerd --version`, and the major version it names.
+async fn check_containerd_binary() -> (Finding, Option<u32>) {
     match Command::new("containerd").arg("--version").output().await {
-        Ok(o) if o.status.success() => Finding::ok(
-            "containerd",
-            String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        Ok(o) if o.status.success() => {
+            let version = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            let major = containerd::containerd_major(&version);
+            (Finding::ok("containerd", version), major)
+        }
+        _ => (
+            Finding::fail(
+                "containerd",
+                "containerd is not on PATH",
+                "install containerd 1.6 or newer (Debian: apt-get install containerd)",
+            ),
+            None,
         ),
-        _ => Finding::fail(
-            "containerd",
-            "containerd is not on PATH",
-            "install containerd 1.6 or newer (Debian: apt-get install containerd)",
-        ),
     }
-}
-
-/// What a containerd configuration routes to this runtime.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct ContainerdRouting {
-    /// Runtime handler names (CRI `runtimes.<name>`) whose runtime_type is ours.
-    pub handlers: Vec<String>,
-    /// The untrusted-workload runtime (annotation `io.kubernetes.cri.untrusted-workload`) is ours.
-    pub untrusted: bool,
-}
-
-/// Reads the CRI plugin's runtime table of a containerd config (v2: containerd 1.x, v3: 2.x).
-pub fn containerd_routing(text: &str) -> Result<ContainerdRouting, String> {
-    let doc: toml::Value = text
-        .parse()
-        .map_err(|e: toml::de::Error| e.message().to_string())?;
-    let mut routing = ContainerdRouting::default();
-    let plugins = doc.get("plugins");
-    for plugin in ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime"] {
-        let Some(ctrd) = plugins
-            .and_then(|p| p.get(plugin))
-            .and_then(|p| p.get("containerd"))
-        else {
-            continue;
-        };
-        if let Some(runtimes) = ctrd.get("runtimes").and_then(|r| r.as_table()) {
-            for (name, rt) in runtimes {
-                if rt.get("runtime_type").and_then(|t| t.as_str()) == Some(RUNTIME_TYPE) {
-                    routing.handlers.push(name.clone());
-                }
-            }
-        }
-        let untrusted = ctrd
-            .get("untrusted_workload_runtime")
-            .and_then(|u| u.get("runtime_type"))
-            .and_then(|t| t.as_str());
-        // containerd 2.x dropped untrusted_workload_runtime and routes the annotation to a
-        // runtime handler named "untrusted".
-        if untrusted == Some(RUNTIME_TYPE) || routing.handlers.iter().any(|h| h == "untrusted") {
-            routing.untrusted = true;
-        }
-    }
-    routing.handlers.sort();
-    Ok(routing)
-}
-
-const CONTAINERD_SNIPPET: &str = "add to containerd's config and restart it:\n\
-    [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.kata]\n  runtime_type = \"io.containerd.kata.v2\"\n\
-    [plugins.\"io.containerd.grpc.v1.cri\".containerd.untrusted_workload_runtime]\n  runtime_type = \"io.containerd.kata.v2\"";
-
-fn check_containerd_config(path: &Path) -> Vec<Finding> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => {
-            return vec![Finding::fail(
-                "containerd config",
-                format!("{}: {e}", path.display()),
-                format!("write a config (`containerd config default`), then {CONTAINERD_SNIPPET}"),
-            )]
-        }
-    };
-    let routing = match containerd_routing(&text) {
-        Ok(r) => r,
-        Err(e) => {
-            return vec![Finding::fail(
-                "containerd config",
-                format!("{}: not valid TOML: {e}", path.display()),
-                "fix the file's syntax",
-            )]
-        }
-    };
-    let mut out = Vec::new();
-    if routing.handlers.iter().any(|h| h == "kata") {
-        out.push(Finding::ok(
-            "containerd kata",
-            format!(
-                "{}: runtime handler(s) {:?} use {RUNTIME_TYPE}",
-                path.display(),
-                routing.handlers
-            ),
-        ));
-    } else {
-        out.push(Finding::fail(
-            "containerd kata",
-            format!(
-                "{}: no runtime handler \"kata\" with runtime_type {RUNTIME_TYPE} (found {:?})",
-                path.display(),
-                routing.handlers
-            ),
-            CONTAINERD_SNIPPET,
-        ));
-    }
-    if routing.untrusted {
-        out.push(Finding::ok(
-            "containerd untrusted",
-            "untrusted workloads run in VMs",
-        ));
-    } else {
-        out.push(Finding::fail(
-            "containerd untrusted",
-            format!(
-                "{}: pods annotated io.kubernetes.cri.untrusted-workload are not routed to {RUNTIME_TYPE}",
-                path.display()
-            ),
-            CONTAINERD_SNIPPET,
-        ));
-    }
-    out
 }
 
 fn is_executable(path: &Path) -> bool {
@@ -667,51 +564,74 @@ mod tests {
         assert_eq!(initrd_format(b"PK\x03\x04"), None);
     }
 
-    #[test]
-    fn containerd_routing_finds_kata_handler_and_untrusted_runtime() {
-        let v2 = r#"
-version = 2
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-  runtime_type = "io.containerd.runc.v2"
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata]
-  runtime_type = "io.containerd.kata.v2"
-[plugins."io.containerd.grpc.v1.cri".containerd.untrusted_workload_runtime]
-  runtime_type = "io.containerd.kata.v2"
-"#;
-        let r = containerd_routing(v2).expect("valid toml");
-        assert_eq!(r.handlers, vec!["kata".to_string()]);
-        assert!(r.untrusted);
-
-        let v3 = r#"
-version = 3
-[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.untrusted]
-  runtime_type = "io.containerd.kata.v2"
-"#;
-        let r = containerd_routing(v3).expect("valid toml");
-        assert_eq!(r.handlers, vec!["untrusted".to_string()]);
-        assert!(r.untrusted);
-
-        let none = containerd_routing("version = 2\n").expect("valid toml");
-        assert_eq!(none, ContainerdRouting::default());
-        assert!(containerd_routing("[[[").is_err());
+    fn not_found(dir: &Path) -> Result<Loaded, ConfigError> {
+        let a = dir.join("etc.toml");
+        let b = dir.join("defaults.toml");
+        crate::config::load_from(&Default::default(), None, &[a.as_path(), b.as_path()])
     }
 
-    #[test]
-    fn containerd_config_findings_fail_with_a_fix_when_not_routed() {
+    #[tokio::test]
+    async fn no_configuration_file_runs_every_host_check_with_the_defaults() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let p = dir.path().join("config.toml");
-        std::fs::write(&p, "version = 2\n").expect("write");
-        let f = check_containerd_config(&p);
-        assert_eq!(f.len(), 2);
-        assert!(f.iter().all(|f| f.status == Status::Fail));
-        assert!(f[0]
+        let inputs = CheckInputs {
+            root: dir.path().to_path_buf(),
+            containerd_config: dir.path().join("containerd.toml"),
+        };
+        let f = run_all(not_found(dir.path()), &inputs).await;
+        let first = &f[0];
+        assert_eq!((first.what, first.status), ("configuration", Status::Fail));
+        assert!(
+            first.detail.contains("no configuration file found")
+                && first.detail.contains("etc.toml")
+                && first.detail.contains("built-in defaults"),
+            "{}",
+            first.detail
+        );
+        assert!(first
             .fix
             .as_deref()
             .unwrap_or_default()
-            .contains("runtimes.kata"));
-        let missing = check_containerd_config(&dir.path().join("nope.toml"));
-        assert_eq!(missing[0].status, Status::Fail);
-        assert!(missing[0].detail.contains("nope.toml"));
+            .contains("make install"));
+        let whats: Vec<&str> = f.iter().map(|f| f.what).collect();
+        for want in [
+            "accelerator",
+            "vsock",
+            "qemu",
+            "host kernel",
+            "guest kernel",
+            "guest initrd",
+            "containerd",
+            "containerd config",
+        ] {
+            assert!(whats.contains(&want), "{want} checked: {whats:?}");
+        }
+        // Paths come from the defaults, and say so.
+        let kernel = f.iter().find(|f| f.what == "guest kernel").expect("kernel");
+        assert!(
+            kernel.detail.contains(crate::config::INSTALLED_KERNEL)
+                && kernel.detail.contains("built-in default"),
+            "{}",
+            kernel.detail
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bad_configuration_file_stops_check() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "[hypervisor.qemu]\ndefault_vcpus = \"many\"\n").expect("write");
+        let loaded = crate::config::load_from(
+            &crate::config::LoadRequest {
+                config_path: Some(bad),
+                ..Default::default()
+            },
+            None,
+            &[],
+        );
+        let f = run_all(loaded, &CheckInputs::default()).await;
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert_eq!(f[0].status, Status::Fail);
+        assert!(f[0].detail.contains("default_vcpus"), "{}", f[0].detail);
     }
 
     #[test]

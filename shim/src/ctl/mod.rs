@@ -3,4 +3,6 @@
 
 pub mod check;
 pub mod console;
+pub mod containerd;
 pub mod env;
+pub mod finding;
