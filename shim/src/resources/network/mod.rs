@@ -203,6 +203,8 @@ pub struct Tap {
 #[derive(Debug)]
 struct Plumbed {
     veth_index: u32,
+    /// Whether the veth's ingress qdisc is ours (one that was there before is never removed).
+    veth_qdisc: bool,
     tap_name: String,
     tap_index: u32,
 }
@@ -420,8 +422,9 @@ fn plumb_one(
                 "not listed after creation",
             ))
         })?;
-    let p = Plumbed {
+    let mut p = Plumbed {
         veth_index: iface.index,
+        veth_qdisc: false,
         tap_name: tap_name.clone(),
         tap_index,
     };
@@ -437,6 +440,7 @@ fn plumb_one(
                 iface.name
             ),
         ))?;
+        p.veth_qdisc = true;
         nl.add_ingress_qdisc(tap_index)
             .map_err(op(path, format!("adding an ingress qdisc to {tap_name}")))?;
         nl.redirect_all(iface.index, tap_index).map_err(op(
@@ -477,7 +481,11 @@ fn unplumb_with(nl: &mut Rtnl, plumbed: &[Plumbed]) -> Result<(), NetworkError> 
         }
     };
     for p in plumbed {
-        let has = nl.has_ingress_qdisc(p.veth_index);
+        let has = if p.veth_qdisc {
+            nl.has_ingress_qdisc(p.veth_index)
+        } else {
+            Ok(false)
+        };
         keep(match has {
             Ok(true) => nl.delete_ingress_qdisc(p.veth_index).map_err(op(
                 path,
