@@ -295,6 +295,30 @@ fn kata_pod_network(ctrd: &Containerd, host_port: u16) {
         assert_eq!(exec(&cri, c, &["hostname"]).1.trim(), "net-pod");
     }
 
+    // CRI port-forward (a documented limit): containerd hands out a URL, then serves it by
+    // dialling localhost:PORT inside the pod's netns on the host, which nothing answers.
+    let url = cri
+        .port_forward(&pod.id, i32::from(PORT))
+        .expect("PortForward");
+    assert!(url.starts_with("http"), "{url}");
+    let net = format!("--net={}", pod.netns);
+    let dial = run(&[
+        "nsenter",
+        &net,
+        "busybox",
+        "nc",
+        "-w",
+        "3",
+        "127.0.0.1",
+        &PORT.to_string(),
+    ]);
+    assert!(
+        !dial.status.success() && text(&dial.stderr).contains("refused"),
+        "port-forward's dial in the pod netns: {:?} {}",
+        dial.status,
+        text(&dial.stderr)
+    );
+
     // Teardown: hold the pod's netns open so it can be inspected after CRI deleted it.
     let held = std::fs::File::open(&pod.netns).expect("opening the pod netns");
     let held_path = format!(
