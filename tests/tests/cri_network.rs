@@ -22,6 +22,8 @@ const SERVE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on one host command (ip, tc, nsenter).
 const CMD_LIMIT: &str = "10";
 const PORT: u16 = 8080;
+/// The static neighbour put into the test's netns (the gateway's MAC).
+const NEIGH_MAC: &str = "ee:00:00:00:00:01";
 
 /// `timeout CMD_LIMIT <args>`: every external command is bounded.
 fn run(args: &[&str]) -> Output {
@@ -403,6 +405,30 @@ impl Netns {
             "eth0",
         ]);
         run_ok(&["ip", "-n", &n.name, "link", "set", "eth0", "up"]);
+        run_ok(&[
+            "ip",
+            "-n",
+            &n.name,
+            "route",
+            "add",
+            "default",
+            "via",
+            "192.168.250.1",
+        ]);
+        run_ok(&[
+            "ip",
+            "-n",
+            &n.name,
+            "neigh",
+            "add",
+            "192.168.250.1",
+            "lladdr",
+            NEIGH_MAC,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ]);
         n
     }
     fn path(&self) -> String {
@@ -442,26 +468,35 @@ fn ctr_container_in_a_netns_gets_a_nic_and_leaves_the_netns_as_it_found_it() {
             2,
             "{qdiscs}"
         );
-        // The guest has the veth's address on its eth0.
-        let out = ctrd.ctr_bounded(
-            &[
-                "task",
-                "exec",
-                "--exec-id",
-                "ip",
-                &id,
-                "ip",
-                "addr",
-                "show",
-                "eth0",
-            ],
-            Duration::from_secs(30),
-        );
+        // The guest's eth0 has the veth's MAC and address, the netns' default route and its
+        // static neighbour.
+        let veth = run_ok(&["ip", "-n", &ns.name, "link", "show", "eth0"]);
+        let mac = veth
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no MAC in {veth}"))
+            .to_string();
+        let guest = |n: &str, cmd: &[&str]| {
+            let mut args = vec!["task", "exec", "--exec-id", n, &id];
+            args.extend_from_slice(cmd);
+            let out = ctrd.ctr_bounded(&args, Duration::from_secs(30));
+            format!("{}{}", text(&out.stdout), text(&out.stderr))
+        };
+        let addr = guest("addr", &["ip", "addr", "show", "eth0"]);
         assert!(
-            text(&out.stdout).contains("192.168.250.2/24"),
-            "guest eth0: {} {}",
-            text(&out.stdout),
-            text(&out.stderr)
+            addr.contains("192.168.250.2/24") && addr.contains(&mac),
+            "guest eth0 (veth MAC {mac}): {addr}"
+        );
+        let routes = guest("route", &["ip", "route"]);
+        assert!(
+            routes.contains("default via 192.168.250.1 dev eth0"),
+            "guest routes: {routes}"
+        );
+        let neigh = guest("neigh", &["ip", "neigh"]);
+        assert!(
+            neigh.contains("192.168.250.1") && neigh.contains(NEIGH_MAC),
+            "guest neighbours: {neigh}"
         );
         ctrd.force_remove(&id);
     }

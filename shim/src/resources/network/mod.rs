@@ -659,4 +659,175 @@ mod tests {
         .expect("spec");
         assert_eq!(netns_path(&without), None);
     }
+
+    /// `ip` bounded by `timeout`, which must succeed.
+    fn ip(args: &[&str]) {
+        let out = std::process::Command::new("timeout")
+            .arg("10")
+            .arg("ip")
+            .args(args)
+            .output()
+            .expect("running ip");
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn ns_out(ns: &str, cmd: &[&str]) -> String {
+        let out = std::process::Command::new("timeout")
+            .args(["10", "ip", "netns", "exec", ns])
+            .args(cmd)
+            .output()
+            .expect("running ip netns exec");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    struct TestNetns(String);
+    impl Drop for TestNetns {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("timeout")
+                .args(["10", "ip", "netns", "del", &self.0])
+                .output();
+        }
+    }
+
+    /// A real netns (root, iproute2): a veth with an address, a default route, a static
+    /// neighbour and an extra route; setup finds exactly them, plumbs a tap, and teardown
+    /// leaves the netns as it was. No VM.
+    #[tokio::test]
+    async fn setup_scans_and_plumbs_a_real_netns_and_teardown_undoes_it() {
+        let name = format!("kata-unit-{}", std::process::id());
+        let _ = std::process::Command::new("timeout")
+            .args(["10", "ip", "netns", "del", &name])
+            .output();
+        ip(&["netns", "add", &name]);
+        let ns = TestNetns(name.clone());
+        ip(&[
+            "-n", &name, "link", "add", "eth0", "mtu", "1400", "type", "veth", "peer", "name",
+            "peer0",
+        ]);
+        ip(&[
+            "-n",
+            &name,
+            "link",
+            "set",
+            "eth0",
+            "address",
+            "0a:58:0a:00:00:05",
+        ]);
+        ip(&["-n", &name, "addr", "add", "10.77.0.5/24", "dev", "eth0"]);
+        ip(&["-n", &name, "link", "set", "peer0", "up"]);
+        ip(&["-n", &name, "link", "set", "eth0", "up"]);
+        ip(&["-n", &name, "route", "add", "default", "via", "10.77.0.1"]);
+        ip(&[
+            "-n",
+            &name,
+            "route",
+            "add",
+            "10.99.0.0/16",
+            "via",
+            "10.77.0.2",
+        ]);
+        ip(&[
+            "-n",
+            &name,
+            "neigh",
+            "add",
+            "10.77.0.1",
+            "lladdr",
+            "ee:00:00:00:00:01",
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ]);
+        let path = PathBuf::from(format!("/var/run/netns/{name}"));
+
+        let net = PodNetwork::setup(&path)
+            .await
+            .expect("setup")
+            .expect("interfaces");
+        let g = net.guest();
+        // eth0 and its peer are both veths in this netns: both get a tap, in link order.
+        let eth0 = g
+            .interfaces
+            .iter()
+            .find(|i| i.name == "eth0")
+            .expect("eth0 described");
+        assert_eq!(eth0.hw_addr, "0a:58:0a:00:00:05");
+        assert_eq!(eth0.mtu, 1400);
+        assert_eq!(eth0.ip_addresses.len(), 1, "{eth0:?}");
+        assert_eq!(
+            (
+                eth0.ip_addresses[0].address.as_str(),
+                eth0.ip_addresses[0].prefix_len
+            ),
+            ("10.77.0.5", 24)
+        );
+        let routes: Vec<(String, String, String)> = g
+            .routes
+            .iter()
+            .map(|r| (r.dest.clone(), r.gateway.clone(), r.device.clone()))
+            .collect();
+        assert!(
+            routes.contains(&(String::new(), "10.77.0.1".into(), "eth0".into())),
+            "{routes:?}"
+        );
+        assert!(
+            routes.contains(&("10.99.0.0/16".into(), "10.77.0.2".into(), "eth0".into())),
+            "{routes:?}"
+        );
+        // The kernel's own subnet route is not sent: the guest makes it.
+        assert!(!routes.iter().any(|r| r.0 == "10.77.0.0/24"), "{routes:?}");
+        assert_eq!(g.neighbours.len(), 1, "{:?}", g.neighbours);
+        assert_eq!(g.neighbours[0].ll_addr, "ee:00:00:00:00:01");
+        assert_eq!(net.taps().len(), 2);
+        let links = ns_out(&name, &["ip", "-d", "link", "show"]);
+        assert!(
+            links.contains("tap0_kata") && links.contains("tap1_kata"),
+            "{links}"
+        );
+        let tap = net
+            .taps()
+            .iter()
+            .find(|t| t.mac == "0a:58:0a:00:00:05")
+            .expect("eth0's tap");
+        assert_eq!(tap.mtu, 1400);
+        let shown = ns_out(&name, &["ip", "link", "show", &tap.name]);
+        assert!(
+            shown.contains("mtu 1400") && shown.contains(",UP"),
+            "{shown}"
+        );
+        let filters = ns_out(&name, &["tc", "filter", "show", "dev", "eth0", "ingress"]);
+        assert!(
+            filters.contains("u32") && filters.contains("mirred"),
+            "{filters}"
+        );
+        assert!(
+            filters.contains(&format!("Redirect to device {}", tap.name)),
+            "{filters}"
+        );
+        let filters = ns_out(
+            &name,
+            &["tc", "filter", "show", "dev", &tap.name, "ingress"],
+        );
+        assert!(filters.contains("Redirect to device eth0"), "{filters}");
+
+        net.teardown().await.expect("teardown");
+        let links = ns_out(&name, &["ip", "link", "show"]);
+        assert!(!links.contains("_kata"), "{links}");
+        let qdiscs = ns_out(&name, &["tc", "qdisc", "show"]);
+        assert!(!qdiscs.contains("ingress"), "{qdiscs}");
+        drop(ns);
+    }
+
+    #[tokio::test]
+    async fn a_missing_netns_is_named() {
+        let err = PodNetwork::setup(Path::new("/var/run/netns/kata-no-such-netns"))
+            .await
+            .expect_err("must fail");
+        assert!(err.to_string().contains("kata-no-such-netns"), "{err}");
+    }
 }
