@@ -293,7 +293,7 @@ impl PodNetwork {
         } = self;
         // Our copies of the tap fds: with QEMU gone, closing them ends the taps.
         drop(taps);
-        in_netns(netns, &path, move |_| unplumb(&plumbed)).await?
+        in_netns(netns, &path, move |p| unplumb(p, &plumbed)).await?
     }
 }
 
@@ -380,7 +380,7 @@ fn plumb(path: &Path) -> Result<Plumbing, NetworkError> {
             }
             Err(e) => {
                 drop(fds);
-                if let Err(ue) = unplumb_with(&mut nl, &plumbed) {
+                if let Err(ue) = unplumb_with(&mut nl, path, &plumbed) {
                     tracing::warn!("undoing the pod network after an error: {ue}");
                 }
                 return Err(e);
@@ -456,7 +456,7 @@ fn plumb_one(
         Ok(()) => Ok((p, fd)),
         Err(e) => {
             drop(fd);
-            if let Err(ue) = unplumb_with(nl, std::slice::from_ref(&p)) {
+            if let Err(ue) = unplumb_with(nl, path, std::slice::from_ref(&p)) {
                 tracing::warn!("undoing {tap_name} after an error: {ue}");
             }
             Err(e)
@@ -464,15 +464,14 @@ fn plumb_one(
     }
 }
 
-fn unplumb(plumbed: &[Plumbed]) -> Result<(), NetworkError> {
-    let mut nl = Rtnl::open().map_err(op(Path::new("-"), "opening a netlink socket"))?;
-    unplumb_with(&mut nl, plumbed)
+fn unplumb(path: &Path, plumbed: &[Plumbed]) -> Result<(), NetworkError> {
+    let mut nl = Rtnl::open().map_err(op(path, "opening a netlink socket"))?;
+    unplumb_with(&mut nl, path, plumbed)
 }
 
 /// Removes each veth's ingress qdisc we added and each tap still there (a tap whose fds are
 /// all closed is already gone). Goes on past failures; returns the first.
-fn unplumb_with(nl: &mut Rtnl, plumbed: &[Plumbed]) -> Result<(), NetworkError> {
-    let path = Path::new("the pod netns");
+fn unplumb_with(nl: &mut Rtnl, path: &Path, plumbed: &[Plumbed]) -> Result<(), NetworkError> {
     let mut first = None;
     let mut keep = |r: Result<(), NetworkError>| {
         if let Err(e) = r {
