@@ -22,6 +22,7 @@ use kata_shim::config::SharedFs;
 use kata_shim::error::{TaskError, TaskResult};
 use kata_shim::events::{self, EventReceiver, TaskEvent};
 use kata_shim::guest::GuestAgent;
+use kata_shim::resources::network::{GuestNetwork, PodInterface, PodNeighbour, PodRoute, Scan};
 use kata_shim::resources::rootfs::{HostMounter, MountPlan};
 use kata_shim::resources::share::Share;
 use kata_shim::sandbox::seams::{BootRequest, Platform, SandboxVm, VmLauncher};
@@ -51,6 +52,7 @@ struct FakeAgent {
     stdin: Mutex<Vec<u8>>,
     /// A lying guest: signals are acknowledged and never end a process.
     ignores_signals: bool,
+    fail_update_interface: bool,
 }
 
 impl FakeAgent {
@@ -260,6 +262,24 @@ impl GuestAgent for FakeAgent {
     async fn get_oom_event(&self, _req: pb::GetOOMEventRequest) -> TaskResult<pb::OOMEvent> {
         std::future::pending().await
     }
+    async fn update_interface(&self, req: pb::UpdateInterfaceRequest) -> TaskResult<()> {
+        self.call(format!(
+            "update_interface {} {}",
+            req.interface.name, req.interface.hw_addr
+        ));
+        if self.fail_update_interface {
+            return Err(TaskError::internal("agent UpdateInterface: no link"));
+        }
+        Ok(())
+    }
+    async fn update_routes(&self, req: pb::UpdateRoutesRequest) -> TaskResult<()> {
+        self.call(format!("update_routes {}", req.routes.routes.len()));
+        Ok(())
+    }
+    async fn add_arp_neighbors(&self, req: pb::AddARPNeighborsRequest) -> TaskResult<()> {
+        self.call(format!("add_arp_neighbors {}", req.neighbors.len()));
+        Ok(())
+    }
 }
 
 struct FakeVm {
@@ -267,6 +287,7 @@ struct FakeVm {
     share: Share,
     exited: watch::Sender<bool>,
     shutdowns: Arc<AtomicU32>,
+    network: Option<GuestNetwork>,
 }
 
 #[async_trait]
@@ -279,6 +300,9 @@ impl SandboxVm for FakeVm {
     }
     fn exited(&self) -> watch::Receiver<bool> {
         self.exited.subscribe()
+    }
+    fn guest_network(&self) -> Option<&GuestNetwork> {
+        self.network.as_ref()
     }
     async fn shutdown(self: Box<Self>) -> TaskResult<()> {
         self.shutdowns.fetch_add(1, Ordering::SeqCst);
@@ -295,6 +319,8 @@ struct FakeLauncher {
     /// Sender of the booted VM's "exited" flag, so a test can kill the VM.
     vm_exited: Mutex<Option<watch::Sender<bool>>>,
     fail: Option<String>,
+    /// What the booted VM's pod network tells the agent.
+    network: Option<GuestNetwork>,
 }
 
 #[async_trait]
@@ -311,6 +337,7 @@ impl VmLauncher for FakeLauncher {
             share: Share::in_vm_dir(&self.vm_dir, SharedFs::VirtioFs),
             exited: tx,
             shutdowns: self.shutdowns.clone(),
+            network: self.network.clone(),
         }))
     }
 }
@@ -346,6 +373,14 @@ struct Harness {
 }
 
 fn harness_with(agent: FakeAgent, fail_boot: Option<&str>) -> Harness {
+    harness_full(agent, fail_boot, None)
+}
+
+fn harness_full(
+    agent: FakeAgent,
+    fail_boot: Option<&str>,
+    network: Option<GuestNetwork>,
+) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let agent = Arc::new(agent);
     let launcher = Arc::new(FakeLauncher {
@@ -355,6 +390,7 @@ fn harness_with(agent: FakeAgent, fail_boot: Option<&str>) -> Harness {
         shutdowns: Arc::new(AtomicU32::new(0)),
         vm_exited: Mutex::new(None),
         fail: fail_boot.map(str::to_string),
+        network,
     });
     let mounter = Arc::new(FakeMounter::default());
     let (tx, events) = events::channel();
@@ -1042,4 +1078,88 @@ async fn a_guest_that_never_reports_a_sigkilled_exit_loses_its_vm() {
             .unwrap();
     }
     assert_eq!(h.shutdowns(), 1, "the VM is stopped once");
+}
+
+fn pod_network() -> GuestNetwork {
+    GuestNetwork::from_scan(&Scan {
+        interfaces: vec![PodInterface {
+            index: 2,
+            name: "eth0".into(),
+            mac: vec![0x0a, 0x58, 0, 0, 0, 5],
+            mtu: 1500,
+            addresses: vec![("10.88.0.5".parse().unwrap(), 16)],
+        }],
+        routes: vec![PodRoute {
+            dest: None,
+            gateway: Some("10.88.0.1".parse().unwrap()),
+            device: "eth0".into(),
+            source: None,
+            scope: 0,
+        }],
+        neighbours: vec![PodNeighbour {
+            ip: "10.88.0.1".parse().unwrap(),
+            mac: vec![0xee, 0, 0, 0, 0, 1],
+            device: "eth0".into(),
+        }],
+    })
+}
+
+fn harness_with_network(agent: FakeAgent) -> Harness {
+    harness_full(agent, None, Some(pod_network()))
+}
+
+#[tokio::test]
+async fn the_pod_netns_reaches_the_launcher_and_the_agent_is_told_the_network_after_create_sandbox()
+{
+    let h = harness_with_network(FakeAgent::default());
+    h.core
+        .create(&h.create_req("p1", spec("pod")))
+        .await
+        .unwrap();
+    assert_eq!(
+        h.launcher.boots.lock().unwrap()[0].netns.as_deref(),
+        Some(Path::new("/proc/1/ns/net"))
+    );
+    let calls = h.agent.calls.lock().unwrap().clone();
+    assert_eq!(
+        calls[..4],
+        [
+            "create_sandbox p1 pod",
+            "update_interface eth0 0a:58:00:00:00:05",
+            "update_routes 1",
+            "add_arp_neighbors 1",
+        ]
+    );
+    // A container without a netns path (ctr run) boots a VM without a network.
+    let h = harness();
+    let mut s = spec("c");
+    s["linux"]["namespaces"] = serde_json::json!([{"type": "network"}]);
+    h.core.create(&h.create_req("c1", s)).await.unwrap();
+    assert_eq!(h.launcher.boots.lock().unwrap()[0].netns, None);
+}
+
+#[tokio::test]
+async fn a_guest_that_cannot_take_the_network_fails_the_sandbox_and_loses_its_vm() {
+    let h = harness_with_network(FakeAgent {
+        fail_update_interface: true,
+        ..Default::default()
+    });
+    let err = h
+        .core
+        .create(&h.create_req("p1", spec("pod")))
+        .await
+        .expect_err("must fail");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("configuring interface eth0 (0a:58:00:00:00:05)") && msg.contains("no link"),
+        "{msg}"
+    );
+    assert_eq!(h.shutdowns(), 1);
+    assert!(!h
+        .agent
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|c| c.starts_with("create_container")));
 }

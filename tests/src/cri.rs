@@ -244,6 +244,19 @@ impl Cri {
         .context("ContainerStats: reply without stats")
     }
 
+    /// PortForward: the streaming URL containerd hands out for `port` of `pod`.
+    pub fn port_forward(&self, pod: &str, port: i32) -> Result<String> {
+        let req = api::PortForwardRequest {
+            pod_sandbox_id: pod.to_string(),
+            port: vec![port],
+        };
+        self.call(
+            "PortForward",
+            |mut c| async move { c.port_forward(req).await },
+        )
+        .map(|r| r.url)
+    }
+
     /// Stops and removes the pod when dropped, so a failing test does not leave its VM
     /// behind (after a test that removed it, a no-op).
     pub fn guard(&self, pod: &str) -> PodGuard<'_> {

@@ -49,6 +49,9 @@ pub trait GuestAgent: Send + Sync + 'static {
         req: pb::ListProcessesRequest,
     ) -> TaskResult<pb::ListProcessesResponse>;
     async fn get_oom_event(&self, req: pb::GetOOMEventRequest) -> TaskResult<pb::OOMEvent>;
+    async fn update_interface(&self, req: pb::UpdateInterfaceRequest) -> TaskResult<()>;
+    async fn update_routes(&self, req: pb::UpdateRoutesRequest) -> TaskResult<()>;
+    async fn add_arp_neighbors(&self, req: pb::AddARPNeighborsRequest) -> TaskResult<()>;
 }
 
 /// Keeps the guest's status code (e.g. NOT_FOUND) so containerd sees what the agent meant.
@@ -89,4 +92,7 @@ forward! {
     stats_container(pb::StatsContainerRequest) -> pb::StatsContainerResponse => |r| r;
     list_processes(pb::ListProcessesRequest) -> pb::ListProcessesResponse => |r| r;
     get_oom_event(pb::GetOOMEventRequest) -> pb::OOMEvent => |r| r;
+    update_interface(pb::UpdateInterfaceRequest) -> () => drop;
+    update_routes(pb::UpdateRoutesRequest) -> () => drop;
+    add_arp_neighbors(pb::AddARPNeighborsRequest) -> () => drop;
 }

@@ -2,7 +2,9 @@
 //! backend: the shared directory and network interfaces. A backend turns them into its own
 //! command line or API calls; the launcher fills them in.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// What the VM is given.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,22 +26,43 @@ impl Devices {
     }
 }
 
-/// One network interface of the guest, backed by a tap device on the host.
+/// One network interface of the guest, backed by a tap device on the host (made in the pod's
+/// network namespace by `resources::network`; the VMM gets its open queue, never a name to
+/// look up, since the tap is not in the VMM's namespace).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetDevice {
-    /// Host tap device the VMM attaches to.
+    /// Host tap device the VMM attaches to (for logs and errors).
     pub tap: String,
     /// Guest MAC address, `aa:bb:cc:dd:ee:ff`.
     pub mac: String,
     pub mtu: u32,
+    /// The tap's open queue, passed to the VMM.
+    pub fd: TapFd,
+}
+
+/// A tap queue shared by every boot attempt of a VM (compared by identity).
+#[derive(Debug, Clone)]
+pub struct TapFd(pub Arc<OwnedFd>);
+
+impl PartialEq for TapFd {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+impl Eq for TapFd {}
+
+impl TapFd {
+    pub fn raw(&self) -> i32 {
+        self.0.as_raw_fd()
+    }
 }
 
 impl NetDevice {
-    /// Backends that cannot attach network devices yet refuse them by name.
+    /// Backends that cannot attach network devices refuse them by name.
     pub(crate) fn unsupported(backend: &str, net: &[NetDevice]) -> Option<String> {
         net.first().map(|n| {
             format!(
-                "{backend}: network device {} (tap {}) requested, but this backend attaches no network devices yet",
+                "{backend}: network device {} (tap {}) requested, but this backend attaches no network devices yet (pod networking needs [hypervisor.qemu])",
                 n.mac, n.tap
             )
         })
@@ -53,10 +76,12 @@ mod tests {
     #[test]
     fn a_backend_without_networking_names_the_device_it_refuses() {
         assert_eq!(NetDevice::unsupported("QEMU", &[]), None);
+        let fd = std::fs::File::open("/dev/null").expect("/dev/null");
         let nic = NetDevice {
             tap: "tap0_kata".into(),
             mac: "02:00:00:00:00:01".into(),
             mtu: 1500,
+            fd: TapFd(Arc::new(fd.into())),
         };
         let why = NetDevice::unsupported("QEMU", &[nic]).expect("refused");
         assert!(

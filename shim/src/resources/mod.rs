@@ -4,6 +4,7 @@
 
 pub mod beneath;
 pub mod mount_table;
+pub mod network;
 pub mod rootfs;
 pub mod share;
 pub mod spec;

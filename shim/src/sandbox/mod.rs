@@ -15,6 +15,7 @@ use protocol::agent as pb;
 use crate::error::{TaskError, TaskResult};
 use crate::events::EventSender;
 use crate::guest::GuestAgent;
+use crate::resources::network::GuestNetwork;
 use crate::resources::share::Share;
 pub use members::Members;
 use seams::{BootRequest, SandboxVm, VmLauncher};
@@ -201,6 +202,46 @@ impl<C: Member> SandboxOwner<C> {
     }
 }
 
+/// Tells the agent the pod's interfaces, then its routes and static neighbours.
+async fn configure_network(agent: &dyn GuestAgent, net: &GuestNetwork) -> TaskResult<()> {
+    for i in &net.interfaces {
+        let req = pb::UpdateInterfaceRequest {
+            interface: protobuf::MessageField::some(i.clone()),
+            ..Default::default()
+        };
+        agent.update_interface(req).await.map_err(|e| {
+            e.context(format_args!(
+                "configuring interface {} ({}) in the guest",
+                i.name, i.hw_addr
+            ))
+        })?;
+    }
+    if !net.routes.is_empty() {
+        let req = pb::UpdateRoutesRequest {
+            routes: protobuf::MessageField::some(pb::Routes {
+                routes: net.routes.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        agent
+            .update_routes(req)
+            .await
+            .map_err(|e| e.context("setting the pod's routes in the guest"))?;
+    }
+    if !net.neighbours.is_empty() {
+        let req = pb::AddARPNeighborsRequest {
+            neighbors: net.neighbours.clone(),
+            ..Default::default()
+        };
+        agent
+            .add_arp_neighbors(req)
+            .await
+            .map_err(|e| e.context("adding the pod's static neighbours in the guest"))?;
+    }
+    Ok(())
+}
+
 /// Boots the VM and creates the sandbox in the guest. On error nothing is left running.
 async fn boot<C>(
     launcher: &dyn VmLauncher,
@@ -222,11 +263,18 @@ async fn boot<C>(
         host_time_nsec: i64::from(now.subsec_nanos()),
         ..Default::default()
     };
-    if let Err(e) = agent.create_sandbox(create).await {
+    let created = match agent.create_sandbox(create).await {
+        Ok(_) => match vm.guest_network() {
+            Some(net) => configure_network(agent.as_ref(), net).await,
+            None => Ok(()),
+        },
+        Err(e) => Err(e.context(format_args!("creating sandbox {id} in the guest"))),
+    };
+    if let Err(e) = created {
         if let Err(se) = vm.shutdown().await {
             tracing::warn!("shutting down sandbox {id} after a failed CreateSandbox: {se}");
         }
-        return Err(e.context(format_args!("creating sandbox {id} in the guest")));
+        return Err(e);
     }
     Ok(Sandbox {
         id,

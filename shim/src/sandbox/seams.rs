@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use crate::error::TaskResult;
 use crate::guest::GuestAgent;
+use crate::resources::network::GuestNetwork;
 use crate::resources::rootfs::HostMounter;
 use crate::resources::share::Share;
 
@@ -22,6 +23,11 @@ pub trait SandboxVm: Send + Sync + 'static {
     fn share(&self) -> &Share;
     /// Becomes true when the hypervisor process is gone.
     fn exited(&self) -> watch::Receiver<bool>;
+    /// The pod's interfaces, routes and neighbours the agent is to be told (none without a
+    /// pod network).
+    fn guest_network(&self) -> Option<&GuestNetwork> {
+        None
+    }
     /// DestroySandbox (best effort), stop the VM and its helpers, remove the sandbox dir.
     async fn shutdown(self: Box<Self>) -> TaskResult<()>;
 }
@@ -35,6 +41,9 @@ pub struct BootRequest {
     pub annotations: HashMap<String, String>,
     /// runtimeoptions.v1.Options.config_path from the CreateTaskRequest, if any.
     pub config_path: Option<PathBuf>,
+    /// The pod's network namespace (the sandbox spec's network namespace path, from CNI):
+    /// its interfaces become the VM's NICs. None: a VM without NICs.
+    pub netns: Option<PathBuf>,
 }
 
 /// Boots sandbox VMs.

@@ -39,7 +39,7 @@ use crate::events::{self, EventSender, TaskEvent};
 use crate::guest::GuestAgent;
 use crate::resources::rootfs::{HostMounter, MountPlan, RootfsMount};
 use crate::resources::share::Share;
-use crate::resources::spec;
+use crate::resources::{network, spec};
 use crate::sandbox::seams::{BootRequest, Platform};
 use crate::sandbox::VM_GONE_EXIT_STATUS;
 
@@ -158,6 +158,7 @@ impl TaskCore {
             bundle: bundle.to_path_buf(),
             annotations: spec::annotations(spec),
             config_path: runtime_config_path(req.options.as_ref()),
+            netns: network::netns_path(spec),
         };
         // A VM needs some hostname; without one in the spec, the sandbox id says which it is.
         let hostname = Some(spec::hostname(spec))

@@ -10,25 +10,46 @@ use super::{cleanup, Vm, VmSpec};
 use crate::config::{self, LoadRequest};
 use crate::error::{TaskError, TaskResult};
 use crate::guest::GuestAgent;
+use crate::hypervisor::devices::{NetDevice, TapFd};
+use crate::resources::network::{GuestNetwork, PodNetwork};
 use crate::resources::share::Share;
 use crate::sandbox::seams::{BootRequest, SandboxVm, VmLauncher};
 
+/// A pod's VM and the network plumbed for it in the pod's netns (removed after the VM).
+struct PodVm {
+    vm: Vm,
+    net: Option<PodNetwork>,
+}
+
 #[async_trait]
-impl SandboxVm for Vm {
+impl SandboxVm for PodVm {
     fn agent(&self) -> Arc<dyn GuestAgent> {
-        Arc::new(Vm::agent(self).clone())
+        Arc::new(self.vm.agent().clone())
     }
     fn share(&self) -> &Share {
-        Vm::share(self)
+        self.vm.share()
     }
     fn exited(&self) -> watch::Receiver<bool> {
-        Vm::exited(self)
+        self.vm.exited()
+    }
+    fn guest_network(&self) -> Option<&GuestNetwork> {
+        self.net.as_ref().map(PodNetwork::guest)
     }
     async fn shutdown(self: Box<Self>) -> TaskResult<()> {
-        let id = self.id().to_string();
-        Vm::shutdown(*self)
+        let PodVm { vm, net } = *self;
+        let id = vm.id().to_string();
+        let stopped = vm
+            .shutdown()
             .await
-            .map_err(|e| TaskError::internal(format!("shutting down sandbox {id}: {e}")))
+            .map_err(|e| TaskError::internal(format!("shutting down sandbox {id}: {e}")));
+        // After the VM: QEMU no longer holds the taps.
+        let unplumbed = match net {
+            Some(n) => n.teardown().await.map_err(|e| {
+                TaskError::internal(format!("removing the pod network of sandbox {id}: {e}"))
+            }),
+            None => Ok(()),
+        };
+        stopped.and(unplumbed)
     }
 }
 
@@ -73,15 +94,48 @@ impl ConfiguredLauncher {
 #[async_trait]
 impl VmLauncher for ConfiguredLauncher {
     async fn boot(&self, req: BootRequest) -> TaskResult<Box<dyn SandboxVm>> {
-        let spec = Self::spec(&req).await?;
-        let vm = Vm::boot(&spec).await.map_err(|e| {
-            TaskError::internal(format!(
-                "starting the VM of sandbox {}: {e}",
-                req.sandbox_id
-            ))
-        })?;
-        Ok(Box::new(vm))
+        let mut spec = Self::spec(&req).await?;
+        let net = match &req.netns {
+            Some(path) => PodNetwork::setup(path).await.map_err(|e| {
+                TaskError::internal(format!(
+                    "setting up the network of sandbox {}: {e}",
+                    req.sandbox_id
+                ))
+            })?,
+            None => None,
+        };
+        spec.net = net.as_ref().map(nics).unwrap_or_default();
+        match Vm::boot(&spec).await {
+            Ok(vm) => Ok(Box::new(PodVm { vm, net })),
+            Err(e) => {
+                if let Some(n) = net {
+                    if let Err(ne) = n.teardown().await {
+                        tracing::warn!(
+                            "removing the network of sandbox {} after a failed boot: {ne}",
+                            req.sandbox_id
+                        );
+                    }
+                }
+                Err(TaskError::internal(format!(
+                    "starting the VM of sandbox {}: {e}",
+                    req.sandbox_id
+                )))
+            }
+        }
     }
+}
+
+/// The VM's NICs: one per tap of the pod network, in its order.
+fn nics(net: &PodNetwork) -> Vec<NetDevice> {
+    net.taps()
+        .iter()
+        .map(|t| NetDevice {
+            tap: t.name.clone(),
+            mac: t.mac.clone(),
+            mtu: t.mtu,
+            fd: TapFd(t.fd.clone()),
+        })
+        .collect()
 }
 
 /// The shim's `delete` after a crash: kill what the dead shim left running and remove its

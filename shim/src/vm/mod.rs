@@ -31,6 +31,8 @@ const EXIT_GRACE: Duration = Duration::ZERO;
 const BOOT_ATTEMPTS: u32 = 3;
 /// How often the agent transport is checked while dialling the agent.
 const TRANSPORT_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// After a QMP error during boot, how long to wait for QEMU's exit to be seen.
+const QMP_EXIT_NOTICE: Duration = Duration::from_secs(2);
 /// Console lines quoted in boot errors.
 const CONSOLE_TAIL_LINES: usize = 30;
 
@@ -282,20 +284,36 @@ async fn boot_in(
                 console_tail: String::new(),
             })
     };
-    let vmm_exited = tokio::select! {
-        r = connect => return r.map_err(|e| match e {
-            VmError::Agent { source, .. } => VmError::Agent {
-                source,
-                console_tail: console_tail(hv, CONSOLE_TAIL_LINES),
-            },
-            VmError::Hypervisor(HypervisorError::GuestNotReady(reason)) => VmError::GuestNotReady {
-                reason,
-                console_tail: console_tail(hv, CONSOLE_TAIL_LINES),
-            },
-            other => other,
-        }),
+    let connected = tokio::select! {
+        r = connect => Some(r),
         reason = transport_broken(hv) => return Err(VmError::TransportBroken { reason }),
-        _ = exited.wait_for(|e| *e) => hv.exit_status().unwrap_or_else(|| "unknown status".into()),
+        _ = exited.wait_for(|e| *e) => None,
+    };
+    let vmm_exited = match connected {
+        // A QMP connection that breaks while the VM boots usually means QEMU died (a device
+        // it could not set up, say): once its exit is seen, say so with its output.
+        Some(Err(VmError::Hypervisor(HypervisorError::Qmp(e)))) => {
+            match tokio::time::timeout(QMP_EXIT_NOTICE, exited.wait_for(|e| *e)).await {
+                Ok(Ok(_)) => hv.exit_status().unwrap_or_else(|| "unknown status".into()),
+                _ => return Err(VmError::Hypervisor(HypervisorError::Qmp(e))),
+            }
+        }
+        Some(r) => {
+            return r.map_err(|e| match e {
+                VmError::Agent { source, .. } => VmError::Agent {
+                    source,
+                    console_tail: console_tail(hv, CONSOLE_TAIL_LINES),
+                },
+                VmError::Hypervisor(HypervisorError::GuestNotReady(reason)) => {
+                    VmError::GuestNotReady {
+                        reason,
+                        console_tail: console_tail(hv, CONSOLE_TAIL_LINES),
+                    }
+                }
+                other => other,
+            })
+        }
+        None => hv.exit_status().unwrap_or_else(|| "unknown status".into()),
     };
     // The VMM is gone: its console's last bytes are on their way (bounded wait).
     if let Some(c) = hv.console() {

@@ -23,6 +23,17 @@ pub enum FsDevice {
     None,
 }
 
+/// One NIC: a tap queue QEMU inherits as fd `fd` (the tap lives in the pod's network
+/// namespace, where QEMU could not open it by name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nic {
+    pub fd: i32,
+    pub mac: String,
+    pub mtu: u32,
+    /// Kernel vhost-net (only where /dev/vhost-net exists: `vhost=on` makes QEMU open it).
+    pub vhost: bool,
+}
+
 /// Everything the QEMU command line depends on.
 #[derive(Debug, Clone)]
 pub struct Input<'a> {
@@ -33,6 +44,8 @@ pub struct Input<'a> {
     pub kernel_cmdline: String,
     pub vsock: VsockDevice,
     pub fs: FsDevice,
+    /// Network interfaces, in guest order.
+    pub net: Vec<Nic>,
     pub qmp_socket: PathBuf,
     /// Where the shim listens for the guest console (`guest_output::console`).
     pub console_socket: PathBuf,
@@ -210,6 +223,25 @@ pub fn qemu_args(i: &Input<'_>) -> Vec<String> {
         ]),
         FsDevice::None => {}
     }
+    for (n, nic) in i.net.iter().enumerate() {
+        // A tap given by fd: no script runs (the -sandbox denies spawning anyway).
+        let vhost = if nic.vhost { "on" } else { "off" };
+        push(&[
+            "-netdev",
+            &format!("tap,id=net{n},fd={},vhost={vhost}", nic.fd),
+        ]);
+        let mut d = format!(
+            "{},netdev=net{n},mac={},host_mtu={}",
+            dev("virtio-net"),
+            nic.mac,
+            nic.mtu
+        );
+        if !c.machine_type.uses_mmio() {
+            // No iPXE option ROM: the guest boots a kernel, never from the network.
+            d.push_str(",romfile=");
+        }
+        push(&["-device", &d]);
+    }
     a
 }
 
@@ -225,6 +257,7 @@ mod tests {
             kernel_cmdline: "console=ttyS0".into(),
             vsock,
             fs,
+            net: Vec::new(),
             qmp_socket: "/run/k/s1/qmp.sock".into(),
             console_socket: "/run/k/s1/console.sock".into(),
             host_cpus: 2,
@@ -426,6 +459,52 @@ mod tests {
             guest_kernel_cmdline(&a, &AgentConfig::default(), false, Some(1000), None),
             "console=ttyAMA0 quiet panic=-1 reboot=k"
         );
+    }
+
+    fn nic(fd: i32, vhost: bool) -> Nic {
+        Nic {
+            fd,
+            mac: "0a:58:0a:58:00:05".into(),
+            mtu: 1450,
+            vhost,
+        }
+    }
+
+    #[test]
+    fn nics_are_tap_fds_with_vhost_off_unless_the_host_has_vhost_net() {
+        let c = QemuConfig::defaults_for(Arch::X86_64);
+        let mut i = input(&c, user_vsock(), virtiofs());
+        i.net = vec![nic(7, false), nic(8, true)];
+        let args = qemu_args(&i);
+        assert_eq!(
+            values(&args, "-netdev"),
+            ["tap,id=net0,fd=7,vhost=off", "tap,id=net1,fd=8,vhost=on"]
+        );
+        let devices = values(&args, "-device");
+        assert!(
+            devices.contains(&"virtio-net-device,netdev=net0,mac=0a:58:0a:58:00:05,host_mtu=1450"),
+            "{devices:?}"
+        );
+        assert!(
+            devices.contains(&"virtio-net-device,netdev=net1,mac=0a:58:0a:58:00:05,host_mtu=1450")
+        );
+        // No NIC, no netdev (ctr run without a network namespace path).
+        let args = qemu_args(&input(&c, user_vsock(), virtiofs()));
+        assert!(values(&args, "-netdev").is_empty());
+        assert!(!values(&args, "-device")
+            .iter()
+            .any(|d| d.contains("virtio-net")));
+    }
+
+    #[test]
+    fn a_pci_nic_loads_no_option_rom() {
+        let mut c = QemuConfig::defaults_for(Arch::X86_64);
+        c.machine_type = MachineType::Q35;
+        let mut i = input(&c, user_vsock(), virtiofs());
+        i.net = vec![nic(5, false)];
+        let args = qemu_args(&i);
+        assert!(values(&args, "-device")
+            .contains(&"virtio-net-pci,netdev=net0,mac=0a:58:0a:58:00:05,host_mtu=1450,romfile="));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use tokio::process::Command;
 use tokio::sync::watch;
 
-use self::cmdline::{FsDevice, VsockDevice};
+use self::cmdline::{FsDevice, Nic, VsockDevice};
 use self::vsock_device::{VsockKind, VHOST_VSOCK_DEV};
 use super::accel::{self, Accel};
 use super::devices::{Devices, NetDevice};
@@ -26,6 +26,8 @@ use crate::guest::vsock::Dialer;
 use crate::guest_output::console::{self, Console, ConsoleView};
 use crate::guest_output::CONSOLE_DRAIN;
 
+/// Kernel vhost-net: used for NICs where it exists (not on every host: detected).
+const VHOST_NET_DEV: &str = "/dev/vhost-net";
 /// How long QEMU may take to create its QMP socket.
 const QMP_SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a QMP quit, how long QEMU may take to exit before SIGKILL.
@@ -105,8 +107,13 @@ impl Qemu {
 
     async fn start_inner(&mut self) -> Result<(), HypervisorError> {
         let h = self.section.clone();
-        if let Some(why) = NetDevice::unsupported("QEMU", &self.devices.net) {
-            return Err(HypervisorError::Unsupported(why));
+        let vhost_net = !self.devices.net.is_empty() && Path::new(VHOST_NET_DEV).exists();
+        if !self.devices.net.is_empty() {
+            if vhost_net {
+                tracing::info!(sandbox = %self.id, "{VHOST_NET_DEV} exists: NICs use kernel vhost-net");
+            } else {
+                tracing::info!(sandbox = %self.id, "{VHOST_NET_DEV} missing: NICs run with vhost=off (QEMU moves the packets itself, slower)");
+            }
         }
         let (vsock, why) = vsock_device::choose(h.vsock, Path::new(VHOST_VSOCK_DEV))?;
         tracing::info!(sandbox = %self.id, "{why}");
@@ -240,6 +247,17 @@ impl Qemu {
             kernel_cmdline,
             vsock: vsock_dev,
             fs: fs_dev,
+            net: self
+                .devices
+                .net
+                .iter()
+                .map(|d| Nic {
+                    fd: d.fd.raw(),
+                    mac: d.mac.clone(),
+                    mtu: d.mtu,
+                    vhost: vhost_net,
+                })
+                .collect(),
             qmp_socket: self.paths.qmp_socket(),
             console_socket: self.paths.console_socket(),
             host_cpus: host::cpu_count(),
@@ -255,12 +273,24 @@ impl Qemu {
         // QEMU (root) still keeps its capabilities (a kernel vhost fd, KVM, later taps); it
         // gains none by exec, and -sandbox denies it setuid and capability changes anyway.
         no_new_privileges(&mut cmd);
-        let qemu = HostProcess::spawn(
+        // The tap queues are inherited under their numbers by QEMU alone: close-on-exec is
+        // cleared only around its spawn (the helpers are already running).
+        let taps: Vec<&NetDevice> = self.devices.net.iter().collect();
+        for t in &taps {
+            set_cloexec(t.fd.raw(), false, &t.tap)?;
+        }
+        let spawned = HostProcess::spawn(
             "qemu",
             cmd,
             &self.paths.log("qemu"),
             &self.paths.pidfile("qemu"),
-        )?;
+        );
+        for t in &taps {
+            if let Err(e) = set_cloexec(t.fd.raw(), true, &t.tap) {
+                tracing::warn!(sandbox = %self.id, "{e}");
+            }
+        }
+        let qemu = spawned?;
         // QEMU has its own copy of the CID fd now (if any); ours closes when _cid_fd drops.
         let (pid, mut gone) = (qemu.pid(), qemu.exited());
         let connect = async move {
@@ -325,6 +355,21 @@ fn tail_suffix_lines(tail: &str) -> String {
     } else {
         format!("; its log ends with:\n{}", tail.trim_end())
     }
+}
+
+/// Sets or clears FD_CLOEXEC on tap queue `fd`.
+fn set_cloexec(fd: i32, on: bool, tap: &str) -> Result<(), HypervisorError> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let flags = if on {
+        FdFlag::FD_CLOEXEC
+    } else {
+        FdFlag::empty()
+    };
+    fcntl(fd, FcntlArg::F_SETFD(flags))
+        .map(|_| ())
+        .map_err(|e| {
+            HypervisorError::io(format!("close-on-exec of the queue of tap {tap}"), e.into())
+        })
 }
 
 /// Clears FD_CLOEXEC so QEMU inherits the fd under the same number.
