@@ -3,7 +3,7 @@
 //! one, the pause process as its PID 1), the pod's sysctls reach them, and what a VM pod
 //! cannot honour (host network, PID or IPC namespaces, a sysctl outside the pod's namespaces
 //! or unknown to the guest kernel, mounts propagated back to the host) fails with an error
-//! naming it, leaving nothing behind.
+//! naming it, leaving nothing behind (RunPodSandbox) or the pod unharmed (StartContainer).
 
 use kata_e2e::cri::{self, api, Cri};
 use kata_e2e::*;
@@ -268,6 +268,88 @@ fn host_only_pods_are_refused(ctrd: &Containerd) {
         );
         refused(ctrd, &cri, &config, &[sysctl, why]);
     }
+}
+
+/// Runs `cmd` (bounded); panics naming it when it fails.
+fn run_ok(cmd: &[&str]) {
+    let out = std::process::Command::new("timeout")
+        .arg("30")
+        .args(cmd)
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+/// A host directory on a shared mount (containerd checks that before it accepts a
+/// Bidirectional mount); unmounted when dropped.
+struct SharedMount(std::path::PathBuf);
+
+impl Drop for SharedMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("timeout")
+            .args(["30", "umount", "-l"])
+            .arg(&self.0)
+            .status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// A container whose volume asks for Bidirectional propagation (mounts made in it reaching
+/// the host) is refused when it starts (CRI creates the task then), naming the mount and the
+/// mode; the pod lives on.
+fn bidirectional_mount_is_refused(ctrd: &Containerd) {
+    let cri = ctrd.cri();
+    let src = ctrd.dir().join(unique_id("shared-src"));
+    std::fs::create_dir_all(&src).expect("creating the volume's host directory");
+    let shown = src.to_string_lossy().to_string();
+    run_ok(&["mount", "-t", "tmpfs", "tmpfs", &shown]);
+    let _mounted = SharedMount(src.clone());
+    run_ok(&["mount", "--make-shared", &shown]);
+
+    let config = pod_config(ctrd, "prop-pod", &[], api::NamespaceMode::Container);
+    let pod = run_kata_pod(ctrd, &cri, config);
+    let mut c = cri::container_config("bidi", &["sleep", "1000"]);
+    c.mounts = vec![api::Mount {
+        container_path: "/shared".into(),
+        host_path: shown.clone(),
+        propagation: api::MountPropagation::PropagationBidirectional as i32,
+        ..Default::default()
+    }];
+    // CRI's CreateContainer only records the container: the runtime sees it at start.
+    let id = cri
+        .create_container(&pod.id, &c, &pod.config)
+        .unwrap_or_else(|e| panic!("{e:#}\ncontainerd log:\n{}", ctrd.log_tail(40)));
+    let err = match cri.start_container(&id) {
+        Ok(()) => panic!("a Bidirectional mount was accepted (container {id})"),
+        Err(e) => format!("{e:#}"),
+    };
+    cri.remove_container(&id).expect("RemoveContainer");
+    println!("refused as expected: {err}");
+    for want in ["/shared", "rshared", "Bidirectional"] {
+        assert!(
+            err.contains(want),
+            "the error does not name {want:?}: {err}"
+        );
+    }
+    // The pod still serves containers.
+    let ok = sleeper(ctrd, &cri, &pod, "plain", "1003");
+    assert_eq!(pid1(&cri, &ok), "sleep 1003");
+    remove(ctrd, &cri, pod);
+}
+
+#[test]
+fn containerd1_bidirectional_mount_is_refused_by_name() {
+    bidirectional_mount_is_refused(&Containerd::start_cri("cri"));
+}
+
+#[test]
+fn containerd2_bidirectional_mount_is_refused_by_name() {
+    bidirectional_mount_is_refused(&Containerd::start_cri_v2("cri2"));
 }
 
 #[test]
