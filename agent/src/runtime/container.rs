@@ -107,7 +107,6 @@ pub fn check_spec(spec: &Spec) -> Result<(PathBuf, OciProcess)> {
         crate::runtime::seccomp::compile(sc).map_err(AgentError::InvalidArgument)?;
     }
     joined_container(spec)?;
-    sysctl::check(spec).map_err(AgentError::InvalidArgument)?;
     Ok((root_path, process))
 }
 
@@ -183,6 +182,11 @@ impl Container {
         join: Option<Arc<Process>>,
     ) -> Result<Container> {
         let (_root, process) = check_spec(&spec)?;
+        // Reads the guest's /proc/sys: off the async threads.
+        let params = spec.clone();
+        blocking(move || sysctl::check(&params))
+            .await?
+            .map_err(AgentError::InvalidArgument)?;
         let cg = cgroup::container_path(id);
         cgroup::create(&cg).map_err(AgentError::FailedPrecondition)?;
         let result = Self::create_in(spec.clone(), process, &cg, join).await;
