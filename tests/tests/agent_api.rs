@@ -653,6 +653,64 @@ async fn drive(vm: &Vm, sandbox_id: &str, busybox: PathBuf) -> Result<(), String
         .unwrap_err()
         .to_string();
     assert!(e.contains("not found"), "{e}");
+    // 5. A pod's container joins another container's IPC, UTS and PID namespaces, named by
+    // `protocol::container_ns_path`: its PID 1 is that container's init, and the hostname and
+    // sysctl are that container's. Any other namespace path is refused, and so is joining a
+    // container that is not there or has exited.
+    let root_p = busybox_rootfs(busybox, vm, "pod1");
+    create_and_start(&agent, "pod1", agent_spec(&root_p, &["sleep", "1000"])).await?;
+    let show = "cat /proc/1/cmdline; echo; hostname; cat /proc/sys/kernel/shm_rmid_forced; \
+                readlink /proc/self/ns/ipc; readlink /proc/self/ns/uts; readlink /proc/self/ns/pid";
+    let joining = |root: &str, path: &str| -> Vec<u8> {
+        let mut s: serde_json::Value =
+            serde_json::from_slice(&agent_spec(root, &["sh", "-c", show])).unwrap();
+        s["hostname"] = json!("not-the-pods");
+        s["linux"]["sysctl"] = json!({});
+        s["linux"]["namespaces"] = json!([
+            {"type": "pid", "path": path}, {"type": "ipc", "path": path},
+            {"type": "uts", "path": path}, {"type": "mount"}, {"type": "network"}
+        ]);
+        serde_json::to_vec(&s).unwrap()
+    };
+    let root_j = busybox_rootfs(busybox, vm, "join1");
+    let pod = protocol::container_ns_path("pod1");
+    create_and_start(&agent, "join1", joining(&root_j, &pod)).await?;
+    let joined = read_all(&agent, "join1", "", Stream::Stdout).await;
+    assert_eq!(wait(&agent, "join1", "").await, 0, "join1: {joined:?}");
+    let ns = "readlink /proc/self/ns/ipc; readlink /proc/self/ns/uts; readlink /proc/self/ns/pid";
+    exec(&agent, "pod1", "ns", &["sh", "-c", ns], false)
+        .await
+        .map_err(|e| format!("ExecProcess ns: {e}"))?;
+    let pod_ns = read_all(&agent, "pod1", "ns", Stream::Stdout).await;
+    assert_eq!(wait(&agent, "pod1", "ns").await, 0);
+    assert_eq!(
+        joined,
+        format!("sleep\u{0}1000\u{0}\nagent-test\n1\n{pod_ns}")
+    );
+    remove(&agent, "join1").await?;
+    for (path, want) in [
+        (
+            "/proc/1/ns/ipc".to_string(),
+            "only another container's namespace",
+        ),
+        (
+            protocol::container_ns_path("nosuch"),
+            "\"nosuch\", which is not in this sandbox",
+        ),
+    ] {
+        let e = create(&agent, "join2", joining(&root_j, &path))
+            .await
+            .unwrap_err();
+        assert!(e.contains(want), "{path}: {e}");
+    }
+    signal(&agent, "pod1", "", 9).await?;
+    assert_eq!(wait(&agent, "pod1", "").await, 128 + 9);
+    let e = create(&agent, "join2", joining(&root_j, &pod))
+        .await
+        .unwrap_err();
+    assert!(e.contains("has exited: its namespaces are gone"), "{e}");
+    remove(&agent, "pod1").await?;
+
     let details = agent
         .get_guest_details(GuestDetailsRequest::new())
         .await

@@ -46,3 +46,44 @@ pub const GUEST_SHARED_DIR: &str = "/run/kata-containers/shared/containers";
 pub const EARLY_SIGNAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 /// Mount tag of the sandbox's shared filesystem.
 pub const SHARED_FS_TAG: &str = "kataShared";
+/// Guest directory naming other containers' namespaces in a guest spec: a `linux.namespaces`
+/// entry whose path is `<GUEST_CONTAINER_NS_DIR>/<container id>` joins that namespace type
+/// of the init of that container in the same sandbox (a pod's containers joining the pod
+/// sandbox container's IPC, UTS and PID namespaces). Nothing exists at these paths: the agent
+/// joins through the init's pidfd, and refuses every other namespace path.
+pub const GUEST_CONTAINER_NS_DIR: &str = "/run/kata-containers/container-ns";
+
+/// The guest namespace path naming container `container_id`'s namespaces.
+pub fn container_ns_path(container_id: &str) -> String {
+    format!("{GUEST_CONTAINER_NS_DIR}/{container_id}")
+}
+
+/// The container a [`container_ns_path`] names; `None` for any other path (the id itself is
+/// checked by the caller, with the other ids).
+pub fn container_of_ns_path(path: &str) -> Option<&str> {
+    path.strip_prefix(GUEST_CONTAINER_NS_DIR)?
+        .strip_prefix('/')
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_ns_paths_round_trip() {
+        assert_eq!(
+            container_of_ns_path(&container_ns_path("sb-1")),
+            Some("sb-1")
+        );
+        for other in [
+            "/proc/42/ns/ipc",
+            GUEST_CONTAINER_NS_DIR,
+            "/run/kata-containers/container-ns/",
+            "/run/kata-containers/container-nsx/a",
+            "/run/kata-containers/container-ns/a/b",
+        ] {
+            assert_eq!(container_of_ns_path(other), None, "{other}");
+        }
+    }
+}

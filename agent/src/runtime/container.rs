@@ -6,14 +6,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use oci_spec::runtime::{LinuxResources, Process as OciProcess, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Process as OciProcess, Spec};
 use tracing::{info, warn};
 
 use crate::error::{internal, AgentError, Result};
 use crate::runtime::early_signal::InitSignals;
 use crate::runtime::process::Process;
 use crate::runtime::spawn::{self, Report, SpawnKind, SpawnRequest};
-use crate::runtime::{cgroup, stdio};
+use crate::runtime::{cgroup, stdio, sysctl};
 use crate::validate;
 
 /// Time RemoveContainer waits for the processes to die when the request gives none.
@@ -106,7 +106,56 @@ pub fn check_spec(spec: &Spec) -> Result<(PathBuf, OciProcess)> {
     if let Some(sc) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
         crate::runtime::seccomp::compile(sc).map_err(AgentError::InvalidArgument)?;
     }
+    joined_container(spec)?;
     Ok((root_path, process))
+}
+
+/// The container whose namespaces the spec joins (a pod's container joining the pod sandbox
+/// container's IPC, UTS and PID namespaces): the one every namespace path names as
+/// [`protocol::container_ns_path`]. Any other path, a path on another namespace type, or
+/// paths naming two containers are refused.
+pub fn joined_container(spec: &Spec) -> Result<Option<String>> {
+    let mut joined: Option<String> = None;
+    let entries = spec.linux().as_ref().and_then(|l| l.namespaces().as_ref());
+    for ns in entries.into_iter().flatten() {
+        let Some(path) = ns.path().as_ref() else {
+            continue;
+        };
+        let typ = ns.typ();
+        // The agent's network namespace is every container's: a path there changes nothing.
+        if typ == LinuxNamespaceType::Network {
+            continue;
+        }
+        let shown = path.display();
+        let id = path
+            .to_str()
+            .and_then(protocol::container_of_ns_path)
+            .ok_or_else(|| {
+                AgentError::InvalidArgument(format!(
+                    "{typ:?} namespace path {shown}: only another container's namespace, \
+                     named {}/<container id>, can be joined",
+                    protocol::GUEST_CONTAINER_NS_DIR
+                ))
+            })?;
+        validate::container_id(id)?;
+        if !matches!(
+            typ,
+            LinuxNamespaceType::Ipc | LinuxNamespaceType::Uts | LinuxNamespaceType::Pid
+        ) {
+            return Err(AgentError::InvalidArgument(format!(
+                "{typ:?} namespace path {shown}: only IPC, UTS and PID namespaces can be joined"
+            )));
+        }
+        match &joined {
+            Some(other) if other != id => {
+                return Err(AgentError::InvalidArgument(format!(
+                    "the spec joins the namespaces of two containers, {other:?} and {id:?}"
+                )))
+            }
+            _ => joined = Some(id.to_string()),
+        }
+    }
+    Ok(joined)
 }
 
 pub fn check_process(p: &OciProcess) -> Result<()> {
@@ -123,13 +172,24 @@ pub fn check_process(p: &OciProcess) -> Result<()> {
 }
 
 impl Container {
-    /// Creates the cgroup and the init process, which waits for StartContainer.
+    /// Creates the cgroup and the init process, which waits for StartContainer. `join` is the
+    /// init of the container whose namespaces the spec joins ([`joined_container`]).
     /// On failure nothing is left (process killed, cgroup removed).
-    pub async fn create(id: &str, spec: Spec, storages: Vec<PathBuf>) -> Result<Container> {
+    pub async fn create(
+        id: &str,
+        spec: Spec,
+        storages: Vec<PathBuf>,
+        join: Option<Arc<Process>>,
+    ) -> Result<Container> {
         let (_root, process) = check_spec(&spec)?;
+        // Reads the guest's /proc/sys: off the async threads.
+        let params = spec.clone();
+        blocking(move || sysctl::check(&params))
+            .await?
+            .map_err(AgentError::InvalidArgument)?;
         let cg = cgroup::container_path(id);
         cgroup::create(&cg).map_err(AgentError::FailedPrecondition)?;
-        let result = Self::create_in(spec.clone(), process, &cg).await;
+        let result = Self::create_in(spec.clone(), process, &cg, join).await;
         match result {
             Ok((init, pending)) => Ok(Container {
                 id: id.to_string(),
@@ -154,6 +214,7 @@ impl Container {
         spec: Spec,
         process: OciProcess,
         cg: &Path,
+        join: Option<Arc<Process>>,
     ) -> Result<(Process, (OwnedFd, Report))> {
         if let Some(res) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
             cgroup::apply(cg, res).map_err(AgentError::InvalidArgument)?;
@@ -168,9 +229,13 @@ impl Container {
             process,
             cgroup: Some(cg.to_path_buf()),
         };
-        let spawned = blocking(move || spawn::spawn(&req, child_stdio, None))
-            .await?
-            .map_err(|e| AgentError::FailedPrecondition(e.to_string()))?;
+        // Joined through the pidfd: if that init exited, the spawn fails, even if its pid was
+        // given to another process.
+        let spawned = blocking(move || {
+            spawn::spawn(&req, child_stdio, join.as_ref().map(|p| p.pidfd.as_fd()))
+        })
+        .await?
+        .map_err(|e| AgentError::FailedPrecondition(e.to_string()))?;
         let start = spawned
             .start
             .ok_or_else(|| internal("init spawned without a start pipe"))?;
@@ -381,6 +446,68 @@ fn destroy_cgroup(cg: &Path, timeout: Duration) -> std::result::Result<(), Strin
             Ok(()) => return Ok(()),
             Err(e) if std::time::Instant::now() > deadline => return Err(e),
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(namespaces: serde_json::Value) -> Spec {
+        serde_json::from_value(json!({"ociVersion": "1.0.2", "linux": {"namespaces": namespaces}}))
+            .expect("a valid spec")
+    }
+
+    #[test]
+    fn the_joined_container_is_the_one_every_namespace_path_names() {
+        let pod = protocol::container_ns_path("sb1");
+        let joining = spec(json!([
+            {"type": "pid", "path": pod}, {"type": "ipc", "path": pod},
+            {"type": "uts", "path": pod}, {"type": "mount"},
+            {"type": "network", "path": "/var/run/netns/x"}
+        ]));
+        assert_eq!(joined_container(&joining).unwrap().as_deref(), Some("sb1"));
+        assert_eq!(
+            spawn::namespaces(&joining),
+            (
+                nix::sched::CloneFlags::CLONE_NEWPID
+                    | nix::sched::CloneFlags::CLONE_NEWIPC
+                    | nix::sched::CloneFlags::CLONE_NEWUTS,
+                nix::sched::CloneFlags::CLONE_NEWNS
+            )
+        );
+        assert_eq!(
+            joined_container(&spec(json!([{"type": "ipc"}]))).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn other_namespace_paths_are_refused_naming_them() {
+        let pod = protocol::container_ns_path("sb1");
+        for (namespaces, want) in [
+            (
+                json!([{"type": "ipc", "path": "/proc/42/ns/ipc"}]),
+                "Ipc namespace path /proc/42/ns/ipc: only another container's",
+            ),
+            (
+                json!([{"type": "mount", "path": pod}]),
+                "only IPC, UTS and PID namespaces can be joined",
+            ),
+            (
+                json!([{"type": "ipc", "path": pod},
+                       {"type": "uts", "path": protocol::container_ns_path("sb2")}]),
+                "two containers, \"sb1\" and \"sb2\"",
+            ),
+            (
+                json!([{"type": "ipc", "path": protocol::container_ns_path("..")}]),
+                "invalid container id",
+            ),
+        ] {
+            let err = joined_container(&spec(namespaces)).unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
         }
     }
 }

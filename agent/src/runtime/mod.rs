@@ -11,3 +11,4 @@ pub mod seccomp;
 pub mod setup;
 pub mod spawn;
 pub mod stdio;
+pub mod sysctl;

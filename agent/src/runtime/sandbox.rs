@@ -10,7 +10,8 @@ use protocol::agent::Storage;
 use tracing::{info, warn};
 
 use crate::error::{AgentError, Result};
-use crate::runtime::container::Container;
+use crate::runtime::container::{self, Container};
+use crate::runtime::process::Process;
 use crate::runtime::{cgroup, mount};
 use crate::validate;
 
@@ -116,8 +117,9 @@ impl Sandbox {
             }
         }
         let result = async {
+            let join = self.namespaces_to_join(id, &spec)?;
             let mounted = mount_storages(storages)?;
-            match Container::create(id, spec, mounted.clone()).await {
+            match Container::create(id, spec, mounted.clone(), join).await {
                 Ok(c) => Ok(c),
                 Err(e) => {
                     unmount_all(&mounted);
@@ -132,6 +134,27 @@ impl Sandbox {
         lock(&self.oom_seen).insert(id.to_string(), 0);
         info!(container = id, pid = c.init.pid, "container created");
         Ok(c)
+    }
+
+    /// The init of the container whose namespaces the spec of container `id` joins (a pod's
+    /// container, the pod sandbox container's): it must be in this sandbox and running.
+    fn namespaces_to_join(&self, id: &str, spec: &Spec) -> Result<Option<Arc<Process>>> {
+        let Some(other) = container::joined_container(spec)? else {
+            return Ok(None);
+        };
+        let not_there = |why: &str| {
+            AgentError::FailedPrecondition(format!(
+                "container {id:?} joins the namespaces of container {other:?}, which {why}"
+            ))
+        };
+        let c = lock(&self.containers)
+            .get(&other)
+            .cloned()
+            .ok_or_else(|| not_there("is not in this sandbox"))?;
+        if c.init.exited().is_some() {
+            return Err(not_there("has exited: its namespaces are gone"));
+        }
+        Ok(Some(c.init.clone()))
     }
 
     pub async fn remove_container(&self, id: &str, timeout: Option<Duration>) -> Result<()> {

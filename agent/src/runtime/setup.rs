@@ -15,7 +15,7 @@ use oci_spec::runtime::{
 };
 
 use crate::runtime::beneath::{fd_path, Root};
-use crate::runtime::seccomp;
+use crate::runtime::{seccomp, sysctl};
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -112,27 +112,30 @@ fn console(slave: &OwnedFd) -> Result<(), String> {
     .map_err(|e| format!("binding {} on {}: {e}", name.display(), console.display()))
 }
 
-/// Settings of the whole container, applied once by its init: hostname, sysctl.
+/// Settings of the whole container, applied once by its init: hostname (in a UTS namespace
+/// of its own: a pod's container joining the pod's keeps the pod's name), sysctl (checked by
+/// [`sysctl::check`], written in the namespaces just entered: the container's own or the
+/// pod's it joined).
 pub fn container_wide(spec: &Spec) -> Result<(), String> {
     let new_uts = spec
         .linux()
         .as_ref()
         .and_then(|l| l.namespaces().as_ref())
         .is_some_and(|n| {
-            n.iter()
-                .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Uts)
+            n.iter().any(|n| {
+                n.typ() == oci_spec::runtime::LinuxNamespaceType::Uts && n.path().is_none()
+            })
         });
     if let Some(h) = spec.hostname().as_ref().filter(|h| !h.is_empty()) {
         if new_uts {
             unistd::sethostname(h).map_err(|e| format!("sethostname {h:?}: {e}"))?;
         }
     }
-    if let Some(sysctl) = spec.linux().as_ref().and_then(|l| l.sysctl().as_ref()) {
-        for (k, v) in sysctl {
-            if k.contains('/') || k.contains("..") {
-                return Err(format!("invalid sysctl name {k:?}"));
-            }
-            let path = format!("/proc/sys/{}", k.replace('.', "/"));
+    if let Some(params) = spec.linux().as_ref().and_then(|l| l.sysctl().as_ref()) {
+        for (k, v) in params {
+            // The guest's /proc (this process has not left the agent's root yet): the files
+            // show the namespaces of the process that writes them.
+            let path = sysctl::file_of(Path::new(sysctl::PROC_SYS), k)?;
             std::fs::write(&path, v).map_err(|e| format!("setting sysctl {k}={v}: {e}"))?;
         }
     }

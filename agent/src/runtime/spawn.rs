@@ -6,7 +6,9 @@
 //!   fd 3      the JSON [`SpawnRequest`], read to EOF,
 //!   fd 4      the report pipe (written by the helper and its child; CLOEXEC),
 //!   fd 5      (init only) the start pipe: one byte means "exec now",
-//!   fd 6      (exec only) the pidfd of the container's init, whose namespaces it joins.
+//!   fd 6      the pidfd of the init whose namespaces the process joins: for an exec, its
+//!             container's (all of them); for an init, the pod sandbox container's (the ones
+//!             its spec names by [`protocol::container_ns_path`]), when it joins any.
 //! The helper joins the cgroup, enters or creates the namespaces, forks, reports the child's pid
 //! (`PID <n>`, with the child's pidfd attached: opened while the child is still the helper's
 //! own, so it names that process and no later owner of its pid) and exits; the child
@@ -57,7 +59,8 @@ pub enum SpawnError {
 
 #[derive(Serialize, Deserialize)]
 pub enum SpawnKind {
-    /// A container's first process: new namespaces, rootfs, waits for the start byte.
+    /// A container's first process: new namespaces (or another container's, see
+    /// [`protocol::container_ns_path`]), rootfs, waits for the start byte.
     Init { spec: Box<Spec> },
     /// A process joining the namespaces of the running init, whose pidfd [`spawn`] passes.
     Exec,
@@ -168,17 +171,22 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
 }
 
 /// Starts the helper and waits until the process is set up (blocking: call from
-/// spawn_blocking). An exec passes `init_pidfd`, its container init's pidfd. On error nothing
-/// is left running.
+/// spawn_blocking). `join` is the pidfd of the init whose namespaces the process joins: for an
+/// exec its container's (required), for an init the one its spec's namespace paths name. On
+/// error nothing is left running.
 pub fn spawn(
     req: &SpawnRequest,
     stdio: ChildStdio,
-    init_pidfd: Option<BorrowedFd<'_>>,
+    join: Option<BorrowedFd<'_>>,
 ) -> Result<Spawned, SpawnError> {
     let is_init = matches!(req.kind, SpawnKind::Init { .. });
-    if is_init == init_pidfd.is_some() {
+    let joins = match &req.kind {
+        SpawnKind::Init { spec } => !namespaces(spec).0.is_empty(),
+        SpawnKind::Exec => true,
+    };
+    if joins != join.is_some() {
         return Err(SpawnError::Setup(
-            "an exec (and only an exec) needs the pidfd of its container's init".into(),
+            "a process joins another's namespaces with its pidfd, and only then".into(),
         ));
     }
     let (setup_r, setup_w) = pipe()?;
@@ -199,7 +207,7 @@ pub fn spawn(
         setup_r.as_raw_fd(),
         report_w.as_raw_fd(),
         start_r.as_ref().map_or(-1, |f| f.as_raw_fd()),
-        init_pidfd.map_or(-1, |f| f.as_raw_fd()),
+        join.map_or(-1, |f| f.as_raw_fd()),
     ];
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg(HELPER_ARG)
@@ -351,7 +359,7 @@ fn helper(report: &mut File) -> Result<(), String> {
             .map_err(|e| format!("joining cgroup {}: {e}", cg.display()))?;
     }
     match &req.kind {
-        SpawnKind::Init { spec } => unshare_for(spec)?,
+        SpawnKind::Init { spec } => enter_namespaces(spec)?,
         SpawnKind::Exec => {
             // SAFETY: fd 6 is the init's pidfd the agent passed, owned by this process only;
             // closed here, before the fork, so the container process never holds it.
@@ -399,39 +407,62 @@ fn helper(report: &mut File) -> Result<(), String> {
     }
 }
 
-fn unshare_for(spec: &Spec) -> Result<(), String> {
-    let mut flags = CloneFlags::empty();
-    let namespaces = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().clone())
-        .unwrap_or_default();
-    for ns in namespaces {
+/// The namespaces a container init joins (named by a path: the pod sandbox container's, see
+/// [`protocol::container_ns_path`]) and the ones it creates, from its spec. The agent checked
+/// the paths before spawning ([`crate::runtime::container::joined_container`]).
+pub fn namespaces(spec: &Spec) -> (CloneFlags, CloneFlags) {
+    let (mut join, mut new) = (CloneFlags::empty(), CloneFlags::empty());
+    let entries = spec.linux().as_ref().and_then(|l| l.namespaces().as_ref());
+    for ns in entries.into_iter().flatten() {
         let flag = match ns.typ() {
             // Containers always share the sandbox's (the agent's) network namespace.
             LinuxNamespaceType::Network => continue,
-            LinuxNamespaceType::User => {
-                return Err("user namespaces are not supported".into());
-            }
-            LinuxNamespaceType::Time => return Err("time namespaces are not supported".into()),
             LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
             LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
             LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
             LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
             LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+            // Refused by check_spec; creating them is what would go wrong.
+            LinuxNamespaceType::User => CloneFlags::CLONE_NEWUSER,
+            LinuxNamespaceType::Time => CloneFlags::from_bits_retain(libc::CLONE_NEWTIME),
         };
         if ns.path().is_some() {
-            return Err(format!(
-                "joining an existing {:?} namespace by path is not supported",
-                ns.typ()
-            ));
+            join |= flag;
+        } else {
+            new |= flag;
         }
-        flags |= flag;
+    }
+    (join, new)
+}
+
+/// Joins the namespaces the spec names (through the pidfd at fd 6), then creates the others.
+fn enter_namespaces(spec: &Spec) -> Result<(), String> {
+    let (join, mut new) = namespaces(spec);
+    if new.intersects(CloneFlags::CLONE_NEWUSER) {
+        return Err("user namespaces are not supported".into());
+    }
+    if new.bits() & libc::CLONE_NEWTIME != 0 {
+        return Err("time namespaces are not supported".into());
+    }
+    let joinable = CloneFlags::CLONE_NEWIPC
+        .union(CloneFlags::CLONE_NEWUTS)
+        .union(CloneFlags::CLONE_NEWPID);
+    if !joinable.contains(join) {
+        return Err(format!(
+            "only IPC, UTS and PID namespaces can be joined, not {:?}",
+            join.difference(joinable)
+        ));
+    }
+    if !join.is_empty() {
+        // SAFETY: fd 6 is the pidfd the agent passed, owned by this process only; closed
+        // here, before the fork, so the container process never holds it.
+        let other = unsafe { OwnedFd::from_raw_fd(JOIN_FD) };
+        pidfd::join(std::os::fd::AsFd::as_fd(&other), join)?;
     }
     // The rootfs is built with mounts: without a private mount namespace they would leak into
     // the agent's.
-    flags |= CloneFlags::CLONE_NEWNS;
-    nix::sched::unshare(flags).map_err(|e| format!("unshare {flags:?}: {e}"))
+    new |= CloneFlags::CLONE_NEWNS;
+    nix::sched::unshare(new).map_err(|e| format!("unshare {new:?}: {e}"))
 }
 
 /// The forked child: set everything up, report READY, wait for the start byte, exec.

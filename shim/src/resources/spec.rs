@@ -13,6 +13,11 @@ use crate::error::{TaskError, TaskResult};
 
 /// Annotation CRI sets on every container of a pod: the pod sandbox's id.
 pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+/// Annotation CRI sets on every container of a pod: [`CONTAINER_TYPE_SANDBOX`] for the pod
+/// sandbox (pause) container, `container` for the others.
+pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
+/// [`CONTAINER_TYPE_ANNOTATION`] of the pod sandbox container.
+pub const CONTAINER_TYPE_SANDBOX: &str = "sandbox";
 
 /// Parses config.json bytes, naming the file in the error.
 pub fn parse(bytes: &[u8], what: &str) -> TaskResult<Spec> {
@@ -33,6 +38,85 @@ pub fn sandbox_id(spec: &Spec, container_id: &str) -> String {
         .filter(|s| !s.is_empty())
         .map_or(container_id, String::as_str)
         .to_string()
+}
+
+/// Whether the spec is a CRI pod's: its sandbox container or one of its containers.
+fn is_cri_pod(spec: &Spec) -> bool {
+    spec.annotations()
+        .as_ref()
+        .is_some_and(|a| a.contains_key(CONTAINER_TYPE_ANNOTATION))
+}
+
+/// What a VM pod refuses, checked in the spec of each CRI container (the sandbox's at
+/// RunPodSandbox, the others' at CreateContainer): a namespace kubelet would share with the
+/// host (the type's entry is missing from `linux.namespaces`), and mounts that would
+/// propagate back to the host. The error names the pod field and why.
+fn refuse_host_only(spec: &Spec, cid: &str) -> TaskResult<()> {
+    let what = if spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(CONTAINER_TYPE_ANNOTATION))
+        .is_some_and(|t| t == CONTAINER_TYPE_SANDBOX)
+    {
+        "pod sandbox"
+    } else {
+        "container"
+    };
+    if is_cri_pod(spec) {
+        let namespaces = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .map(|n| n.iter().map(|n| n.typ()).collect::<Vec<_>>())
+            .unwrap_or_default();
+        let host = [
+            (
+                LinuxNamespaceType::Network,
+                "hostNetwork",
+                "network",
+                "the pod runs on the VM's own kernel and network stack, which cannot join the \
+                 host's network namespace",
+            ),
+            (
+                LinuxNamespaceType::Pid,
+                "hostPID",
+                "pid",
+                "the pod's processes run on the VM's own kernel, which cannot see or share the \
+                 host's processes",
+            ),
+            (
+                LinuxNamespaceType::Ipc,
+                "hostIPC",
+                "ipc",
+                "the pod runs on the VM's own kernel, which cannot share the host's System V \
+                 IPC objects and POSIX message queues",
+            ),
+        ];
+        for (typ, field, cri, why) in host {
+            if !namespaces.contains(&typ) {
+                return Err(TaskError::invalid(format!(
+                    "{what} {cid:?}: {field} (CRI namespace_options.{cri} = NODE) is not \
+                     supported by a VM pod: {why}"
+                )));
+            }
+        }
+    }
+    for m in spec.mounts().iter().flatten() {
+        let shared = m
+            .options()
+            .iter()
+            .flatten()
+            .find(|o| *o == "shared" || *o == "rshared");
+        if let Some(opt) = shared {
+            return Err(TaskError::invalid(format!(
+                "{what} {cid:?}: mount {} has propagation {opt} (mountPropagation: \
+                 Bidirectional) which a VM pod cannot honour: mounts made in the VM never \
+                 propagate back to the host",
+                m.destination().display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The spec's hostname, empty when unset.
@@ -84,14 +168,21 @@ pub fn host_binds(spec: &Spec) -> Vec<HostBind> {
 }
 
 /// Rewrites `spec` for container `cid` in the guest. `binds` maps indices of `mounts` to the
-/// guest path of their shared copy.
+/// guest path of their shared copy. Refuses what a VM pod cannot honour (host namespaces,
+/// mount propagation back to the host), naming the field.
 pub fn rewrite_for_guest(spec: &Spec, cid: &str, binds: &[(usize, String)]) -> TaskResult<Spec> {
-    let mut spec = spec.clone();
     if spec.process().is_none() {
         return Err(TaskError::invalid(format!(
             "OCI spec of container {cid:?} has no process: nothing to run"
         )));
     }
+    refuse_host_only(spec, cid)?;
+    // A container of a pod whose IPC, UTS or PID namespace has a path (CRI: the pause
+    // process's /proc/<pid>/ns/*) joins the pod sandbox container's in the guest, as runc
+    // joins the pause's on a host.
+    let sandbox = sandbox_id(spec, cid);
+    let pod_ns = (sandbox != cid).then(|| protocol::container_ns_path(&sandbox));
+    let mut spec = spec.clone();
 
     let root = spec.root_mut().get_or_insert_with(|| {
         let mut r = Root::default();
@@ -123,10 +214,17 @@ pub fn rewrite_for_guest(spec: &Spec, cid: &str, binds: &[(usize, String)]) -> T
         linux.set_intel_rdt(None);
         if let Some(namespaces) = linux.namespaces_mut() {
             namespaces.retain_mut(|ns| match ns.typ() {
+                // The pod's: the sandbox container's.
+                LinuxNamespaceType::Pid | LinuxNamespaceType::Ipc | LinuxNamespaceType::Uts
+                    if ns.path().is_some() && pod_ns.is_some() =>
+                {
+                    ns.set_path(pod_ns.clone().map(Into::into));
+                    true
+                }
                 // No path: the container joins the sandbox's (the agent's) netns.
                 LinuxNamespaceType::Network
-                // A path names a host namespace (/proc/<pid>/ns/...), meaningless in the
-                // guest: the container gets a new one (never the agent's own).
+                // Any other path names a host namespace (/proc/<pid>/ns/...), meaningless in
+                // the guest: the container gets a new one (never the agent's own).
                 | LinuxNamespaceType::Pid
                 | LinuxNamespaceType::Ipc
                 | LinuxNamespaceType::Uts
@@ -234,17 +332,137 @@ mod tests {
         assert_eq!(out.pointer("/mounts/1/options/2").unwrap(), "ro");
     }
 
+    /// `(type, path)` of each namespace of the rewritten spec.
+    fn namespaces(spec: &Spec, cid: &str) -> Vec<(String, Option<String>)> {
+        let out = rewritten(spec, cid, &[]);
+        out.pointer("/linux/namespaces")
+            .and_then(Value::as_array)
+            .expect("namespaces")
+            .iter()
+            .map(|n| {
+                (
+                    n["type"].as_str().unwrap_or_default().to_string(),
+                    n.get("path").and_then(Value::as_str).map(str::to_string),
+                )
+            })
+            .collect()
+    }
+
+    fn ns(typ: &str, path: Option<&str>) -> (String, Option<String>) {
+        (typ.to_string(), path.map(str::to_string))
+    }
+
     #[test]
-    fn namespaces_lose_their_host_paths() {
-        let out = rewritten(&cri_spec(), "c1", &[]);
-        let ns = out
-            .pointer("/linux/namespaces")
-            .unwrap()
-            .as_array()
-            .unwrap();
-        let types: Vec<&str> = ns.iter().map(|n| n["type"].as_str().unwrap()).collect();
-        assert_eq!(types, vec!["pid", "ipc", "uts", "mount", "network"]);
-        assert!(ns.iter().all(|n| n.get("path").is_none()));
+    fn a_pod_container_joins_the_sandbox_containers_ipc_and_uts() {
+        let pod = protocol::container_ns_path("sb1");
+        assert_eq!(
+            namespaces(&cri_spec(), "c1"),
+            vec![
+                ns("pid", None),
+                ns("ipc", Some(&pod)),
+                ns("uts", Some(&pod)),
+                ns("mount", None),
+                ns("network", None),
+            ],
+            "host paths become the sandbox container's; the user namespace path goes"
+        );
+    }
+
+    #[test]
+    fn a_pod_container_joins_the_pod_pid_namespace_when_the_pod_shares_one() {
+        let mut v = serde_json::to_value(cri_spec()).unwrap();
+        v["linux"]["namespaces"][0] = json!({"type": "pid", "path": "/proc/42/ns/pid"});
+        let pod = protocol::container_ns_path("sb1");
+        assert_eq!(namespaces(&spec(v), "c1")[0], ns("pid", Some(&pod)));
+    }
+
+    #[test]
+    fn outside_a_pod_namespace_paths_are_dropped() {
+        // No sandbox-id annotation: `ctr run --with-ns ...` names host namespaces.
+        let mut v = serde_json::to_value(cri_spec()).unwrap();
+        v["annotations"] = json!({});
+        v["linux"]["namespaces"][0] = json!({"type": "pid", "path": "/proc/42/ns/pid"});
+        let standalone = namespaces(&spec(v.clone()), "c1");
+        // The pod sandbox container itself (its id is the sandbox id) never joins itself.
+        v["annotations"] = json!({SANDBOX_ID_ANNOTATION: "sb1"});
+        let sandbox = namespaces(&spec(v), "sb1");
+        for got in [standalone, sandbox] {
+            assert_eq!(
+                got,
+                ["pid", "ipc", "uts", "mount", "network"]
+                    .map(|t| ns(t, None))
+                    .to_vec()
+            );
+        }
+    }
+
+    /// A pod sandbox spec as containerd writes it for kubelet's defaults (own network from
+    /// CNI, pod IPC, container PID namespaces).
+    fn pod_sandbox_spec() -> Value {
+        json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": ["/pause"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "root": {"path": "rootfs"},
+            "annotations": {CONTAINER_TYPE_ANNOTATION: CONTAINER_TYPE_SANDBOX,
+                            SANDBOX_ID_ANNOTATION: "sb1"},
+            "linux": {
+                "sysctl": {"kernel.shm_rmid_forced": "1"},
+                "namespaces": [
+                    {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
+                    {"type": "network", "path": "/var/run/netns/cni-1"}
+                ]
+            }
+        })
+    }
+
+    #[test]
+    fn a_pod_sandbox_sharing_a_host_namespace_is_refused_naming_the_field() {
+        assert!(rewrite_for_guest(&spec(pod_sandbox_spec()), "sb1", &[]).is_ok());
+        for (typ, field) in [
+            ("network", "hostNetwork"),
+            ("pid", "hostPID"),
+            ("ipc", "hostIPC"),
+        ] {
+            let mut v = pod_sandbox_spec();
+            let list = v["linux"]["namespaces"].as_array_mut().unwrap();
+            list.retain(|n| n["type"] != typ);
+            let err = rewrite_for_guest(&spec(v.clone()), "sb1", &[]).unwrap_err();
+            assert!(
+                err.message
+                    .contains(&format!("pod sandbox \"sb1\": {field}"))
+                    && err.message.contains("VM"),
+                "{err}"
+            );
+            // A pod's container (CRI's pid NamespaceMode NODE) likewise.
+            v["annotations"][CONTAINER_TYPE_ANNOTATION] = json!("container");
+            let err = rewrite_for_guest(&spec(v.clone()), "c1", &[]).unwrap_err();
+            assert!(
+                err.message.contains(&format!("container \"c1\": {field}")),
+                "{err}"
+            );
+            // Outside CRI (`ctr run --net-host`), the VM is the host the container sees.
+            v["annotations"] = json!({});
+            assert!(rewrite_for_guest(&spec(v), "c1", &[]).is_ok());
+        }
+    }
+
+    #[test]
+    fn bidirectional_mount_propagation_is_refused_naming_the_mount() {
+        for opt in ["rshared", "shared"] {
+            let mut v = serde_json::to_value(cri_spec()).unwrap();
+            v["mounts"][3]["options"] = json!(["rbind", opt]);
+            let err = rewrite_for_guest(&spec(v), "c1", &[]).unwrap_err();
+            assert!(
+                err.message
+                    .contains(&format!("mount /data has propagation {opt}"))
+                    && err.message.contains("Bidirectional"),
+                "{err}"
+            );
+        }
+        // One-way from the host (HostToContainer) is not refused.
+        let mut v = serde_json::to_value(cri_spec()).unwrap();
+        v["mounts"][3]["options"] = json!(["rbind", "rslave"]);
+        assert!(rewrite_for_guest(&spec(v), "c1", &[]).is_ok());
     }
 
     #[test]
