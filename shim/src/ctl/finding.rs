@@ -42,23 +42,21 @@ impl Finding {
         detail: impl Into<String>,
         fix: impl Into<String>,
     ) -> Self {
-        Finding {
-            what,
-            status: Status::Warn,
-            detail: detail.into(),
-            fix: Some(fix.into()),
-        }
+        Self::with_fix(what, Status::Warn, detail.into(), fix.into())
     }
     pub(crate) fn fail(
         what: &'static str,
         detail: impl Into<String>,
         fix: impl Into<String>,
     ) -> Self {
+        Self::with_fix(what, Status::Fail, detail.into(), fix.into())
+    }
+    fn with_fix(what: &'static str, status: Status, detail: String, fix: String) -> Self {
         Finding {
             what,
-            status: Status::Fail,
-            detail: detail.into(),
-            fix: Some(fix.into()),
+            status,
+            detail,
+            fix: Some(fix),
         }
     }
 }
