@@ -3,15 +3,21 @@
 # built locally from Debian's busybox-static (no registry is needed), for `ctr images import`.
 # Deterministic: the same busybox binaries give the same digests.
 # By default the test image ($TEST_IMAGE, command `sh`); with --pause the CRI sandbox image
-# ($PAUSE_IMAGE): the same layer, whose command sleeps until the sandbox is killed.
+# ($PAUSE_IMAGE): the same layer, whose command sleeps until the sandbox is killed; with
+# --netfilter ($NETFILTER_IMAGE, host arch only) busybox plus the host's Debian iptables
+# (legacy and nft back ends) with the libraries it loads, for in-guest netfilter tests.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
-name=$TEST_IMAGE cmd='["sh"]'
-if [ "${1:-}" = --pause ]; then
-  name=$PAUSE_IMAGE cmd='["sleep","2147483647"]'
-  shift
-fi
-out=${1:?usage: build-image.sh [--pause] OUT.tar}
+name=$TEST_IMAGE cmd='["sh"]' arches=(amd64 arm64) packages=()
+case "${1:-}" in
+  --pause) name=$PAUSE_IMAGE cmd='["sleep","2147483647"]'; shift ;;
+  --netfilter)
+    name=$NETFILTER_IMAGE
+    arches=("$(dpkg --print-architecture)")
+    packages=($NETFILTER_IMAGE_PACKAGES)
+    shift ;;
+esac
+out=${1:?usage: build-image.sh [--pause|--netfilter] OUT.tar}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 blobs="$work/layout/blobs/sha256"
@@ -30,7 +36,23 @@ put_blob() {
 applets=$(/bin/busybox --list)
 
 manifests=()
-for arch in amd64 arm64; do
+# add_packages ROOT: copies the installed files of $packages (no docs) into ROOT, as tar
+# stores them: symlinks stay symlinks, and directories the host merged (/lib -> usr/lib)
+# become plain directories.
+add_packages() {
+  local p files=()
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
+      || die "package $p is not installed (run scripts/setup-host.sh)"
+    while IFS= read -r f; do
+      case $f in /usr/share/*) continue ;; esac
+      if [ ! -d "$f" ] && { [ -L "$f" ] || [ -f "$f" ]; }; then files+=("${f#/}"); fi
+    done < <(dpkg -L "$p")
+  done
+  tar -C / --no-recursion -cf - "${files[@]}" | tar -C "$1" -xf -
+}
+
+for arch in "${arches[@]}"; do
   case $arch in
     amd64) bb=$(guest_busybox x86_64) ;;
     arm64) bb=$(guest_busybox aarch64) ;;
@@ -43,6 +65,7 @@ for arch in amd64 arm64; do
   for a in $applets; do [ "$a" = busybox ] || ln -s busybox "$root/bin/$a"; done
   printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$root/etc/passwd"
   printf 'root:x:0:\nnobody:x:65534:\n' >"$root/etc/group"
+  [ ${#packages[@]} -eq 0 ] || add_packages "$root"
   tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$root" -cf "$work/layer-$arch.tar" .
   diff_id="sha256:$(sha256sum "$work/layer-$arch.tar" | cut -d' ' -f1)"
   gzip -n -9 "$work/layer-$arch.tar"
@@ -69,6 +92,9 @@ cat >"$work/layout/index.json" <<JSON
 JSON
 echo '{"imageLayoutVersion":"1.0.0"}' >"$work/layout/oci-layout"
 mkdir -p "$(dirname "$out")"
-tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$work/layout" -cf "$out.tmp" .
-mv "$out.tmp" "$out"
+# A unique temp name, then rename: builders racing for the same OUT each publish a whole file.
+tmp_out=$(mktemp "$out.XXXXXX")
+tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$work/layout" -cf "$tmp_out" .
+chmod 0644 "$tmp_out"
+mv "$tmp_out" "$out"
 echo "$out"

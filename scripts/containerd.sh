@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# containerd.sh start|stop|status|import-image|ctr [ctr args...]
+# containerd.sh start|stop|status|import-image|import-netfilter-image|ctr [ctr args...]
 # A private containerd (root, state, sockets, log under DIR, default build/containerd) that
 # finds this checkout's shim on its PATH and the build's runtime configuration, so demos and
 # tests never touch the host's own containerd.
@@ -9,7 +9,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 top=$(cd "$here/.." && pwd)
-cmd=${1:?usage: containerd.sh start|stop|status|import-image|ctr [args]}
+cmd=${1:?usage: containerd.sh start|stop|status|import-image|import-netfilter-image|ctr [args]}
 shift
 dir=${CONTAINERD_DIR:-$top/build/containerd}
 # Another containerd build (e.g. $CONTAINERD2_DIR/usr/bin) may be chosen per instance.
@@ -71,7 +71,8 @@ TOML
 }
 
 # The pods' network: bridge + host-local on $CRI_SUBNET, portmap; containerd adds loopback.
-# No IP masquerading: nothing leaves the host.
+# No IP masquerading: nothing leaves the host. $CRI_CNI_EXTRA_PLUGIN (a JSON object), when set,
+# ends the chain (the tests' failing plugin).
 cni_conflist() {
   cat <<JSON
 {
@@ -90,7 +91,8 @@ cni_conflist() {
         "routes": [{ "dst": "0.0.0.0/0" }]
       }
     },
-    { "type": "portmap", "capabilities": { "portMappings": true } }
+    { "type": "portmap", "capabilities": { "portMappings": true } }${CRI_CNI_EXTRA_PLUGIN:+,
+    $CRI_CNI_EXTRA_PLUGIN}
   ]
 }
 JSON
@@ -170,8 +172,14 @@ import-image)
     import_once k8s.io "$PAUSE_IMAGE" "$pause_tar"
   fi
   ;;
+import-netfilter-image)
+  # The in-guest netfilter image (busybox + Debian's iptables), for the suites that use it.
+  nf_tar="$top/build/images/netfilter.tar"
+  [ -f "$nf_tar" ] || bash "$here/build-image.sh" --netfilter "$nf_tar" >/dev/null
+  import_once "$([ "$cri" = 1 ] && echo k8s.io || echo default)" "$NETFILTER_IMAGE" "$nf_tar"
+  ;;
 ctr)
   exec "$ctr_bin" -a "$sock" "$@"
   ;;
-*) die "unknown command '$cmd' (start|stop|status|import-image|ctr)" ;;
+*) die "unknown command '$cmd' (start|stop|status|import-image|import-netfilter-image|ctr)" ;;
 esac

@@ -76,6 +76,10 @@ CONTAINERD2_DIR="$KATA_RS_CACHE/containerd2"
 # The bridge and subnet are host-wide (one bridge for every CRI containerd of the tests);
 # host-local keeps its leases in /var/lib/cni/networks/$CRI_NETWORK, under a lock.
 PAUSE_IMAGE=localhost/kata-rs-pause:1
+# The in-guest netfilter test image (scripts/build-image.sh --netfilter): busybox plus Debian's
+# iptables, both back ends, with every library it loads.
+NETFILTER_IMAGE=localhost/kata-rs-netfilter:1
+NETFILTER_IMAGE_PACKAGES="iptables libxtables12 libip4tc2 libip6tc2 libnftnl11 libmnl0 libnetfilter-conntrack3 libnfnetlink0 libc6"
 CRI_NETWORK=kata-rs-e2e
 CRI_BRIDGE=kata-rs-cri0
 CRI_SUBNET=10.213.57.0/24

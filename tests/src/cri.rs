@@ -136,6 +136,15 @@ impl Cri {
         })
     }
 
+    /// The ids of the pods containerd lists.
+    pub fn list_pods(&self) -> Result<Vec<String>> {
+        self.call("ListPodSandbox", |mut c| async move {
+            c.list_pod_sandbox(api::ListPodSandboxRequest::default())
+                .await
+        })
+        .map(|r| r.items.into_iter().map(|p| p.id).collect())
+    }
+
     pub fn stop_pod(&self, pod: &str) -> Result<()> {
         let req = api::StopPodSandboxRequest {
             pod_sandbox_id: pod.to_string(),
@@ -233,6 +242,46 @@ impl Cri {
         self.call("ExecSync", |mut c| async move { c.exec_sync(req).await })
     }
 
+    /// ExecSync `cmd` (each run bounded by `timeout_secs`) until it exits 0 with `want` in its
+    /// stdout, for at most `within` (a server in the container may still be starting); panics
+    /// with the last answer.
+    pub fn exec_until(
+        &self,
+        id: &str,
+        cmd: &[&str],
+        want: &str,
+        timeout_secs: i64,
+        within: Duration,
+    ) {
+        let deadline = Instant::now() + within;
+        loop {
+            let out = self.exec_sync(id, cmd, timeout_secs).expect("ExecSync");
+            let stdout = crate::text(&out.stdout);
+            if out.exit_code == 0 && stdout.contains(want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{cmd:?} in {id} did not print {want:?} within {within:?}: exit {}, stdout {stdout:?}, stderr {:?}",
+                out.exit_code,
+                crate::text(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// RunPodSandbox that must fail: returns its error. A pod that ran anyway is removed and
+    /// the test panics.
+    pub fn run_pod_error(&self, config: &api::PodSandboxConfig, handler: &str) -> String {
+        match self.run_pod(config, handler) {
+            Ok(id) => {
+                let _guard = self.guard(&id);
+                panic!("RunPodSandbox succeeded where it must fail (pod {id})");
+            }
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
     pub fn container_stats(&self, id: &str) -> Result<api::ContainerStats> {
         let req = api::ContainerStatsRequest {
             container_id: id.to_string(),
@@ -286,6 +335,15 @@ impl Drop for PodGuard<'_> {
         let _ = self.cri.stop_pod(&self.pod);
         let _ = self.cri.remove_pod(&self.pod);
     }
+}
+
+/// The 64-hex-digit ids (containerd's sandbox and container ids) a message names.
+pub fn ids_in(message: &str) -> Vec<String> {
+    message
+        .split(|c: char| !c.is_ascii_hexdigit())
+        .filter(|w| w.len() == 64)
+        .map(str::to_string)
+        .collect()
 }
 
 /// A pod config as kubelet writes one (own network namespace from CNI, PID namespace per

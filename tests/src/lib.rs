@@ -40,6 +40,13 @@ pub fn test_image() -> String {
         .unwrap_or_else(|e| panic!("reading TEST_IMAGE from scripts/lib.sh: {e:#}"))
 }
 
+/// The in-guest netfilter image (busybox plus Debian's iptables), as named in scripts/lib.sh;
+/// import it with [`Containerd::import_netfilter_image`].
+pub fn netfilter_image() -> String {
+    shell_var("NETFILTER_IMAGE")
+        .unwrap_or_else(|e| panic!("reading NETFILTER_IMAGE from scripts/lib.sh: {e:#}"))
+}
+
 /// Reads one variable defined by scripts/lib.sh, the one source of shared paths and names.
 pub fn shell_var(name: &str) -> Result<String> {
     let lib = scripts().join("lib.sh");
@@ -75,39 +82,58 @@ pub struct Containerd {
     bin_dir: Option<PathBuf>,
     /// With the CRI plugin, its runtime handlers, CNI network and sandbox image.
     cri: bool,
+    /// Extra environment for scripts/containerd.sh (e.g. `KATA_CONF_FILE`).
+    env: Vec<(String, String)>,
 }
 
 impl Containerd {
     /// Starts (or reuses) a private containerd (the host's) under build/e2e/<name> and
     /// imports the image.
     pub fn start(name: &str) -> Self {
-        Self::start_with(name, None, false)
+        Self::start_with(name, None, false, &[])
     }
 
     /// Like [`Containerd::start`] with containerd 2.x, unpacked by scripts/setup-host.sh.
     pub fn start_v2(name: &str) -> Self {
-        Self::start_with(name, Some(containerd2_bin_dir()), false)
+        Self::start_with(name, Some(containerd2_bin_dir()), false, &[])
     }
 
     /// Like [`Containerd::start`] with the CRI plugin (`CONTAINERD_CRI=1` in
     /// scripts/containerd.sh); drive it with [`Containerd::cri`].
     pub fn start_cri(name: &str) -> Self {
-        Self::start_with(name, None, true)
+        Self::start_with(name, None, true, &[])
     }
 
     /// Like [`Containerd::start_cri`] with containerd 2.x.
     pub fn start_cri_v2(name: &str) -> Self {
-        Self::start_with(name, Some(containerd2_bin_dir()), true)
+        Self::start_with(name, Some(containerd2_bin_dir()), true, &[])
     }
 
-    fn start_with(name: &str, bin_dir: Option<PathBuf>, cri: bool) -> Self {
+    /// A CRI containerd (2.x when `v2`) whose scripts/containerd.sh runs with `env` too, e.g.
+    /// `KATA_CONF_FILE` (the handlers' runtime configuration) or `CRI_CNI_EXTRA_PLUGIN`.
+    /// Give it a `name` of its own: a running containerd of that name is reused as it is.
+    pub fn start_cri_env(name: &str, v2: bool, env: &[(&str, &str)]) -> Self {
+        let bin_dir = v2.then(containerd2_bin_dir);
+        Self::start_with(name, bin_dir, true, env)
+    }
+
+    fn start_with(name: &str, bin_dir: Option<PathBuf>, cri: bool, env: &[(&str, &str)]) -> Self {
         let top = top_dir();
         require_built(&[
             top.join("target/release/containerd-shim-kata-v2"),
             top.join("build/configuration-qemu.toml"),
         ]);
         let dir = top.join("build/e2e").join(name);
-        let c = Containerd { dir, bin_dir, cri };
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let c = Containerd {
+            dir,
+            bin_dir,
+            cri,
+            env,
+        };
         {
             // Tests of one binary may share a containerd and run in parallel: count users,
             // so the last one out stops it.
@@ -119,6 +145,12 @@ impl Containerd {
         c.script(&["import-image"])
             .expect("importing the test image");
         c
+    }
+
+    /// Builds (once) and imports the [`netfilter_image`].
+    pub fn import_netfilter_image(&self) {
+        self.script(&["import-netfilter-image"])
+            .expect("importing the netfilter image");
     }
 
     /// This containerd's directory (root, state, socket, log).
@@ -159,6 +191,7 @@ impl Containerd {
         if self.cri {
             cmd.env("CONTAINERD_CRI", "1");
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let out = cmd
             .stdin(Stdio::null())
             .output()

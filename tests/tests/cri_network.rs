@@ -89,22 +89,6 @@ fn exec(cri: &Cri, id: &str, cmd: &[&str]) -> (i32, String, String) {
     (out.exit_code, text(&out.stdout), text(&out.stderr))
 }
 
-/// ExecSync until it exits 0 with `want` in its stdout (the server may still be starting).
-fn exec_until(cri: &Cri, id: &str, cmd: &[&str], want: &str) {
-    let deadline = Instant::now() + SERVE_TIMEOUT;
-    loop {
-        let (code, out, err) = exec(cri, id, cmd);
-        if code == 0 && out.contains(want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{cmd:?} in {id}: exit {code}, stdout {out:?}, stderr {err:?}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
 /// An HTTP GET from inside a container, bounded (busybox `nc`: busybox-static's `wget`
 /// segfaults, on the host too).
 fn get_cmd(host: &str) -> Vec<String> {
@@ -263,7 +247,13 @@ fn kata_pod_network(ctrd: &Containerd, host_port: u16) {
     for target in ["127.0.0.1", &pod.ip] {
         let cmd = get_cmd(target);
         let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
-        exec_until(&cri, &client_id, &cmd, "hello-from-kata");
+        cri.exec_until(
+            &client_id,
+            &cmd,
+            "hello-from-kata",
+            EXEC_TIMEOUT_SECS,
+            SERVE_TIMEOUT,
+        );
     }
 
     // From another pod (runc) to the kata pod, and back.
@@ -281,7 +271,7 @@ fn kata_pod_network(ctrd: &Containerd, host_port: u16) {
     ] {
         let cmd = get_cmd(to);
         let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
-        exec_until(&cri, from, &cmd, want);
+        cri.exec_until(from, &cmd, want, EXEC_TIMEOUT_SECS, SERVE_TIMEOUT);
     }
 
     // CRI's resolv.conf, hosts and hostname reach every container.

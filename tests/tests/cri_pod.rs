@@ -201,29 +201,18 @@ fn pod_shares_pid(ctrd: &Containerd) {
     remove(ctrd, &cri, pod);
 }
 
-/// The 64-hex-digit id (containerd's sandbox id) an error names.
-fn id_in(message: &str) -> Option<String> {
-    message
-        .split(|c: char| !c.is_ascii_hexdigit())
-        .find(|w| w.len() == 64)
-        .map(str::to_string)
-}
-
 /// RunPodSandbox of `config` fails with an error containing every `want`, and leaves
 /// nothing of the sandbox it named.
 fn refused(ctrd: &Containerd, cri: &Cri, config: &api::PodSandboxConfig, want: &[&str]) {
-    let err = match cri.run_pod(config, KATA_HANDLER) {
-        Ok(id) => {
-            let _guard = cri.guard(&id);
-            panic!("RunPodSandbox of {want:?} succeeded (pod {id})");
-        }
-        Err(e) => format!("{e:#}"),
-    };
+    let err = cri.run_pod_error(config, KATA_HANDLER);
     println!("refused as expected: {err}");
     for w in want {
         assert!(err.contains(w), "the error does not name {w:?}: {err}");
     }
-    let id = id_in(&err).unwrap_or_else(|| panic!("the error names no sandbox id: {err}"));
+    let id = cri::ids_in(&err)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("the error names no sandbox id: {err}"));
     let left = wait_clean(&id, CLEAN_TIMEOUT);
     assert!(
         left.is_empty(),
