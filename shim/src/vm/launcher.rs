@@ -108,6 +108,13 @@ impl VmLauncher for ConfiguredLauncher {
         match Vm::boot(&spec).await {
             Ok(vm) => Ok(Box::new(PodVm { vm, net })),
             Err(e) => {
+                // Which guest failed to boot, and from which configuration: what an operator
+                // checks first.
+                let guest = spec.config.vmm.guest();
+                let source = spec.config.source.as_ref().map_or_else(
+                    || "built-in defaults".to_string(),
+                    |p| p.display().to_string(),
+                );
                 if let Some(n) = net {
                     if let Err(ne) = n.teardown().await {
                         tracing::warn!(
@@ -117,8 +124,10 @@ impl VmLauncher for ConfiguredLauncher {
                     }
                 }
                 Err(TaskError::internal(format!(
-                    "starting the VM of sandbox {}: {e}",
-                    req.sandbox_id
+                    "starting the VM of sandbox {} (kernel {}, initrd {}, configuration {source}): {e}",
+                    req.sandbox_id,
+                    guest.kernel.display(),
+                    guest.initrd.display()
                 )))
             }
         }
