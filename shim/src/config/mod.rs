@@ -7,6 +7,7 @@ mod clh;
 mod file;
 mod guest;
 mod load;
+mod pod_resources;
 mod qemu;
 
 use std::fmt;
@@ -19,6 +20,7 @@ pub use annotations::{
 pub use clh::ClhConfig;
 pub use guest::GuestConfig;
 pub use load::{load, load_from, LoadRequest, Loaded, DEFAULT_CONFIG_PATHS, ENV_CONFIG_FILE};
+pub use pod_resources::{PodResources, SANDBOX_CPU_PERIOD, SANDBOX_CPU_QUOTA, SANDBOX_MEMORY};
 pub use qemu::{QemuConfig, DEFAULT_SECCOMP_SANDBOX};
 
 /// Smallest and largest guest memory (MiB) we accept.
