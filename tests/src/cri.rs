@@ -270,6 +270,22 @@ impl Cri {
         }
     }
 
+    /// `sh -c script` in a container through ExecSync (bounded by `timeout_secs`); it must
+    /// exit 0. Returns its trimmed stdout.
+    pub fn sh(&self, id: &str, script: &str, timeout_secs: i64) -> String {
+        let out = self
+            .exec_sync(id, &["sh", "-c", script], timeout_secs)
+            .expect("ExecSync");
+        assert_eq!(
+            out.exit_code,
+            0,
+            "{script:?} in {id}: stdout {:?} stderr {:?}",
+            crate::text(&out.stdout),
+            crate::text(&out.stderr)
+        );
+        crate::text(&out.stdout).trim().to_string()
+    }
+
     /// RunPodSandbox that must fail: returns its error. A pod that ran anyway is removed and
     /// the test panics.
     pub fn run_pod_error(&self, config: &api::PodSandboxConfig, handler: &str) -> String {

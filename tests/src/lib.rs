@@ -443,11 +443,50 @@ pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_string()
 }
 
+/// Where the host's cgroup hierarchies are mounted.
+const HOST_CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// How deep below a hierarchy's root a sandbox's cgroup is looked for
+/// (`kubepods/burstable/pod<uid>/<id>` is 4).
+const CGROUP_SEARCH_DEPTH: usize = 6;
+
+/// Host cgroup directories named `name`, in any hierarchy.
+pub fn host_cgroups_named(name: &str) -> Vec<PathBuf> {
+    fn walk(dir: &Path, name: &str, depth: usize, found: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let Ok(t) = e.file_type() else { continue };
+            if !t.is_dir() {
+                continue;
+            }
+            let p = e.path();
+            if e.file_name() == name {
+                found.push(p.clone());
+            }
+            if depth > 0 {
+                walk(&p, name, depth - 1, found);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(
+        Path::new(HOST_CGROUP_ROOT),
+        name,
+        CGROUP_SEARCH_DEPTH + 1,
+        &mut found,
+    );
+    found
+}
+
 /// What a sandbox may have left behind: processes whose command line names its directory,
-/// mounts under it, the directory itself. Empty means clean.
+/// mounts under it, the directory itself, a host cgroup named after it. Empty means clean.
 pub fn leftovers(sandbox_id: &str) -> Vec<String> {
     let dir = format!("{SANDBOX_RUN_DIR}/{sandbox_id}");
     let mut found = Vec::new();
+    for cg in host_cgroups_named(sandbox_id) {
+        found.push(format!("cgroup {}", cg.display()));
+    }
     if Path::new(&dir).exists() {
         found.push(format!("directory {dir}"));
     }

@@ -48,9 +48,7 @@ fn sh(cri: &Cri, id: &str, script: &str) -> (i32, String) {
 }
 
 fn sh_ok(cri: &Cri, id: &str, script: &str) -> String {
-    let (code, out) = sh(cri, id, script);
-    assert_eq!(code, 0, "{script:?} in {id} failed: {out}");
-    out
+    cri.sh(id, script, EXEC_TIMEOUT_SECS)
 }
 
 /// A bounded HTTP GET of 127.0.0.1:`port` from inside the container (busybox `nc`).

@@ -91,19 +91,9 @@ fn sleeper(ctrd: &Containerd, cri: &Cri, pod: &KataPod, name: &str, secs: &str) 
         .unwrap_or_else(|e| panic!("{e:#}\ncontainerd log:\n{}", ctrd.log_tail(40)))
 }
 
-/// `sh -c script` in a container through ExecSync; must exit 0. Returns trimmed stdout.
+/// `sh -c script` in a container; must exit 0. Trimmed stdout.
 fn sh(cri: &Cri, id: &str, script: &str) -> String {
-    let out = cri
-        .exec_sync(id, &["sh", "-c", script], EXEC_TIMEOUT_SECS)
-        .expect("ExecSync");
-    assert_eq!(
-        out.exit_code,
-        0,
-        "{script:?} in {id}: stdout {:?} stderr {:?}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout).trim().to_string()
+    cri.sh(id, script, EXEC_TIMEOUT_SECS)
 }
 
 /// The command line of PID 1 as the container sees it, arguments joined by spaces.

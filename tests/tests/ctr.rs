@@ -1,6 +1,7 @@
 //! containerd-shim-kata-v2 end to end: a private containerd, the built shim, QEMU, the built
 //! guest, driven with `ctr` as a user would. Each test checks that its sandbox left nothing
-//! behind (no QEMU or helper process, no mount, no directory under /run/kata-containers).
+//! behind (no QEMU or helper process, no mount, no directory under /run/kata-containers, no
+//! host cgroup).
 
 use kata_e2e::*;
 use std::process::Command;
@@ -307,19 +308,54 @@ fn two_containers_at_once_and_delete_while_running() {
     }
 }
 
-#[test]
-fn qemu_dying_exits_the_task_with_255_and_cleans_up() {
-    let ctrd = Containerd::start("ctr");
-    let id = unique_id("vmdeath");
-    let _guard_id = ctrd.guard(&id);
+/// Runs `sleep 1000` in a new sandbox until RUNNING; returns its id and its one QEMU's pid.
+fn running_sandbox(ctrd: &Containerd, prefix: &str) -> (String, i32) {
+    let id = unique_id(prefix);
     ctrd.run_detached(&id, &["sleep", "1000"]);
     ctrd.wait_status(&id, "RUNNING", STATUS_TIMEOUT);
     let dir = format!("{SANDBOX_RUN_DIR}/{id}");
     let qemu = pids_matching(&["qemu-system", &dir]);
     assert_eq!(qemu.len(), 1, "exactly one QEMU for sandbox {id}: {qemu:?}");
-    nix_kill(qemu[0]);
+    (id, qemu[0])
+}
+
+#[test]
+fn qemu_dying_exits_the_task_with_255_and_cleans_up() {
+    let ctrd = Containerd::start("ctr");
+    let (id, qemu) = running_sandbox(&ctrd, "vmdeath");
+    let _guard_id = ctrd.guard(&id);
+    nix_kill(qemu);
     ctrd.wait_status(&id, "STOPPED", STATUS_TIMEOUT);
     assert_eq!(ctrd.delete_task(&id), 255);
+    assert_clean(&id, &ctrd);
+}
+
+/// A shim killed under a running sandbox: containerd's `delete` (the shim binary run again)
+/// stops the VM and removes its directory and the host cgroup its processes ran in
+/// (ctr names it `/default/<id>`).
+#[test]
+fn a_killed_shims_delete_removes_its_vm_and_host_cgroup() {
+    let ctrd = Containerd::start("ctr");
+    let (id, qemu) = running_sandbox(&ctrd, "shimdeath");
+    let _guard_id = ctrd.guard(&id);
+    let cgroups = std::fs::read_to_string(format!("/proc/{qemu}/cgroup")).expect("cgroup");
+    assert!(
+        cgroups.contains(&format!("/default/{id}\n")),
+        "QEMU is not in ctr's cgroup /default/{id}: {cgroups}"
+    );
+    assert!(!host_cgroups_named(&id).is_empty(), "no host cgroup {id}");
+    let shim = pids_matching(&["containerd-shim-kata-v2", &format!(" -id {id} ")]);
+    assert_eq!(shim.len(), 1, "one shim for {id}: {shim:?}");
+    nix_kill(shim[0]);
+    // containerd sees the shim die and runs its `delete` itself: the task goes away.
+    let deadline = std::time::Instant::now() + STATUS_TIMEOUT;
+    while let Some(status) = ctrd.task_status(&id) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "task {id} still {status} {STATUS_TIMEOUT:?} after its shim was killed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert_clean(&id, &ctrd);
 }
 

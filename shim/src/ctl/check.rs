@@ -108,6 +108,7 @@ pub async fn run(config: &Config, inputs: &CheckInputs) -> Vec<Finding> {
         out.push(check_virtiofsd(config).await);
     }
     out.push(check_host_kernel());
+    out.extend(super::cgroups::findings(&inputs.containerd_config));
     out.push(check_kernel(config));
     out.push(check_initrd(config));
     let (binary, major) = check_containerd_binary().await;

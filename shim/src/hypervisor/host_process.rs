@@ -2,6 +2,7 @@
 //! log file, a pid file for crash cleanup, and a watcher task that owns the tokio `Child`,
 //! reaps it and tells everyone when it exited.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,50 @@ use tokio::sync::{mpsc, watch};
 
 use super::HypervisorError;
 
+/// The `cgroup.procs` files (one per cgroup hierarchy) every host process of a VM joins
+/// before it executes, so it is accounted in the pod's cgroup from its first allocation.
+/// Empty: processes stay in the shim's cgroup.
+#[derive(Debug, Clone, Default)]
+pub struct CgroupJoin(Option<Arc<Vec<OwnedFd>>>);
+
+/// The same files (not just equal paths): two joins are equal when they share them.
+impl PartialEq for CgroupJoin {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl CgroupJoin {
+    pub fn new(procs: Vec<OwnedFd>) -> Self {
+        CgroupJoin((!procs.is_empty()).then(|| Arc::new(procs)))
+    }
+
+    /// Makes `cmd`'s child write `0` (itself) to each file before exec; a failed write fails
+    /// the spawn, so a process is never silently left outside the pod's cgroup.
+    fn apply(&self, cmd: &mut Command) {
+        let Some(procs) = self.0.clone() else {
+            return;
+        };
+        // SAFETY: the closure runs in the child between fork and exec and calls only write(2)
+        // on descriptors the parent keeps open (the Arc is held by `self` and the closure)
+        // and reads errno, all async-signal-safe; it allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                for f in procs.iter() {
+                    if libc::write(f.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct HostProcess {
     name: String,
@@ -25,13 +70,16 @@ pub struct HostProcess {
 }
 
 impl HostProcess {
-    /// Spawns `cmd` with stdin from /dev/null and stdout/stderr appended to `log`.
+    /// Spawns `cmd` with stdin from /dev/null and stdout/stderr appended to `log`, in the
+    /// cgroup of `cgroup`.
     pub fn spawn(
         name: &str,
         mut cmd: Command,
         log: &Path,
         pidfile: &Path,
+        cgroup: &CgroupJoin,
     ) -> Result<HostProcess, HypervisorError> {
+        cgroup.apply(&mut cmd);
         let program = PathBuf::from(cmd.as_std().get_program());
         let out = std::fs::OpenOptions::new()
             .create(true)

@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 pub use devices::Devices;
+pub use host_process::CgroupJoin;
 pub use layout::VmPaths;
 
 use crate::config::{Config, Vmm};
@@ -64,10 +65,24 @@ pub trait Hypervisor: Send + Sync {
 }
 
 /// The backend the configuration selects, for VM `id` with its files under `paths`.
-pub fn new(config: &Config, devices: Devices, id: &str, paths: VmPaths) -> Box<dyn Hypervisor> {
+/// Its processes join `cgroup` before they run.
+pub fn new(
+    config: &Config,
+    devices: Devices,
+    id: &str,
+    paths: VmPaths,
+    cgroup: CgroupJoin,
+) -> Box<dyn Hypervisor> {
     match &config.vmm {
-        Vmm::Qemu(q) => Box::new(qemu::Qemu::new(config, q.clone(), devices, id, paths)),
-        Vmm::Clh(c) => Box::new(clh::Clh::new(config, c.clone(), devices, id, paths)),
+        Vmm::Qemu(q) => Box::new(qemu::Qemu::new(
+            config,
+            q.clone(),
+            devices,
+            id,
+            paths,
+            cgroup,
+        )),
+        Vmm::Clh(c) => Box::new(clh::Clh::new(config, c.clone(), devices, id, paths, cgroup)),
     }
 }
 

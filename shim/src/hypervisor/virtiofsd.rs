@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-use super::host_process::{wait_for_socket, HostProcess};
+use super::host_process::{wait_for_socket, CgroupJoin, HostProcess};
 use super::{HypervisorError, VmPaths};
 use crate::config::GuestConfig;
 
@@ -35,6 +35,7 @@ pub async fn start(
     paths: &VmPaths,
     shared: &Path,
     debug: bool,
+    cgroup: &CgroupJoin,
 ) -> Result<HostProcess, HypervisorError> {
     let cmd = command(config, &paths.virtiofsd_socket(), shared, debug);
     let p = HostProcess::spawn(
@@ -42,6 +43,7 @@ pub async fn start(
         cmd,
         &paths.log("virtiofsd"),
         &paths.pidfile("virtiofsd"),
+        cgroup,
     )?;
     match wait_for_socket(&p, &paths.virtiofsd_socket(), SOCKET_TIMEOUT).await {
         Ok(()) => Ok(p),

@@ -3,6 +3,7 @@
 //! file operations that never follow what the guest can write (`beneath`).
 
 pub mod beneath;
+pub mod host_cgroup;
 pub mod mount_table;
 pub mod network;
 pub mod rootfs;

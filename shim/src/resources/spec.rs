@@ -30,6 +30,15 @@ pub fn annotations(spec: &Spec) -> HashMap<String, String> {
     spec.annotations().clone().unwrap_or_default()
 }
 
+/// The spec's `linux.cgroupsPath`, when it names one.
+pub fn cgroups_path(spec: &Spec) -> Option<String> {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().as_ref())
+        .map(|p| p.to_string_lossy().to_string())
+        .filter(|p| !p.is_empty())
+}
+
 /// The sandbox a container belongs to: CRI's sandbox-id annotation, else the container itself.
 pub fn sandbox_id(spec: &Spec, container_id: &str) -> String {
     spec.annotations()

@@ -23,10 +23,33 @@ use seams::{BootRequest, SandboxVm, VmLauncher};
 /// Exit status reported when the VM is gone and the real status cannot be known.
 pub const VM_GONE_EXIT_STATUS: u32 = 255;
 
+/// A process ended by SIGKILL (the host's OOM killer, or removed before it exited): 128 +
+/// SIGKILL, as on a host.
+pub const KILLED_EXIT_STATUS: u32 = 128 + libc::SIGKILL as u32;
+
+/// Why the VM is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmGone {
+    /// It died or was stopped: [`VM_GONE_EXIT_STATUS`].
+    Died,
+    /// The host's OOM killer took it in the pod's cgroup: each container gets a TaskOOM and
+    /// its processes [`KILLED_EXIT_STATUS`] (kubelet then reports OOMKilled).
+    HostOom,
+}
+
+impl VmGone {
+    pub fn exit_status(self) -> u32 {
+        match self {
+            VmGone::Died => VM_GONE_EXIT_STATUS,
+            VmGone::HostOom => KILLED_EXIT_STATUS,
+        }
+    }
+}
+
 /// What the sandbox needs of the containers it holds.
 pub trait Member: Send + 'static {
-    /// The VM is gone: every process still running ends with [`VM_GONE_EXIT_STATUS`].
-    fn vm_gone(&self, events: &EventSender);
+    /// The VM is gone: every process still running ends with `why`'s exit status.
+    fn vm_gone(&self, events: &EventSender, why: VmGone);
 }
 
 pub struct Sandbox<C> {
@@ -44,6 +67,11 @@ pub struct Sandbox<C> {
 }
 
 impl<C> Sandbox<C> {
+    /// Becomes true when the hypervisor process is gone.
+    pub fn vm_exited(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.exited.clone()
+    }
+
     /// Whether the VM is gone.
     pub fn is_dead(&self) -> bool {
         self.vm.is_none() || *self.exited.borrow()

@@ -28,6 +28,11 @@ pub trait SandboxVm: Send + Sync + 'static {
     fn guest_network(&self) -> Option<&GuestNetwork> {
         None
     }
+    /// After the VM died: Some(description) when the host's OOM killer took one of its
+    /// processes in the pod's cgroup (the pod's memory limit plus overhead was too small).
+    fn host_oom(&self) -> Option<String> {
+        None
+    }
     /// DestroySandbox (best effort), stop the VM and its helpers, remove the sandbox dir.
     async fn shutdown(self: Box<Self>) -> TaskResult<()>;
 }
@@ -44,6 +49,8 @@ pub struct BootRequest {
     /// The pod's network namespace (the sandbox spec's network namespace path, from CNI):
     /// its interfaces become the VM's NICs. None: a VM without NICs.
     pub netns: Option<PathBuf>,
+    /// The sandbox spec's `linux.cgroupsPath`: the host cgroup the VM's processes join.
+    pub cgroups_path: Option<String>,
 }
 
 /// Boots sandbox VMs.

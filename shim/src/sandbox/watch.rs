@@ -1,5 +1,5 @@
 //! What a sandbox watches while it lives: its VM's death (every process then exits with
-//! [`VM_GONE_EXIT_STATUS`]) and the guest's OOM kills (forwarded as TaskOOM: only for the
+//! [`VM_GONE_EXIT_STATUS`], or as OOM-killed when the host's OOM killer took the VM) and the guest's OOM kills (forwarded as TaskOOM: only for the
 //! containers this shim created, at most one per container per [`OOM_WINDOW`]).
 
 use std::collections::HashMap;
@@ -10,7 +10,7 @@ use protocol::agent as pb;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{lock, Member, Slot, VM_GONE_EXIT_STATUS};
+use super::{lock, Member, Slot, VmGone, VM_GONE_EXIT_STATUS};
 use crate::events::{self, EventSender, TaskEvent};
 use crate::guest::GuestAgent;
 use crate::guest_output::rate::RateGate;
@@ -29,12 +29,27 @@ pub(super) async fn vm_death<C: Member>(
     let Some(sb) = slot.as_ref() else {
         return;
     };
+    let oom = sb.vm.as_ref().and_then(|vm| vm.host_oom());
+    let why = if oom.is_some() {
+        VmGone::HostOom
+    } else {
+        VmGone::Died
+    };
     if !sb.containers.is_empty() {
-        tracing::error!("the sandbox VM died; its tasks exit with {VM_GONE_EXIT_STATUS}");
+        match &oom {
+            Some(what) => tracing::error!(
+                "the sandbox VM was killed by the host's OOM killer ({what}); its tasks exit \
+                 with {} and each container gets a TaskOOM",
+                why.exit_status()
+            ),
+            None => {
+                tracing::error!("the sandbox VM died; its tasks exit with {VM_GONE_EXIT_STATUS}")
+            }
+        }
     }
     // Recording an exit and queueing its event never blocks: fine under the lock.
     for c in sb.containers.values() {
-        c.vm_gone(&events);
+        c.vm_gone(&events, why);
     }
 }
 

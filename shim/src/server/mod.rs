@@ -34,11 +34,16 @@ pub struct Service {
 /// The sandbox a container's bundle (`dir/config.json`) belongs to: containers naming the
 /// same sandbox share one shim (and one VM).
 pub fn grouping(bundle: &Path, container_id: &str) -> String {
+    bundle_spec(bundle)
+        .map(|s| spec::sandbox_id(&s, container_id))
+        .unwrap_or_else(|| container_id.to_string())
+}
+
+/// The bundle's OCI spec, when it has a readable one.
+fn bundle_spec(bundle: &Path) -> Option<oci_spec::runtime::Spec> {
     std::fs::read(bundle.join("config.json"))
         .ok()
         .and_then(|b| spec::parse(&b, "config.json").ok())
-        .map(|s| spec::sandbox_id(&s, container_id))
-        .unwrap_or_else(|| container_id.to_string())
 }
 
 #[async_trait]
@@ -71,7 +76,8 @@ impl Shim for Service {
         let sandbox_id = grouping(&bundle, &self.id);
         // Only the sandbox's own container owns the VM; the others go with it.
         if sandbox_id == self.id {
-            launcher::cleanup_sandbox(&sandbox_id).await;
+            let cgroups_path = bundle_spec(&bundle).and_then(|s| spec::cgroups_path(&s));
+            launcher::cleanup_sandbox(&sandbox_id, cgroups_path.as_deref()).await;
         }
         if let Err(e) = rootfs::unmount_bundle_rootfs(&bundle) {
             tracing::warn!("{e}");

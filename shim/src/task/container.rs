@@ -5,9 +5,11 @@ use std::path::PathBuf;
 
 use super::process::Process;
 use crate::error::{TaskError, TaskResult};
-use crate::events::EventSender;
+use containerd_shim_protos::events::task::TaskOOM;
+
+use crate::events::{self, EventSender, TaskEvent};
 use crate::resources::rootfs::MountPlan;
-use crate::sandbox::{Member, VM_GONE_EXIT_STATUS};
+use crate::sandbox::{Member, VmGone};
 
 pub struct Container {
     pub id: String,
@@ -57,7 +59,16 @@ impl Container {
 }
 
 impl Member for Container {
-    fn vm_gone(&self, events: &EventSender) {
+    fn vm_gone(&self, events: &EventSender, why: VmGone) {
+        if why == VmGone::HostOom && self.init.is_running() {
+            events::send(
+                events,
+                TaskEvent::Oom(TaskOOM {
+                    container_id: self.id.clone(),
+                    ..Default::default()
+                }),
+            );
+        }
         let init = std::iter::once((&self.id, &self.init));
         let execs = self
             .execs
@@ -66,7 +77,7 @@ impl Member for Container {
             .map(|p| (&p.exec_id, p));
         for (event_id, p) in init.chain(execs) {
             p.exit_handle()
-                .publish(events, VM_GONE_EXIT_STATUS, &self.id, event_id, p.pid);
+                .publish(events, why.exit_status(), &self.id, event_id, p.pid);
         }
     }
 }

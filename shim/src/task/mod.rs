@@ -41,14 +41,15 @@ use crate::resources::rootfs::{HostMounter, MountPlan, RootfsMount};
 use crate::resources::share::Share;
 use crate::resources::{network, spec};
 use crate::sandbox::seams::{BootRequest, Platform};
-use crate::sandbox::VM_GONE_EXIT_STATUS;
+use crate::sandbox::{KILLED_EXIT_STATUS, VM_GONE_EXIT_STATUS};
 
 /// The sandbox as the task layer holds it: its members are containers.
 type Sandbox = crate::sandbox::Sandbox<Container>;
 type SandboxOwner = crate::sandbox::SandboxOwner<Container>;
 
-/// Exit status of a process that was removed before it exited (as if SIGKILLed).
-const KILLED_EXIT_STATUS: u32 = 128 + libc::SIGKILL as u32;
+/// After the agent's connection broke under a waiter, how long the VM's death may take to
+/// be seen (the sandbox then reports the exit, with its cause).
+const VM_DEATH_NOTICE: Duration = Duration::from_secs(2);
 /// How long an exec's exit waits for output still held open by its background children.
 const EXEC_IO_DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 /// The same for a container's init. Its pid namespace dies with it, so EOF comes at once; the
@@ -128,6 +129,22 @@ fn exit_fields(
     }
 }
 
+/// The VM-exited signal of the sandbox in `st`, if there is one.
+fn vm_exited(st: &Option<Sandbox>) -> Option<tokio::sync::watch::Receiver<bool>> {
+    st.as_ref().map(Sandbox::vm_exited)
+}
+
+/// Whether the VM is seen dead within [`VM_DEATH_NOTICE`] (no VM known: false).
+async fn vm_died(exited: Option<tokio::sync::watch::Receiver<bool>>) -> bool {
+    let Some(mut exited) = exited else {
+        return false;
+    };
+    let seen = tokio::time::timeout(VM_DEATH_NOTICE, exited.wait_for(|dead| *dead))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    seen
+}
+
 impl TaskCore {
     pub fn new(platform: Platform, events: EventSender, exit: Arc<ExitSignal>) -> Self {
         Self {
@@ -159,6 +176,7 @@ impl TaskCore {
             annotations: spec::annotations(spec),
             config_path: runtime_config_path(req.options.as_ref()),
             netns: network::netns_path(spec),
+            cgroups_path: spec::cgroups_path(spec),
         };
         // A VM needs some hostname; without one in the spec, the sandbox id says which it is.
         let hostname = Some(spec::hostname(spec))
@@ -316,7 +334,13 @@ impl TaskCore {
 
     /// Starts the task that records a started process's exit once the guest reports it and
     /// its output is drained, then publishes TaskExit.
-    fn spawn_waiter(&self, agent: Arc<dyn GuestAgent>, cid: &str, p: &mut Process) {
+    fn spawn_waiter(
+        &self,
+        agent: Arc<dyn GuestAgent>,
+        vm_exited: Option<tokio::sync::watch::Receiver<bool>>,
+        cid: &str,
+        p: &mut Process,
+    ) {
         if !p.claim_waiter() {
             return;
         }
@@ -340,10 +364,12 @@ impl TaskCore {
         let cid = cid.to_string();
         tokio::spawn(async move {
             let status = match agent.wait_process(req).await {
-                Ok(r) => u32::try_from(r.status).unwrap_or(VM_GONE_EXIT_STATUS),
+                Ok(r) => Some(u32::try_from(r.status).unwrap_or(VM_GONE_EXIT_STATUS)),
+                // A dead VM's exits are the sandbox's to report: it knows why (an OOM kill).
+                Err(_) if vm_died(vm_exited).await => None,
                 Err(e) => {
                     tracing::warn!("waiting for {cid}/{event_id}: {e}");
-                    VM_GONE_EXIT_STATUS
+                    Some(VM_GONE_EXIT_STATUS)
                 }
             };
             let taken = copiers.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -355,7 +381,9 @@ impl TaskCore {
                 };
                 drain(c, limit).await;
             }
-            handle.publish(&events, status, &cid, &event_id, pid);
+            if let Some(status) = status {
+                handle.publish(&events, status, &cid, &event_id, pid);
+            }
         });
     }
 
@@ -378,11 +406,12 @@ impl TaskCore {
                 .map_err(|e| e.context(format_args!("starting container {:?}", req.id)))?;
             let pid = {
                 let mut st = self.state();
+                let exited = vm_exited(&st);
                 let c = container_mut(&mut st, &req.id)?;
                 let pid = c.init.pid;
                 c.init.set_started(pid);
                 let cid = c.id.clone();
-                self.spawn_waiter(agent, &cid, &mut c.init);
+                self.spawn_waiter(agent, exited, &cid, &mut c.init);
                 c.init.pid
             };
             self.send(TaskEvent::Start(TaskStart {
@@ -426,11 +455,12 @@ impl TaskCore {
         };
         {
             let mut st = self.state();
+            let exited = vm_exited(&st);
             let c = container_mut(&mut st, &req.id)?;
             let p = c.process_mut(&req.exec_id)?;
             p.set_started(resp.pid);
             *p.copiers.lock().unwrap_or_else(|e| e.into_inner()) = Some(copiers);
-            self.spawn_waiter(agent, &req.id, p);
+            self.spawn_waiter(agent, exited, &req.id, p);
         }
         self.send(TaskEvent::ExecStarted(TaskExecStarted {
             container_id: req.id.clone(),
@@ -506,10 +536,11 @@ impl TaskCore {
             .map_err(|e| e.context(format_args!("signalling {:?}", req.id)))?;
         // A container killed before Start has no waiter yet: its exit must still be seen.
         let mut st = self.state();
+        let exited = vm_exited(&st);
         if let Ok(c) = container_mut(&mut st, &req.id) {
             if c.is_init(&req.exec_id) {
                 let cid = c.id.clone();
-                self.spawn_waiter(agent, &cid, &mut c.init);
+                self.spawn_waiter(agent, exited, &cid, &mut c.init);
             }
         }
         Ok(())

@@ -11,14 +11,82 @@ use crate::config::{self, LoadRequest};
 use crate::error::{TaskError, TaskResult};
 use crate::guest::GuestAgent;
 use crate::hypervisor::devices::{NetDevice, TapFd};
+use crate::hypervisor::CgroupJoin;
+use crate::resources::host_cgroup::{CgroupsPath, Hierarchy, HostCgroup};
 use crate::resources::network::{GuestNetwork, PodNetwork};
 use crate::resources::share::Share;
 use crate::sandbox::seams::{BootRequest, SandboxVm, VmLauncher};
 
-/// A pod's VM and the network plumbed for it in the pod's netns (removed after the VM).
+/// A pod's VM, the network plumbed for it in the pod's netns and the host cgroup its
+/// processes run in (both removed after the VM).
 struct PodVm {
     vm: Vm,
     net: Option<PodNetwork>,
+    cgroup: Option<PodCgroup>,
+}
+
+/// The pod's host cgroup, and whether the shim itself joined it (`sandbox_cgroup_only`).
+struct PodCgroup {
+    cgroup: HostCgroup,
+    shim_joined: bool,
+    /// Its OOM-kill count when the VM was placed in it.
+    oom_kills_before: Option<u64>,
+}
+
+impl PodCgroup {
+    /// Creates the cgroup `path` names and, under `sandbox_cgroup_only`, moves the shim in.
+    async fn create(path: &str, shim_joins: bool) -> TaskResult<PodCgroup> {
+        let path = path.to_string();
+        tokio::task::spawn_blocking(move || {
+            let parsed = CgroupsPath::parse(&path)?;
+            let mut cgroup = HostCgroup::create(&parsed, &Hierarchy::detect()?)?;
+            if shim_joins {
+                if let Err(e) = cgroup.add(std::process::id()) {
+                    cgroup.remove();
+                    return Err(e);
+                }
+            }
+            let oom_kills_before = cgroup.oom_kills();
+            Ok(PodCgroup {
+                cgroup,
+                shim_joined: shim_joins,
+                oom_kills_before,
+            })
+        })
+        .await
+        .map_err(|e| TaskError::internal(format!("cgroup task: {e}")))?
+        .map_err(|e| TaskError::invalid(format!("the pod's host cgroup: {e}")))
+    }
+
+    /// Some(description) when the OOM killer took a process of the cgroup since the VM was
+    /// placed in it.
+    fn host_oom(&self) -> Option<String> {
+        let now = self.cgroup.oom_kills()?;
+        (now > self.oom_kills_before.unwrap_or(0)).then(|| {
+            let limit = self
+                .cgroup
+                .memory_limit_mib()
+                .map_or_else(|| "no limit".to_string(), |m| format!("limit {m} MiB"));
+            format!(
+                "pod cgroup {}, {limit}: raise the RuntimeClass overhead or the pod's memory limit",
+                self.cgroup.path()
+            )
+        })
+    }
+
+    /// Removes the cgroup once the VM's processes are gone (the shim leaves it first).
+    async fn remove(mut self) {
+        let _ = tokio::task::spawn_blocking(move || {
+            if self.shim_joined {
+                if let Err(e) = self.cgroup.leave(std::process::id()) {
+                    tracing::warn!("moving the shim out of the pod's cgroup: {e}");
+                }
+            }
+            self.cgroup.drain(CGROUP_DRAIN_GRACE);
+            self.cgroup.remove();
+        })
+        .await;
+    }
 }
 
 #[async_trait]
@@ -35,8 +103,11 @@ impl SandboxVm for PodVm {
     fn guest_network(&self) -> Option<&GuestNetwork> {
         self.net.as_ref().map(PodNetwork::guest)
     }
+    fn host_oom(&self) -> Option<String> {
+        self.cgroup.as_ref().and_then(PodCgroup::host_oom)
+    }
     async fn shutdown(self: Box<Self>) -> TaskResult<()> {
-        let PodVm { vm, net } = *self;
+        let PodVm { vm, net, cgroup } = *self;
         let id = vm.id().to_string();
         let stopped = vm
             .shutdown()
@@ -49,6 +120,10 @@ impl SandboxVm for PodVm {
             }),
             None => Ok(()),
         };
+        // After the VM: its processes have left the cgroup.
+        if let Some(c) = cgroup {
+            c.remove().await;
+        }
         stopped.and(unplumbed)
     }
 }
@@ -81,10 +156,28 @@ impl ConfiguredLauncher {
             tracing::warn!("annotation {key} is not supported by this runtime; ignored");
         }
         overrides.apply(&mut cfg);
+        // The configured size is the guest's base; the pod's limits are added to it.
+        let pod = config::PodResources::from_annotations(&req.annotations)
+            .map_err(|e| TaskError::invalid(format!("pod resources: {e}")))?;
+        let capped = pod
+            .apply(&mut cfg, crate::hypervisor::host::cpu_count())
+            .map_err(|e| TaskError::invalid(format!("pod resources: {e}")))?;
+        if let Some(max) = capped {
+            tracing::warn!(
+                "sandbox {}: the pod's CPU limit asks for {} more vCPUs; the VM gets {max}, its maximum",
+                req.sandbox_id,
+                pod.vcpus
+            );
+        }
+        let guest = cfg.vmm.guest();
         tracing::info!(
-            "sandbox {}: configuration {}",
+            "sandbox {}: configuration {}, {} vCPUs, {} MiB (pod: +{} vCPUs, +{} MiB)",
             req.sandbox_id,
-            loaded.path.display()
+            loaded.path.display(),
+            guest.default_vcpus,
+            guest.default_memory,
+            pod.vcpus,
+            pod.memory_mib
         );
         // The VM is named after the sandbox so a dead shim's leftovers are found by its id.
         Ok(VmSpec::new(req.sandbox_id.clone(), cfg))
@@ -95,19 +188,58 @@ impl ConfiguredLauncher {
 impl VmLauncher for ConfiguredLauncher {
     async fn boot(&self, req: BootRequest) -> TaskResult<Box<dyn SandboxVm>> {
         let mut spec = Self::spec(&req).await?;
+        let cgroup = match &req.cgroups_path {
+            Some(path) => {
+                let c = PodCgroup::create(path, spec.config.runtime.sandbox_cgroup_only)
+                    .await
+                    .map_err(|e| e.context(format!("sandbox {}", req.sandbox_id)))?;
+                if let Err(e) = check_memory_fits(&c.cgroup, &spec) {
+                    c.remove().await;
+                    return Err(e);
+                }
+                match c.cgroup.procs_files() {
+                    Ok(files) => spec.cgroup = CgroupJoin::new(files),
+                    Err(e) => {
+                        c.remove().await;
+                        return Err(TaskError::internal(format!("the pod's host cgroup: {e}")));
+                    }
+                }
+                tracing::info!(
+                    "sandbox {}: VM processes in cgroup {path} ({})",
+                    req.sandbox_id,
+                    c.cgroup
+                        .leaves()
+                        .iter()
+                        .map(|l| l.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                Some(c)
+            }
+            None => None,
+        };
         let net = match &req.netns {
-            Some(path) => PodNetwork::setup(path).await.map_err(|e| {
-                TaskError::internal(format!(
-                    "setting up the network of sandbox {}: {e}",
-                    req.sandbox_id
-                ))
-            })?,
+            Some(path) => match PodNetwork::setup(path).await {
+                Ok(n) => n,
+                Err(e) => {
+                    if let Some(c) = cgroup {
+                        c.remove().await;
+                    }
+                    return Err(TaskError::internal(format!(
+                        "setting up the network of sandbox {}: {e}",
+                        req.sandbox_id
+                    )));
+                }
+            },
             None => None,
         };
         spec.net = net.as_ref().map(nics).unwrap_or_default();
         match Vm::boot(&spec).await {
-            Ok(vm) => Ok(Box::new(PodVm { vm, net })),
+            Ok(vm) => Ok(Box::new(PodVm { vm, net, cgroup })),
             Err(e) => {
+                if let Some(c) = cgroup {
+                    c.remove().await;
+                }
                 // Which guest failed to boot, and from which configuration: what an operator
                 // checks first.
                 let guest = spec.config.vmm.guest();
@@ -134,6 +266,37 @@ impl VmLauncher for ConfiguredLauncher {
     }
 }
 
+/// How long the VM's processes may take to leave its cgroup after the VM stopped (an
+/// OOM-killed QEMU frees its guest RAM first) before what is left is killed.
+const CGROUP_DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What QEMU and its helpers need on the host beyond the guest's RAM, at the least, in MiB
+/// (QEMU's own heap, its TCG/KVM structures, virtiofsd, the vsock daemon). A pod cgroup below
+/// guest RAM + this would OOM-kill QEMU as it boots; the RuntimeClass overhead should be well
+/// above it (docs/kubernetes.md).
+pub const MIN_HOST_OVERHEAD_MIB: u64 = 64;
+
+/// Refuses, before boot, a pod cgroup whose memory limit cannot hold the VM: names the
+/// shortfall in MiB.
+fn check_memory_fits(cgroup: &HostCgroup, spec: &VmSpec) -> TaskResult<()> {
+    let Some(limit) = cgroup.memory_limit_mib() else {
+        return Ok(());
+    };
+    let guest = u64::from(spec.config.vmm.guest().default_memory);
+    let need = guest + MIN_HOST_OVERHEAD_MIB;
+    if limit < need {
+        return Err(TaskError::invalid(format!(
+            "sandbox {}: the pod's cgroup memory limit ({limit} MiB) is {} MiB short of what \
+             its VM needs: {guest} MiB guest RAM + at least {MIN_HOST_OVERHEAD_MIB} MiB for \
+             QEMU and its helpers; raise the RuntimeClass overhead (overhead.podFixed.memory) \
+             or the pod's limit",
+            spec.id,
+            need - limit
+        )));
+    }
+    Ok(())
+}
+
 /// The VM's NICs: one per tap of the pod network, in its order.
 fn nics(net: &PodNetwork) -> Vec<NetDevice> {
     net.taps()
@@ -147,10 +310,22 @@ fn nics(net: &PodNetwork) -> Vec<NetDevice> {
         .collect()
 }
 
-/// The shim's `delete` after a crash: kill what the dead shim left running and remove its
-/// VM's directory (best effort; failures are logged).
-pub async fn cleanup_sandbox(sandbox_id: &str) {
+/// The shim's `delete` after a crash: kill what the dead shim left running, remove its VM's
+/// directory and the pod's host cgroup it made (best effort; failures are logged).
+pub async fn cleanup_sandbox(sandbox_id: &str, cgroups_path: Option<&str>) {
     if let Err(e) = cleanup::cleanup_vm_dir(sandbox_id).await {
         tracing::warn!("cleaning up sandbox {sandbox_id}: {e}");
+    }
+    if let Some(path) = cgroups_path.map(str::to_string) {
+        let removed = tokio::task::spawn_blocking(move || {
+            let parsed = CgroupsPath::parse(&path)?;
+            HostCgroup::remove_leftover(&parsed, &Hierarchy::detect()?)
+        })
+        .await;
+        match removed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("removing the host cgroup of sandbox {sandbox_id}: {e}"),
+            Err(e) => tracing::warn!("cgroup task of sandbox {sandbox_id}: {e}"),
+        }
     }
 }

@@ -129,7 +129,13 @@ impl Vm {
                 let _ = cleanup::remove_vm_dir(&dir).await;
                 return Err(e);
             }
-            let mut hv = hypervisor::new(config, devices.clone(), vm_id, paths.clone());
+            let mut hv = hypervisor::new(
+                config,
+                devices.clone(),
+                vm_id,
+                paths.clone(),
+                spec.cgroup.clone(),
+            );
             match boot_in(config, vm_id, &paths, hv.as_mut()).await {
                 Ok(agent) => {
                     let boot_time = started.elapsed();

@@ -8,6 +8,7 @@ use super::VmError;
 use crate::config::Config;
 use crate::hypervisor::devices::NetDevice;
 use crate::hypervisor::layout::run_root;
+use crate::hypervisor::CgroupJoin;
 
 /// Everything a VM is booted from.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,6 +20,8 @@ pub struct VmSpec {
     pub config: Config,
     /// Network interfaces (none yet: see `hypervisor::devices`).
     pub net: Vec<NetDevice>,
+    /// The host cgroup the VM's processes join (empty: the shim's own).
+    pub cgroup: CgroupJoin,
 }
 
 impl VmSpec {
@@ -27,6 +30,7 @@ impl VmSpec {
             id: id.into(),
             config,
             net: Vec::new(),
+            cgroup: CgroupJoin::default(),
         }
     }
 }

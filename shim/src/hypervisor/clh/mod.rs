@@ -26,7 +26,7 @@ use self::api::{
 };
 use self::client::{decode, ApiClient, ClhError, Method};
 use super::devices::{Devices, NetDevice};
-use super::host_process::{wait_for_socket, HostProcess};
+use super::host_process::{wait_for_socket, CgroupJoin, HostProcess};
 use super::kernel_cmdline;
 use super::layout::MAX_SOCKET_PATH;
 use super::{host, log_tail, require_file, virtiofsd, Hypervisor, HypervisorError, VmPaths};
@@ -180,12 +180,21 @@ pub struct Clh {
     dialer: Option<Dialer>,
     exited_tx: watch::Sender<bool>,
     exited_rx: watch::Receiver<bool>,
+    /// The pod's cgroup every process of this VM joins.
+    cgroup: CgroupJoin,
 }
 
 impl Clh {
     /// `config` supplies the agent and runtime settings and the file name for error
     /// messages; `clh` is its `[hypervisor.clh]` section.
-    pub fn new(config: &Config, clh: ClhConfig, devices: Devices, id: &str, paths: VmPaths) -> Clh {
+    pub fn new(
+        config: &Config,
+        clh: ClhConfig,
+        devices: Devices,
+        id: &str,
+        paths: VmPaths,
+        cgroup: CgroupJoin,
+    ) -> Clh {
         let (exited_tx, exited_rx) = watch::channel(false);
         let timeouts = ClhTimeouts::default();
         Clh {
@@ -203,6 +212,7 @@ impl Clh {
             dialer: None,
             exited_tx,
             exited_rx,
+            cgroup,
         }
     }
 
@@ -322,6 +332,7 @@ impl Clh {
             cmd,
             &self.paths.log(PROCESS_NAME),
             &self.paths.pidfile(PROCESS_NAME),
+            &self.cgroup,
         )?;
         let mut vmm_exited = vmm.exited();
         let tx = self.exited_tx.clone();
@@ -340,6 +351,7 @@ impl Clh {
                     &self.paths,
                     &self.devices.shared_dir,
                     debug,
+                    &self.cgroup,
                 )
                 .await
                 .map(Some)

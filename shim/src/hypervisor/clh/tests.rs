@@ -309,6 +309,7 @@ impl Env {
             Devices::sharing(self.shared()),
             "s1",
             self.paths.clone(),
+            CgroupJoin::default(),
         )
         .with_timeouts(timeouts)
         .with_kvm_device(self.file("kvm"))

@@ -19,7 +19,7 @@ use self::cmdline::{FsDevice, Nic, VsockDevice};
 use self::vsock_device::{VsockKind, VHOST_VSOCK_DEV};
 use super::accel::{self, Accel};
 use super::devices::{Devices, NetDevice};
-use super::host_process::{no_new_privileges, wait_for_socket, HostProcess};
+use super::host_process::{no_new_privileges, wait_for_socket, CgroupJoin, HostProcess};
 use super::{host, log_tail, require_file, virtiofsd, Hypervisor, HypervisorError, VmPaths};
 use crate::config::{Arch, Config, MachineType, QemuConfig, SharedFs};
 use crate::guest::vsock::Dialer;
@@ -54,6 +54,8 @@ pub struct Qemu {
     /// Set once stop() runs: an exit after that is expected and not worth a warning.
     stopping: Arc<AtomicBool>,
     vsock_kind: Option<VsockKind>,
+    /// The pod's cgroup every process of this VM joins.
+    cgroup: CgroupJoin,
 }
 
 impl Qemu {
@@ -65,6 +67,7 @@ impl Qemu {
         devices: Devices,
         id: &str,
         paths: VmPaths,
+        cgroup: CgroupJoin,
     ) -> Qemu {
         let (exited_tx, exited_rx) = watch::channel(false);
         Qemu {
@@ -82,6 +85,7 @@ impl Qemu {
             exited_rx,
             stopping: Arc::new(AtomicBool::new(false)),
             vsock_kind: None,
+            cgroup,
         }
     }
 
@@ -144,7 +148,7 @@ impl Qemu {
         let debug = h.guest.enable_debug || self.config.runtime.enable_debug;
         let fs_fut = async {
             if h.guest.shared_fs == SharedFs::VirtioFs {
-                virtiofsd::start(&h.guest, &self.paths, shared, debug)
+                virtiofsd::start(&h.guest, &self.paths, shared, debug, &self.cgroup)
                     .await
                     .map(Some)
             } else {
@@ -153,7 +157,9 @@ impl Qemu {
         };
         let vsock_fut = async {
             if vsock == VsockKind::VhostUser {
-                vsock_device::start_daemon(&h, &self.paths).await.map(Some)
+                vsock_device::start_daemon(&h, &self.paths, &self.cgroup)
+                    .await
+                    .map(Some)
             } else {
                 Ok(None)
             }
@@ -284,6 +290,7 @@ impl Qemu {
             cmd,
             &self.paths.log("qemu"),
             &self.paths.pidfile("qemu"),
+            &self.cgroup,
         );
         for t in &taps {
             if let Err(e) = set_cloexec(t.fd.raw(), true, &t.tap) {

@@ -8,7 +8,9 @@ use std::time::Duration;
 use tokio::process::Command;
 
 use crate::config::{QemuConfig, VsockMode};
-use crate::hypervisor::host_process::{drop_all_capabilities, wait_for_socket, HostProcess};
+use crate::hypervisor::host_process::{
+    drop_all_capabilities, wait_for_socket, CgroupJoin, HostProcess,
+};
 use crate::hypervisor::{HypervisorError, VmPaths};
 
 pub const VHOST_VSOCK_DEV: &str = "/dev/vhost-vsock";
@@ -89,6 +91,7 @@ pub fn reserve_cid(dev: &Path) -> Result<(u32, OwnedFd), HypervisorError> {
 pub async fn start_daemon(
     config: &QemuConfig,
     paths: &VmPaths,
+    cgroup: &CgroupJoin,
 ) -> Result<HostProcess, HypervisorError> {
     let mut cmd = Command::new(&config.vhost_user_vsock_daemon);
     cmd.arg(format!("--guest-cid={VHOST_USER_GUEST_CID}"))
@@ -110,6 +113,7 @@ pub async fn start_daemon(
         cmd,
         &paths.log("vhost-device-vsock"),
         &paths.pidfile("vhost-device-vsock"),
+        cgroup,
     )?;
     match wait_for_socket(&p, &paths.vhost_user_vsock(), SOCKET_TIMEOUT).await {
         Ok(()) => Ok(p),
