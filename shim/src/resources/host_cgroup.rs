@@ -232,7 +232,7 @@ impl HostCgroup {
             created: Vec::new(),
         };
         let made = match hierarchy {
-            Hierarchy::Unified(root) => cg.make(root, rel, false),
+            Hierarchy::Unified(root) => cg.make_unified(root, rel),
             Hierarchy::Legacy(mounts) => mounts.iter().try_for_each(|m| {
                 let cpuset = m.controllers.iter().any(|c| c == "cpuset");
                 cg.make(&m.mount_point, rel, cpuset)
@@ -243,6 +243,21 @@ impl HostCgroup {
             return Err(e);
         }
         Ok(cg)
+    }
+
+    /// [`HostCgroup::make`] on cgroup v2: each parent of a level it creates hands its
+    /// controllers down (`cgroup.subtree_control`), or a new level would have none and the
+    /// pod's limits would not reach the VM. Best effort per parent: one that holds processes
+    /// itself cannot (v2's no-internal-process rule), and kubelet's levels already do.
+    fn make_unified(&mut self, root: &Path, rel: &Path) -> Result<(), CgroupError> {
+        self.make(root, rel, false)?;
+        // Top down: a level's controllers exist once its parent enabled them.
+        for dir in &self.created {
+            if let Some(parent) = dir.parent() {
+                enable_controllers(parent);
+            }
+        }
+        Ok(())
     }
 
     /// mkdir -p of `rel` under `root`, remembering what it made; a new v1 cpuset level gets
@@ -444,6 +459,24 @@ impl HostCgroup {
     }
 }
 
+/// Enables in `dir`'s children every controller `dir` has (v2), logging what it cannot.
+fn enable_controllers(dir: &Path) {
+    let Ok(available) = fs::read_to_string(dir.join("cgroup.controllers")) else {
+        return;
+    };
+    let wanted: Vec<String> = available
+        .split_whitespace()
+        .map(|c| format!("+{c}"))
+        .collect();
+    if wanted.is_empty() {
+        return;
+    }
+    let file = dir.join("cgroup.subtree_control");
+    if let Err(e) = fs::write(&file, wanted.join(" ")) {
+        tracing::debug!("enabling {} in {}: {e}", wanted.join(" "), file.display());
+    }
+}
+
 /// Writes `pid` to `cgroup.procs` in each of `dirs`.
 fn write_pid(dirs: &[PathBuf], pid: u32) -> Result<(), CgroupError> {
     for d in dirs {
@@ -489,6 +522,30 @@ mod tests {
         let e = HostCgroup::create(&p, &Hierarchy::Unified(PathBuf::from("/nonexistent")))
             .expect_err("systemd form");
         assert!(e.to_string().contains("SystemdCgroup"), "{e}");
+    }
+
+    #[test]
+    fn v2_parents_of_new_levels_hand_their_controllers_down() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path();
+        fs::write(
+            root.join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .expect("write");
+        let path = CgroupsPath::parse("/kubepods/pod1/sb").expect("parses");
+        let mut cg =
+            HostCgroup::create(&path, &Hierarchy::Unified(root.to_path_buf())).expect("creates");
+        assert_eq!(cg.leaves(), [root.join("kubepods/pod1/sb")]);
+        assert_eq!(
+            fs::read_to_string(root.join("cgroup.subtree_control")).expect("read"),
+            "+cpuset +cpu +io +memory +pids"
+        );
+        // The fake's new levels have no cgroup.controllers (the kernel would add it): nothing
+        // is written there.
+        assert!(!root.join("kubepods/cgroup.subtree_control").exists());
+        cg.remove();
+        assert!(!root.join("kubepods").exists());
     }
 
     const V1: &str = "\
