@@ -344,17 +344,27 @@ impl Containerd {
 
     /// Runs `cmd` in the task with `ctr task exec` until it exits 0 (bounded).
     pub fn wait_exec_ok(&self, id: &str, cmd: &[&str], timeout: Duration) {
+        self.wait_exec(id, cmd, true, timeout);
+    }
+
+    /// Runs `cmd` in `id` (`ctr task exec`) until it fails, for at most `timeout`.
+    pub fn wait_exec_fails(&self, id: &str, cmd: &[&str], timeout: Duration) {
+        self.wait_exec(id, cmd, false, timeout);
+    }
+
+    fn wait_exec(&self, id: &str, cmd: &[&str], succeed: bool, timeout: Duration) {
         let deadline = Instant::now() + timeout;
+        let want = if succeed { "succeed" } else { "fail" };
         for n in 0.. {
             let eid = format!("probe{n}");
             let mut args = vec!["task", "exec", "--exec-id", &eid, id];
             args.extend_from_slice(cmd);
-            if self.ctr(&args).status.success() {
+            if self.ctr(&args).status.success() == succeed {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "{cmd:?} in {id} did not succeed within {timeout:?}"
+                "{cmd:?} in {id} did not {want} within {timeout:?}"
             );
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -228,6 +228,112 @@ fn kill_with_signals() {
     assert_clean(&id, &ctrd);
 }
 
+/// `kill --all` signals every process of the container, without it only PID 1: PID 1 traps
+/// SIGTERM and lives either way, its child `sleep` does not trap it.
+#[test]
+fn kill_all_reaches_every_process_and_plain_kill_only_pid_1() {
+    let ctrd = Containerd::start("ctr");
+    let id = unique_id("termall");
+    let _guard_id = ctrd.guard(&id);
+    ctrd.run_detached(
+        &id,
+        &[
+            "sh",
+            "-c",
+            "trap 'echo term' TERM; sleep 1000 & touch /tmp/ready; while true; do wait; done",
+        ],
+    );
+    ctrd.wait_status(&id, "RUNNING", STATUS_TIMEOUT);
+    ctrd.wait_exec_ok(&id, &["test", "-f", "/tmp/ready"], STATUS_TIMEOUT);
+    let child = ["pidof", "sleep"];
+
+    let out = ctrd.ctr(&["task", "kill", "-s", "SIGTERM", &id]);
+    expect_ok(&out, "ctr task kill -s SIGTERM", &ctrd);
+    // The signal is delivered before kill returns: the child is still there, PID 1 too.
+    ctrd.wait_exec_ok(&id, &child, STATUS_TIMEOUT);
+    assert_eq!(ctrd.task_status(&id).as_deref(), Some("RUNNING"));
+
+    let out = ctrd.ctr(&["task", "kill", "--all", "-s", "SIGTERM", &id]);
+    expect_ok(&out, "ctr task kill --all -s SIGTERM", &ctrd);
+    ctrd.wait_exec_fails(&id, &child, STATUS_TIMEOUT);
+    assert_eq!(
+        ctrd.task_status(&id).as_deref(),
+        Some("RUNNING"),
+        "PID 1 traps SIGTERM and lives"
+    );
+    ctrd.force_remove(&id);
+    assert_clean(&id, &ctrd);
+}
+
+/// Pause freezes the container in the guest, not just the shim's status: a counter the
+/// container writes (read on the host, in its rootfs's upper layer) stops while paused and
+/// moves again after resume.
+#[test]
+fn pause_stops_the_container_and_resume_restarts_it() {
+    let ctrd = Containerd::start("ctr");
+    let id = unique_id("counter");
+    let _guard_id = ctrd.guard(&id);
+    let script = format!("i=0; while true; do i=$((i+1)); echo $i > /tmp/{id}; sleep 0.2; done");
+    ctrd.run_detached(&id, &["sh", "-c", &script]);
+    ctrd.wait_status(&id, "RUNNING", STATUS_TIMEOUT);
+    // The counter file, found in containerd's snapshots (the guest writes it through the
+    // shared filesystem).
+    let snapshots = ctrd
+        .dir()
+        .join("root/io.containerd.snapshotter.v1.overlayfs/snapshots");
+    let deadline = std::time::Instant::now() + STATUS_TIMEOUT;
+    let file = loop {
+        let out = Command::new("timeout")
+            .args(["10", "find"])
+            .arg(&snapshots)
+            .args(["-path", &format!("*/fs/tmp/{id}")])
+            .output()
+            .expect("find");
+        if let Some(p) = text(&out.stdout).lines().next() {
+            break std::path::PathBuf::from(p);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the counter file /tmp/{id} never appeared under {}",
+            snapshots.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let read = || -> Option<u64> { std::fs::read_to_string(&file).ok()?.trim().parse().ok() };
+    let moved_past = |n: u64| {
+        let deadline = std::time::Instant::now() + STATUS_TIMEOUT;
+        while read().unwrap_or(0) <= n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the counter did not move past {n} within {STATUS_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    moved_past(1);
+
+    expect_ok(&ctrd.ctr(&["task", "pause", &id]), "ctr task pause", &ctrd);
+    ctrd.wait_status(&id, "PAUSED", STATUS_TIMEOUT);
+    let frozen = read();
+    // Five of the counter's periods.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        read(),
+        frozen,
+        "the counter moved while the container was paused"
+    );
+
+    expect_ok(
+        &ctrd.ctr(&["task", "resume", &id]),
+        "ctr task resume",
+        &ctrd,
+    );
+    ctrd.wait_status(&id, "RUNNING", STATUS_TIMEOUT);
+    moved_past(frozen.unwrap_or(0));
+    ctrd.force_remove(&id);
+    assert_clean(&id, &ctrd);
+}
+
 #[test]
 fn pause_resume_and_metrics() {
     let ctrd = Containerd::start("ctr");
