@@ -22,6 +22,20 @@ pub const CTR_CALL_LIMIT: Duration = Duration::from_secs(300);
 /// Where the shim keeps each sandbox's VM, helpers and sockets (see the shim's `vm` module).
 pub const SANDBOX_RUN_DIR: &str = "/run/kata-containers";
 
+/// Bound on a harness script (containerd start-up with image builds, install).
+pub const SCRIPT_LIMIT: Duration = Duration::from_secs(600);
+/// Bound on a quick host command (uname, kill, sed, a config check).
+pub const QUICK_LIMIT: Duration = Duration::from_secs(60);
+
+/// `program` under timeout(1): killed (SIGTERM, then SIGKILL 5 s later) after `limit`, so a
+/// regression that hangs it fails the test (exit 124) instead of hanging the suite.
+pub fn bounded(program: impl AsRef<std::ffi::OsStr>, limit: Duration) -> Command {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["-k", "5", &limit.as_secs().max(1).to_string()])
+        .arg(program);
+    cmd
+}
+
 /// The checkout this test binary was built from.
 pub fn top_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -50,7 +64,7 @@ pub fn netfilter_image() -> String {
 /// Reads one variable defined by scripts/lib.sh, the one source of shared paths and names.
 pub fn shell_var(name: &str) -> Result<String> {
     let lib = scripts().join("lib.sh");
-    let out = Command::new("bash")
+    let out = bounded("bash", QUICK_LIMIT)
         .arg("-c")
         .arg(format!(". '{}' && printf %s \"${name}\"", lib.display()))
         .output()
@@ -180,7 +194,7 @@ impl Containerd {
     }
 
     fn script(&self, args: &[&str]) -> Result<Output> {
-        let mut cmd = Command::new("bash");
+        let mut cmd = bounded("bash", SCRIPT_LIMIT);
         cmd.arg(scripts().join("containerd.sh"))
             .args(args)
             .env("CONTAINERD_DIR", &self.dir);
@@ -249,10 +263,8 @@ impl Containerd {
 
     /// `timeout -k 5 LIMIT ctr -a SOCK args...`.
     fn ctr_command(&self, args: &[&str], limit: Duration) -> Command {
-        let mut cmd = Command::new("timeout");
-        cmd.args(["-k", "5", &limit.as_secs().max(1).to_string()])
-            .arg(self.ctr_bin())
-            .arg("-a")
+        let mut cmd = bounded(self.ctr_bin(), limit);
+        cmd.arg("-a")
             .arg(self.dir.join("containerd.sock"))
             .args(args);
         cmd
@@ -489,11 +501,52 @@ pub fn host_cgroups_named(name: &str) -> Vec<PathBuf> {
     found
 }
 
+/// Names (`/proc/<pid>/comm`, at most 15 bytes) of the processes a sandbox runs on the host.
+const SANDBOX_PROCESS_NAMES: [&str; 4] = [
+    "qemu-system-",
+    "virtiofsd",
+    "vhost-device-vs",
+    "containerd-shim",
+];
+
+/// Zombies of the processes a sandbox runs (a zombie has no command line to name its
+/// sandbox by): an exit nobody reaped. Children of this test process are left out: the suites
+/// that boot VMs in-process stand in for a shim, and one that plays a dead shim never reaps.
+pub fn sandbox_zombies() -> Vec<String> {
+    let me = std::process::id().to_string();
+    let mut found = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for p in procs.flatten() {
+        let Ok(stat) = std::fs::read_to_string(p.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ...: comm may hold spaces and parentheses; the state follows the
+        // last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let mut rest = stat[close + 1..].split_whitespace();
+        let state = rest.next().unwrap_or_default();
+        let ppid = rest.next().unwrap_or_default();
+        if state == "Z" && ppid != me && SANDBOX_PROCESS_NAMES.iter().any(|n| comm.starts_with(n)) {
+            found.push(format!(
+                "zombie {} ({comm})",
+                p.file_name().to_string_lossy()
+            ));
+        }
+    }
+    found
+}
+
 /// What a sandbox may have left behind: processes whose command line names its directory,
-/// mounts under it, the directory itself, a host cgroup named after it. Empty means clean.
+/// mounts under it, the directory itself, a host cgroup named after it, and any unreaped
+/// sandbox process. Empty means clean.
 pub fn leftovers(sandbox_id: &str) -> Vec<String> {
     let dir = format!("{SANDBOX_RUN_DIR}/{sandbox_id}");
-    let mut found = Vec::new();
+    let mut found = sandbox_zombies();
     for cg in host_cgroups_named(sandbox_id) {
         found.push(format!("cgroup {}", cg.display()));
     }

@@ -4,7 +4,6 @@
 //! host cgroup).
 
 use kata_e2e::*;
-use std::process::Command;
 use std::time::Duration;
 
 const CLEAN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -49,7 +48,10 @@ fn run_prints_output_and_propagates_exit_code() {
     let mut lines = stdout.lines();
     assert_eq!(lines.next(), Some("hi"));
     let guest_kernel = lines.next().unwrap_or_default().to_string();
-    let host = Command::new("uname").arg("-r").output().expect("uname -r");
+    let host = bounded("uname", QUICK_LIMIT)
+        .arg("-r")
+        .output()
+        .expect("uname -r");
     assert_ne!(
         guest_kernel,
         text(&host.stdout).trim(),
@@ -92,7 +94,7 @@ fn stdin_is_copied_in_and_tail_output_is_not_lost() {
 /// `ctr -t` needs a terminal on its own side: `script` gives it one.
 fn under_pty(ctrd: &Containerd, ctr_args: &str) -> std::process::Output {
     let sock = ctrd.log_path().with_file_name("containerd.sock");
-    Command::new("script")
+    bounded("script", CTR_CALL_LIMIT)
         .args([
             "-qec",
             &format!("ctr -a {} {ctr_args}", sock.display()),
@@ -283,8 +285,7 @@ fn pause_stops_the_container_and_resume_restarts_it() {
         .join("root/io.containerd.snapshotter.v1.overlayfs/snapshots");
     let deadline = std::time::Instant::now() + STATUS_TIMEOUT;
     let file = loop {
-        let out = Command::new("timeout")
-            .args(["10", "find"])
+        let out = bounded("find", QUICK_LIMIT)
             .arg(&snapshots)
             .args(["-path", &format!("*/fs/tmp/{id}")])
             .output()
@@ -466,7 +467,7 @@ fn a_killed_shims_delete_removes_its_vm_and_host_cgroup() {
 }
 
 fn nix_kill(pid: i32) {
-    let st = Command::new("kill")
+    let st = bounded("kill", QUICK_LIMIT)
         .args(["-9", &pid.to_string()])
         .status()
         .expect("kill");
@@ -508,8 +509,13 @@ fn user_errors_name_the_cause_and_leave_nothing_behind() {
     let c = config_variant("bad-qemu", "path", "\"/nonexistent/qemu-system-x86_64\"");
     assert_run_fails_naming(&ctrd, &c, &[], "/nonexistent/qemu-system-x86_64");
 
+    // The file, the section, the key, the value and what is allowed.
     let c = config_variant("bad-memory", "default_memory", "0");
-    assert_run_fails_naming(&ctrd, &c, &[], "default_memory");
+    let want = format!(
+        "{}: [hypervisor.qemu] default_memory = 0: must be between 64 and",
+        c.display()
+    );
+    assert_run_fails_naming(&ctrd, &c, &[], &want);
 
     let c = config_variant("bad-toml", "default_memory", "[[[");
     assert_run_fails_naming(&ctrd, &c, &[], "bad-toml.toml");
@@ -530,7 +536,8 @@ fn user_errors_name_the_cause_and_leave_nothing_behind() {
 fn oom_kill_publishes_task_oom() {
     let ctrd = Containerd::start("ctr");
     let sock = ctrd.log_path().with_file_name("containerd.sock");
-    let mut events = Command::new(ctrd.ctr_bin())
+    // Killed by the test once it saw the event; bounded in case the test never gets there.
+    let events = bounded(ctrd.ctr_bin(), CTR_CALL_LIMIT)
         .args(["-a", &sock.to_string_lossy(), "events"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -547,7 +554,11 @@ fn oom_kill_publishes_task_oom() {
             "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived",
         ],
     );
-    let _ = events.kill();
+    // SIGTERM to timeout(1), which passes it on to `ctr events` (SIGKILL would orphan it and
+    // leave its output pipe open).
+    let _ = bounded("kill", QUICK_LIMIT)
+        .args(["-TERM", &events.id().to_string()])
+        .status();
     let seen = events.wait_with_output().expect("ctr events output");
     let seen = text(&seen.stdout);
     assert_eq!(

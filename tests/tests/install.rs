@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn install_sh(action: &str, destdir: &Path) -> std::process::Output {
-    Command::new("bash")
+    bounded("bash", SCRIPT_LIMIT)
         .arg(top_dir().join("scripts/install.sh"))
         .args([action, "/usr/local"])
         .env("DESTDIR", destdir)
@@ -172,7 +172,7 @@ fn assert_routes_both(dump: &str, plugin: &str, cni: &str, what: &str) {
 
 /// kata-ctl's containerd lines for `config` (with `containerd` first on PATH).
 fn kata_ctl_containerd_lines(dest: &Path, config: &Path, bin_dir: Option<&Path>) -> Vec<String> {
-    let mut cmd = Command::new(dest.join("usr/local/bin/kata-ctl"));
+    let mut cmd = bounded(dest.join("usr/local/bin/kata-ctl"), QUICK_LIMIT);
     cmd.arg("--config")
         .arg(top_dir().join("build/configuration-qemu.toml"))
         .arg("check")
@@ -256,7 +256,7 @@ fn installed_containerd_files_load_in_containerd_as_the_docs_say() {
             "/usr/share/kata-containers/containerd",
             &installed(1).parent().expect("dir").to_string_lossy(),
         );
-    let out = Command::new("sed")
+    let out = bounded("sed", QUICK_LIMIT)
         .args(["-i", &script])
         .arg(&v3)
         .output()

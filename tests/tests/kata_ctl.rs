@@ -4,12 +4,11 @@
 //! host, on the built-in defaults; `env` shows every value with its origin.
 
 use kata_e2e::*;
-use std::process::Command;
 
 fn kata_ctl(args: &[&str]) -> std::process::Output {
     let bin = top_dir().join("target/release/kata-ctl");
     require_built(&[bin.clone(), top_dir().join("build/configuration-qemu.toml")]);
-    Command::new(bin)
+    bounded(bin, QUICK_LIMIT)
         .args(args)
         .output()
         .expect("running kata-ctl")
@@ -102,7 +101,7 @@ fn check_without_a_configuration_file_checks_the_host_on_the_defaults() {
     }
     let bin = top_dir().join("target/release/kata-ctl");
     require_built(std::slice::from_ref(&bin));
-    let out = Command::new(bin)
+    let out = bounded(bin, QUICK_LIMIT)
         .arg("check")
         .env_remove("KATA_CONF_FILE")
         .output()

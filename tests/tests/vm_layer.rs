@@ -45,7 +45,7 @@ fn config_from(env: &str, default: &str) -> Config {
 }
 
 fn run(cmd: &str, args: &[&str]) {
-    let st = std::process::Command::new(cmd)
+    let st = bounded(cmd, QUICK_LIMIT)
         .args(args)
         .status()
         .unwrap_or_else(|e| panic!("{cmd}: {e}"));
