@@ -110,8 +110,8 @@ pub fn make_rootfs(busybox: &Path, share: &Share, cid: &str, plant: impl FnOnce(
     plant(&root);
     // A mount of its own, as the shim's rootfs are: the export is read-only around it and
     // writable inside it.
-    let st = std::process::Command::new("timeout")
-        .args(["30", "mount", "--bind"])
+    let st = crate::bounded("mount", std::time::Duration::from_secs(30))
+        .arg("--bind")
         .arg(&root)
         .arg(&root)
         .status()

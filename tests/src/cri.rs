@@ -345,6 +345,19 @@ pub struct PodGuard<'a> {
     pod: String,
 }
 
+impl PodGuard<'_> {
+    /// StopPodSandbox and RemovePodSandbox (each must succeed), then asserts the pod left
+    /// nothing behind within `timeout` (see [`crate::leftovers`]).
+    pub fn remove_leaving_nothing(self, timeout: Duration) {
+        let (cri, pod) = (self.cri, self.pod.clone());
+        cri.stop_pod(&pod).expect("StopPodSandbox");
+        cri.remove_pod(&pod).expect("RemovePodSandbox");
+        drop(self);
+        let left = crate::wait_clean(&pod, timeout);
+        assert!(left.is_empty(), "{pod} left things behind: {left:#?}");
+    }
+}
+
 impl Drop for PodGuard<'_> {
     fn drop(&mut self) {
         // A pod already removed: StopPodSandbox says NotFound, RemovePodSandbox succeeds.

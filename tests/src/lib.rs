@@ -661,9 +661,7 @@ pub fn config_variant(name: &str, key: &str, value: &str) -> PathBuf {
 pub fn guest_console(config: &Path, id: &str, script: &str) -> Output {
     use std::io::Write;
     let bin = top_dir().join("target/release/kata-ctl");
-    let mut child = Command::new("timeout")
-        .arg("60")
-        .arg(&bin)
+    let mut child = bounded(&bin, QUICK_LIMIT)
         .arg("--config")
         .arg(config)
         .args(["exec", id])

@@ -189,11 +189,7 @@ fn guest_netfilter(ctrd: &Containerd) {
         assert_ne!(code, 0, "{what} worked without NET_ADMIN: {out}");
     }
 
-    cri.stop_pod(&pod).expect("StopPodSandbox");
-    cri.remove_pod(&pod).expect("RemovePodSandbox");
-    drop(guard);
-    let left = wait_clean(&pod, CLEAN_TIMEOUT);
-    assert!(left.is_empty(), "{pod} left things behind: {left:#?}");
+    guard.remove_leaving_nothing(CLEAN_TIMEOUT);
 }
 
 #[test]

@@ -10,7 +10,7 @@ use kata_e2e::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 const KATA_HANDLER: &str = "kata";
@@ -20,16 +20,15 @@ const CLEAN_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a server in a fresh container may take to answer (TCG guest).
 const SERVE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on one host command (ip, tc, nsenter).
-const CMD_LIMIT: &str = "10";
+const CMD_LIMIT: Duration = Duration::from_secs(10);
 const PORT: u16 = 8080;
 /// The static neighbour put into the test's netns (the gateway's MAC).
 const NEIGH_MAC: &str = "ee:00:00:00:00:01";
 
-/// `timeout CMD_LIMIT <args>`: every external command is bounded.
+/// `args` bounded by CMD_LIMIT: every external command is bounded.
 fn run(args: &[&str]) -> Output {
-    Command::new("timeout")
-        .arg(CMD_LIMIT)
-        .args(args)
+    bounded(args[0], CMD_LIMIT)
+        .args(&args[1..])
         .output()
         .unwrap_or_else(|e| panic!("running {args:?}: {e}"))
 }

@@ -251,9 +251,8 @@ fn host_only_pods_are_refused(ctrd: &Containerd) {
 
 /// Runs `cmd` (bounded); panics naming it when it fails.
 fn run_ok(cmd: &[&str]) {
-    let out = std::process::Command::new("timeout")
-        .arg("30")
-        .args(cmd)
+    let out = bounded(cmd[0], QUICK_LIMIT)
+        .args(&cmd[1..])
         .output()
         .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     assert!(
@@ -270,8 +269,8 @@ struct SharedMount(std::path::PathBuf);
 
 impl Drop for SharedMount {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("timeout")
-            .args(["30", "umount", "-l"])
+        let _ = bounded("umount", QUICK_LIMIT)
+            .arg("-l")
             .arg(&self.0)
             .status();
         let _ = std::fs::remove_dir(&self.0);

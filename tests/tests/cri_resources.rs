@@ -163,11 +163,7 @@ fn pod_resources(ctrd: &Containerd) {
 
     cri.stop_container(&probe, 1).expect("StopContainer");
     cri.remove_container(&probe).expect("RemoveContainer");
-    cri.stop_pod(&pod).expect("StopPodSandbox");
-    cri.remove_pod(&pod).expect("RemovePodSandbox");
-    drop(guard);
-    let left = wait_clean(&pod, CLEAN_TIMEOUT);
-    assert!(left.is_empty(), "{pod} left things behind: {left:#?}");
+    guard.remove_leaving_nothing(CLEAN_TIMEOUT);
     let dirs = cgroup_dirs(&sandbox_cgroup);
     assert!(
         dirs.is_empty(),

@@ -5,7 +5,6 @@
 
 use kata_e2e::*;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn install_sh(action: &str, destdir: &Path) -> std::process::Output {
     bounded("bash", SCRIPT_LIMIT)
@@ -128,9 +127,7 @@ fn kubernetes_files_land_where_the_docs_say() {
 /// `containerd --config FILE config dump` with a time limit; quotes made uniform (2.x prints
 /// single quotes, 1.x double).
 fn config_dump(containerd: &Path, config: &Path) -> String {
-    let out = Command::new("timeout")
-        .arg("30")
-        .arg(containerd)
+    let out = bounded(containerd, QUICK_LIMIT)
         .arg("--config")
         .arg(config)
         .args(["config", "dump"])
@@ -234,9 +231,7 @@ fn installed_containerd_files_load_in_containerd_as_the_docs_say() {
     // version = 3: containerd 2.x's default config.toml with its empty `imports` filled in by
     // the documented command.
     let v3 = work.path().join("config-v3.toml");
-    let out = Command::new("timeout")
-        .arg("30")
-        .arg(&c2)
+    let out = bounded(&c2, QUICK_LIMIT)
         .args(["config", "default"])
         .output()
         .expect("containerd config default");

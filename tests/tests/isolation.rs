@@ -7,7 +7,6 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use kata_e2e::*;
@@ -176,8 +175,8 @@ struct TestMount(PathBuf);
 
 impl Drop for TestMount {
     fn drop(&mut self) {
-        let _ = Command::new("timeout")
-            .args(["30", "umount", "-l"])
+        let _ = bounded("umount", QUICK_LIMIT)
+            .arg("-l")
             .arg(&self.0)
             .status();
     }
@@ -213,8 +212,8 @@ fn a_second_container_is_mounted_past_names_planted_in_the_share() {
     let (rw, ro) = (tmp.path().join("rw"), tmp.path().join("ro"));
     std::fs::create_dir(&rw).expect("rw");
     std::fs::create_dir_all(ro.join("nested")).expect("ro/nested");
-    let st = Command::new("timeout")
-        .args(["30", "mount", "-t", "tmpfs", "tmpfs"])
+    let st = bounded("mount", QUICK_LIMIT)
+        .args(["-t", "tmpfs", "tmpfs"])
         .arg(ro.join("nested"))
         .status()
         .expect("mount tmpfs");

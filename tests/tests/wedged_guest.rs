@@ -2,7 +2,6 @@
 //! pod alive, end to end: real containerd, shim, QEMU and guest. The guest is wedged by
 //! stopping QEMU (SIGSTOP): the agent then answers nothing, as a hostile agent might.
 
-use std::process::Command;
 use std::time::Duration;
 
 use kata_e2e::*;
@@ -11,8 +10,8 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(60);
 const CLEAN_TIMEOUT: Duration = Duration::from_secs(15);
 
 fn signal(sig: &str, pid: i32) {
-    let st = Command::new("timeout")
-        .args(["10", "kill", sig, &pid.to_string()])
+    let st = bounded("kill", QUICK_LIMIT)
+        .args([sig, &pid.to_string()])
         .status()
         .expect("kill");
     assert!(st.success(), "kill {sig} {pid}");
