@@ -16,12 +16,13 @@ want_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok
 
 # QEMU, containerd, kernel build, cross toolchain, virtiofsd build deps, image building;
 # for the CRI suite: CNI plugins (bridge, host-local, portmap, loopback) and protoc, which the
-# k8s-cri crate's build script needs to generate its client.
+# k8s-cri crate's build script needs to generate its client; dbus-daemon, the private bus
+# the systemd cgroup driver's tests run a mock systemd on.
 for p in qemu-system-x86 qemu-system-arm containerd runc busybox-static iptables \
          linux-source-6.1 bc bison flex libelf-dev libssl-dev cpio xz-utils lz4 \
          gcc-aarch64-linux-gnu libc6-dev-arm64-cross musl-tools \
          libseccomp-dev libcap-ng-dev pkg-config iproute2 jq \
-         containernetworking-plugins protobuf-compiler; do
+         containernetworking-plugins protobuf-compiler dbus-daemon; do
   want_pkg "$p"
 done
 

@@ -1,13 +1,15 @@
 //! The pod's cgroup on the host, named by the sandbox spec's `cgroupsPath`: where the VM's host
 //! processes (QEMU, virtiofsd, the vsock daemon; the shim too under `sandbox_cgroup_only`) are
-//! accounted, so kubelet's pod limits cover them. cgroupfs paths on cgroup v1 (one directory
-//! per controller hierarchy) and v2 (unified); systemd's `slice:prefix:name` form is refused
-//! with the driver mismatch named when systemd is not PID 1 (no silent misplacement).
+//! accounted, so kubelet's pod limits cover them: the path in either driver's form, and its
+//! directories on cgroup v1 (one per controller hierarchy) and v2 (unified). A systemd-form
+//! path's scope is started by systemd first (`systemd.rs`, driven by `pod_cgroup.rs`).
 
 use std::fs;
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
+
+use super::systemd::{Scope, SystemdError};
 
 /// Where the host's cgroup hierarchies are mounted.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -25,12 +27,11 @@ pub enum CgroupError {
          cgroupfs driver (SystemdCgroup = false, kubelet's cgroupDriver: cgroupfs)"
     )]
     SystemdNotRunning { path: String },
-    #[error(
-        "cgroupsPath {path:?} is in systemd's slice:prefix:name form; this runtime places VMs \
-         with the cgroupfs driver only so far (containerd SystemdCgroup = false, kubelet \
-         cgroupDriver: cgroupfs)"
-    )]
-    SystemdUnsupported { path: String },
+    #[error("cgroupsPath {path:?}: {source}")]
+    Systemd {
+        path: String,
+        source: Box<SystemdError>,
+    },
     #[error("no cgroup hierarchy is mounted under {CGROUP_ROOT}")]
     NoHierarchy,
     #[error("{context}: {source}")]
@@ -50,12 +51,8 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> CgroupError 
 pub enum CgroupsPath {
     /// cgroupfs driver: a path below each hierarchy's root (`/kubepods/burstable/pod<uid>/<id>`).
     Fs(PathBuf),
-    /// systemd driver: `slice:prefix:name`.
-    Systemd {
-        slice: String,
-        prefix: String,
-        name: String,
-    },
+    /// systemd driver: `slice:prefix:name`, as written, and the scope unit it names.
+    Systemd { spec: String, scope: Scope },
 }
 
 impl CgroupsPath {
@@ -74,10 +71,10 @@ impl CgroupsPath {
             if name.is_empty() {
                 return Err(bad("systemd form has an empty unit name"));
             }
+            let scope = Scope::new(slice, prefix, name).map_err(|r| bad(&r))?;
             return Ok(CgroupsPath::Systemd {
-                slice: slice.to_string(),
-                prefix: prefix.to_string(),
-                name: name.to_string(),
+                spec: path.to_string(),
+                scope,
             });
         }
         let mut rel = PathBuf::new();
@@ -94,6 +91,15 @@ impl CgroupsPath {
         }
         Ok(CgroupsPath::Fs(rel))
     }
+
+    /// The cgroup's directory below each hierarchy's root (for the systemd form, where
+    /// systemd makes the scope's).
+    pub fn relative(&self) -> &Path {
+        match self {
+            CgroupsPath::Fs(rel) => rel,
+            CgroupsPath::Systemd { scope, .. } => &scope.cgroup,
+        }
+    }
 }
 
 /// As the spec wrote it (a cgroupfs path from the hierarchy's root).
@@ -101,11 +107,7 @@ impl std::fmt::Display for CgroupsPath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CgroupsPath::Fs(rel) => write!(f, "/{}", rel.display()),
-            CgroupsPath::Systemd {
-                slice,
-                prefix,
-                name,
-            } => write!(f, "{slice}:{prefix}:{name}"),
+            CgroupsPath::Systemd { spec, .. } => f.write_str(spec),
         }
     }
 }
@@ -180,6 +182,48 @@ impl Hierarchy {
         Self::from_mountinfo(&text, Path::new(CGROUP_ROOT))
     }
 
+    /// Each hierarchy's root, in the order [`HostCgroup::leaves`] follows.
+    fn roots(&self) -> Vec<PathBuf> {
+        match self {
+            Hierarchy::Unified(root) => vec![root.clone()],
+            Hierarchy::Legacy(mounts) => mounts.iter().map(|m| m.mount_point.clone()).collect(),
+        }
+    }
+
+    /// Where a process is in each hierarchy (same order as [`Hierarchy::roots`]), read from
+    /// its `/proc/<pid>/cgroup` text; a hierarchy it does not list gives its root.
+    pub fn dirs_of(&self, proc_cgroup: &str) -> Vec<PathBuf> {
+        // id:controllers:path; v2's line is 0::path.
+        let lines: Vec<(Vec<&str>, &str)> = proc_cgroup
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.splitn(3, ':');
+                let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+                let mut set: Vec<&str> = controllers.split(',').filter(|c| !c.is_empty()).collect();
+                set.sort_unstable();
+                Some((set, path))
+            })
+            .collect();
+        let within = |root: &Path, path: &str| root.join(path.trim_start_matches('/'));
+        match self {
+            Hierarchy::Unified(root) => vec![lines
+                .iter()
+                .find(|(set, _)| set.is_empty())
+                .map_or_else(|| root.clone(), |(_, p)| within(root, p))],
+            Hierarchy::Legacy(mounts) => mounts
+                .iter()
+                .map(|m| {
+                    let mut want: Vec<&str> = m.controllers.iter().map(String::as_str).collect();
+                    want.sort_unstable();
+                    lines
+                        .iter()
+                        .find(|(set, _)| *set == want)
+                        .map_or_else(|| m.mount_point.clone(), |(_, p)| within(&m.mount_point, p))
+                })
+                .collect(),
+        }
+    }
+
     /// "v1" or "v2", for messages and `kata-ctl check`.
     pub fn version(&self) -> &'static str {
         match self {
@@ -208,23 +252,11 @@ pub struct HostCgroup {
 }
 
 impl HostCgroup {
-    /// Creates (or adopts) the cgroup `path` in every hierarchy of `hierarchy`.
+    /// Creates (or adopts) the cgroup `path` in every hierarchy of `hierarchy`. For a
+    /// systemd-form path the scope was started first: this adopts the directories systemd
+    /// made and creates those of hierarchies systemd does not manage (v1's cpuset, ...).
     pub fn create(path: &CgroupsPath, hierarchy: &Hierarchy) -> Result<Self, CgroupError> {
-        let rel = match path {
-            CgroupsPath::Fs(rel) => rel,
-            CgroupsPath::Systemd {
-                slice,
-                prefix,
-                name,
-            } => {
-                let shown = format!("{slice}:{prefix}:{name}");
-                return Err(if systemd_is_running() {
-                    CgroupError::SystemdUnsupported { path: shown }
-                } else {
-                    CgroupError::SystemdNotRunning { path: shown }
-                });
-            }
-        };
+        let rel = path.relative();
         let mut cg = HostCgroup {
             path: path.clone(),
             roots: Vec::new(),
@@ -289,17 +321,11 @@ impl HostCgroup {
     }
 
     /// A dead shim's cgroup `path` (its leaf only: the parents may be kubelet's or shared),
-    /// once the VM's processes are gone; absent is fine. Systemd paths were never created.
+    /// once the VM's processes are gone (and, for a systemd scope, systemd stopped it);
+    /// absent is fine.
     pub fn remove_leftover(path: &CgroupsPath, hierarchy: &Hierarchy) -> Result<(), CgroupError> {
-        let CgroupsPath::Fs(rel) = path else {
-            return Ok(());
-        };
-        let roots: Vec<PathBuf> = match hierarchy {
-            Hierarchy::Unified(root) => vec![root.clone()],
-            Hierarchy::Legacy(mounts) => mounts.iter().map(|m| m.mount_point.clone()).collect(),
-        };
-        for root in roots {
-            let leaf = root.join(rel);
+        for root in hierarchy.roots() {
+            let leaf = root.join(path.relative());
             match fs::remove_dir(&leaf) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -385,13 +411,10 @@ impl HostCgroup {
         })
     }
 
-    /// Moves process `pid` back to each hierarchy's root (before the cgroup is removed).
-    pub fn leave(&self, pid: u32) -> Result<(), CgroupError> {
-        write_pid(&self.roots, pid)
-    }
-
-    /// The pids still in the cgroup (any hierarchy).
+    /// The pids still in the cgroup (any hierarchy), the shim's own aside (it left before a
+    /// drain; if that failed, it must not kill itself).
     fn members(&self) -> Vec<i32> {
+        let shim = i32::try_from(std::process::id()).unwrap_or(-1);
         let mut pids: Vec<i32> = self
             .leaves
             .iter()
@@ -402,6 +425,7 @@ impl HostCgroup {
                     .collect::<Vec<_>>()
             })
             .collect();
+        pids.retain(|p| *p != shim);
         pids.sort_unstable();
         pids.dedup();
         pids
@@ -477,6 +501,21 @@ fn enable_controllers(dir: &Path) {
     }
 }
 
+/// Moves process `pid` out of a pod cgroup again, to `dirs` (one per hierarchy, as
+/// [`Hierarchy::dirs_of`] gives them), or to a hierarchy's root where that dir is gone.
+pub fn return_pid(hierarchy: &Hierarchy, pid: u32, dirs: &[PathBuf]) -> Result<(), CgroupError> {
+    let to: Vec<PathBuf> = hierarchy
+        .roots()
+        .into_iter()
+        .zip(dirs.iter().map(Some).chain(std::iter::repeat(None)))
+        .map(|(root, dir)| match dir {
+            Some(d) if d.is_dir() => d.clone(),
+            _ => root,
+        })
+        .collect();
+    write_pid(&to, pid)
+}
+
 /// Writes `pid` to `cgroup.procs` in each of `dirs`.
 fn write_pid(dirs: &[PathBuf], pid: u32) -> Result<(), CgroupError> {
     for d in dirs {
@@ -507,21 +546,47 @@ mod tests {
     }
 
     #[test]
-    fn systemd_form_is_recognised_and_refused_by_driver_name() {
-        let p =
-            CgroupsPath::parse("kubepods-burstable-pod1.slice:cri-containerd:abc").expect("parses");
+    fn systemd_form_names_its_scope_below_the_expanded_slice() {
+        let spec = "kubepods-burstable-pod1.slice:cri-containerd:abc";
+        let p = CgroupsPath::parse(spec).expect("parses");
+        assert_eq!(p.to_string(), spec);
         assert_eq!(
-            p,
-            CgroupsPath::Systemd {
-                slice: "kubepods-burstable-pod1.slice".into(),
-                prefix: "cri-containerd".into(),
-                name: "abc".into()
-            }
+            p.relative(),
+            Path::new(
+                "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/\
+                 cri-containerd-abc.scope"
+            )
         );
-        assert!(CgroupsPath::parse("a:b").is_err());
-        let e = HostCgroup::create(&p, &Hierarchy::Unified(PathBuf::from("/nonexistent")))
-            .expect_err("systemd form");
-        assert!(e.to_string().contains("SystemdCgroup"), "{e}");
+        for bad in ["a:b", "kubepods:cri:abc", "a.slice:p:x y"] {
+            let e = CgroupsPath::parse(bad).expect_err(bad);
+            assert!(e.to_string().contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_process_leaves_for_where_proc_cgroup_says_it_was() {
+        let v1 = Hierarchy::from_mountinfo(V1, Path::new(CGROUP_ROOT)).expect("v1");
+        let proc_cgroup = "\
+5:memory:/system.slice/containerd.service
+4:cpu:/system.slice/containerd.service
+1:name=systemd:/system.slice/containerd.service
+0::/system.slice/containerd.service
+";
+        let root = Path::new(CGROUP_ROOT);
+        assert_eq!(
+            v1.dirs_of(proc_cgroup),
+            [
+                root.join("cpu/system.slice/containerd.service"),
+                root.join("cpuset"),
+                root.join("memory/system.slice/containerd.service"),
+                root.join("systemd/system.slice/containerd.service"),
+            ]
+        );
+        let v2 = Hierarchy::Unified(root.to_path_buf());
+        assert_eq!(
+            v2.dirs_of(proc_cgroup),
+            [root.join("system.slice/containerd.service")]
+        );
     }
 
     #[test]

@@ -12,8 +12,9 @@ use crate::error::{TaskError, TaskResult};
 use crate::guest::GuestAgent;
 use crate::hypervisor::devices::{NetDevice, TapFd};
 use crate::hypervisor::CgroupJoin;
-use crate::resources::host_cgroup::{CgroupsPath, Hierarchy, HostCgroup};
+use crate::resources::host_cgroup::HostCgroup;
 use crate::resources::network::{GuestNetwork, PodNetwork};
+use crate::resources::pod_cgroup::PodCgroup;
 use crate::resources::share::Share;
 use crate::sandbox::seams::{BootRequest, SandboxVm, VmLauncher};
 
@@ -23,70 +24,6 @@ struct PodVm {
     vm: Vm,
     net: Option<PodNetwork>,
     cgroup: Option<PodCgroup>,
-}
-
-/// The pod's host cgroup, and whether the shim itself joined it (`sandbox_cgroup_only`).
-struct PodCgroup {
-    cgroup: HostCgroup,
-    shim_joined: bool,
-    /// Its OOM-kill count when the VM was placed in it.
-    oom_kills_before: Option<u64>,
-}
-
-impl PodCgroup {
-    /// Creates the cgroup `path` names and, under `sandbox_cgroup_only`, moves the shim in.
-    async fn create(path: &str, shim_joins: bool) -> TaskResult<PodCgroup> {
-        let path = path.to_string();
-        tokio::task::spawn_blocking(move || {
-            let parsed = CgroupsPath::parse(&path)?;
-            let mut cgroup = HostCgroup::create(&parsed, &Hierarchy::detect()?)?;
-            if shim_joins {
-                if let Err(e) = cgroup.add(std::process::id()) {
-                    cgroup.remove();
-                    return Err(e);
-                }
-            }
-            let oom_kills_before = cgroup.oom_kills();
-            Ok(PodCgroup {
-                cgroup,
-                shim_joined: shim_joins,
-                oom_kills_before,
-            })
-        })
-        .await
-        .map_err(|e| TaskError::internal(format!("cgroup task: {e}")))?
-        .map_err(|e| TaskError::invalid(format!("the pod's host cgroup: {e}")))
-    }
-
-    /// Some(description) when the OOM killer took a process of the cgroup since the VM was
-    /// placed in it.
-    fn host_oom(&self) -> Option<String> {
-        let now = self.cgroup.oom_kills()?;
-        (now > self.oom_kills_before.unwrap_or(0)).then(|| {
-            let limit = self
-                .cgroup
-                .memory_limit_mib()
-                .map_or_else(|| "no limit".to_string(), |m| format!("limit {m} MiB"));
-            format!(
-                "pod cgroup {}, {limit}: raise the RuntimeClass overhead or the pod's memory limit",
-                self.cgroup.path()
-            )
-        })
-    }
-
-    /// Removes the cgroup once the VM's processes are gone (the shim leaves it first).
-    async fn remove(mut self) {
-        let _ = tokio::task::spawn_blocking(move || {
-            if self.shim_joined {
-                if let Err(e) = self.cgroup.leave(std::process::id()) {
-                    tracing::warn!("moving the shim out of the pod's cgroup: {e}");
-                }
-            }
-            self.cgroup.drain(CGROUP_DRAIN_GRACE);
-            self.cgroup.remove();
-        })
-        .await;
-    }
 }
 
 #[async_trait]
@@ -192,12 +129,17 @@ impl VmLauncher for ConfiguredLauncher {
             Some(path) => {
                 let c = PodCgroup::create(path, spec.config.runtime.sandbox_cgroup_only)
                     .await
-                    .map_err(|e| e.context(format!("sandbox {}", req.sandbox_id)))?;
-                if let Err(e) = check_memory_fits(&c.cgroup, &spec) {
+                    .map_err(|e| {
+                        TaskError::invalid(format!(
+                            "sandbox {}: the pod's host cgroup: {e}",
+                            req.sandbox_id
+                        ))
+                    })?;
+                if let Err(e) = check_memory_fits(c.host(), &spec) {
                     c.remove().await;
                     return Err(e);
                 }
-                match c.cgroup.procs_files() {
+                match c.host().procs_files() {
                     Ok(files) => spec.cgroup = CgroupJoin::new(files),
                     Err(e) => {
                         c.remove().await;
@@ -207,7 +149,7 @@ impl VmLauncher for ConfiguredLauncher {
                 tracing::info!(
                     "sandbox {}: VM processes in cgroup {path} ({})",
                     req.sandbox_id,
-                    c.cgroup
+                    c.host()
                         .leaves()
                         .iter()
                         .map(|l| l.display().to_string())
@@ -235,7 +177,13 @@ impl VmLauncher for ConfiguredLauncher {
         };
         spec.net = net.as_ref().map(nics).unwrap_or_default();
         match Vm::boot(&spec).await {
-            Ok(vm) => Ok(Box::new(PodVm { vm, net, cgroup })),
+            Ok(vm) => {
+                let mut cgroup = cgroup;
+                if let Some(c) = cgroup.as_mut() {
+                    c.vm_started().await;
+                }
+                Ok(Box::new(PodVm { vm, net, cgroup }))
+            }
             Err(e) => {
                 if let Some(c) = cgroup {
                     c.remove().await;
@@ -265,10 +213,6 @@ impl VmLauncher for ConfiguredLauncher {
         }
     }
 }
-
-/// How long the VM's processes may take to leave its cgroup after the VM stopped (an
-/// OOM-killed QEMU frees its guest RAM first) before what is left is killed.
-const CGROUP_DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What QEMU and its helpers need on the host beyond the guest's RAM, at the least, in MiB
 /// (QEMU's own heap, its TCG/KVM structures, virtiofsd, the vsock daemon). A pod cgroup below
@@ -316,16 +260,9 @@ pub async fn cleanup_sandbox(sandbox_id: &str, cgroups_path: Option<&str>) {
     if let Err(e) = cleanup::cleanup_vm_dir(sandbox_id).await {
         tracing::warn!("cleaning up sandbox {sandbox_id}: {e}");
     }
-    if let Some(path) = cgroups_path.map(str::to_string) {
-        let removed = tokio::task::spawn_blocking(move || {
-            let parsed = CgroupsPath::parse(&path)?;
-            HostCgroup::remove_leftover(&parsed, &Hierarchy::detect()?)
-        })
-        .await;
-        match removed {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!("removing the host cgroup of sandbox {sandbox_id}: {e}"),
-            Err(e) => tracing::warn!("cgroup task of sandbox {sandbox_id}: {e}"),
+    if let Some(path) = cgroups_path {
+        if let Err(e) = PodCgroup::remove_leftover(path).await {
+            tracing::warn!("removing the host cgroup of sandbox {sandbox_id}: {e}");
         }
     }
 }
