@@ -6,7 +6,8 @@
 //! `/proc/<pid>/cgroup`), and after RemovePodSandbox that cgroup is gone from every hierarchy.
 //! A pod cgroup whose memory limit cannot hold the VM is refused before boot, naming the
 //! shortfall in MiB; a systemd-driver `cgroupsPath` on this host (no systemd) is refused
-//! naming the driver mismatch; a VM the host's OOM killer takes is reported OOM-killed.
+//! naming the driver mismatch; a VM the host's OOM killer takes is reported OOM-killed. The
+//! shim stays out of the pod's cgroup, unless `sandbox_cgroup_only = true` puts it in.
 
 use kata_e2e::cri::{self, api};
 use kata_e2e::*;
@@ -71,10 +72,34 @@ fn cgroup_dirs(rel: &str) -> Vec<PathBuf> {
     dirs
 }
 
-fn pod_resources(ctrd: &Containerd) {
-    let cri = ctrd.cri();
-    let (mut config, uid) = pod_config(ctrd, "sized");
-    // kubelet's cgroupfs layout: a parent per pod under the QoS class.
+/// Why `pid` is not in cgroup `cgroup` in every hierarchy, if it is not.
+fn not_in_cgroup(pid: i32, cgroup: &str) -> Option<String> {
+    let cgroups =
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("reading /proc/<pid>/cgroup");
+    for line in cgroups.lines() {
+        // hierarchy-id:controllers:path; v1's named and empty hierarchies included.
+        let path = line.splitn(3, ':').nth(2).unwrap_or_default();
+        let controllers = line.split(':').nth(1).unwrap_or_default();
+        if controllers.is_empty() && !Path::new(CGROUP_ROOT).join("cgroup.controllers").exists() {
+            continue; // the empty v2 mount of a v1 host
+        }
+        if path != cgroup {
+            return Some(format!("{pid} is in {path} for {controllers:?}: {cgroups}"));
+        }
+    }
+    None
+}
+
+/// The shim serving sandbox `pod` (its long-running process, not `start`).
+fn shim_pid(pod: &str) -> i32 {
+    let pids = pids_matching(&["containerd-shim-kata-v2", pod, "-address"]);
+    assert_eq!(pids.len(), 1, "one shim for {pod}: {pids:?}");
+    pids[0]
+}
+
+/// `config` with kubelet's cgroupfs layout (a parent per pod under the QoS class) and the
+/// pod's limits; returns the parent's top level and the parent.
+fn with_pod_resources(config: &mut api::PodSandboxConfig, uid: &str) -> (String, String) {
     let parent_top = format!("kata-rs-e2e-{}", std::process::id());
     let parent = format!("/{parent_top}/burstable/pod{uid}");
     let linux = config.linux.get_or_insert_with(Default::default);
@@ -86,6 +111,13 @@ fn pod_resources(ctrd: &Containerd) {
         cpu_shares: 1536,
         ..Default::default()
     });
+    (parent_top, parent)
+}
+
+fn pod_resources(ctrd: &Containerd) {
+    let cri = ctrd.cri();
+    let (mut config, uid) = pod_config(ctrd, "sized");
+    let (parent_top, parent) = with_pod_resources(&mut config, &uid);
     let pod = cri
         .run_pod(&config, KATA_HANDLER)
         .unwrap_or_else(|e| panic!("{e:#}\ncontainerd log:\n{}", ctrd.log_tail(40)));
@@ -99,24 +131,16 @@ fn pod_resources(ctrd: &Containerd) {
         let pids = pids_matching(&[name, &dir]);
         assert!(!pids.is_empty(), "no {name} of {pod}");
         for pid in pids {
-            let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-                .expect("reading /proc/<pid>/cgroup");
-            for line in cgroups.lines() {
-                // hierarchy-id:controllers:path; v1's named and empty hierarchies included.
-                let path = line.splitn(3, ':').nth(2).unwrap_or_default();
-                let controllers = line.split(':').nth(1).unwrap_or_default();
-                if controllers.is_empty()
-                    && !Path::new(CGROUP_ROOT).join("cgroup.controllers").exists()
-                {
-                    continue; // the empty v2 mount of a v1 host
-                }
-                assert_eq!(
-                    path, sandbox_cgroup,
-                    "{name} ({pid}) is not in the pod's cgroup for {controllers:?}: {cgroups}"
-                );
+            if let Some(why) = not_in_cgroup(pid, &sandbox_cgroup) {
+                panic!("{name} is not in the pod's cgroup: {why}");
             }
         }
     }
+    // The shim is not (sandbox_cgroup_only = false): it answers containerd, not the pod.
+    assert!(
+        not_in_cgroup(shim_pid(&pod), &sandbox_cgroup).is_some(),
+        "the shim joined the pod's cgroup without sandbox_cgroup_only"
+    );
     assert!(
         !cgroup_dirs(&sandbox_cgroup).is_empty(),
         "no cgroup directory {sandbox_cgroup}"
@@ -175,6 +199,28 @@ fn pod_resources(ctrd: &Containerd) {
         dirs.is_empty(),
         "the pod's parent cgroups are still there: {dirs:?}"
     );
+}
+
+/// Under `sandbox_cgroup_only = true` the shim is in the pod's cgroup too, next to its VM,
+/// and the cgroup is still removed with the pod.
+fn shim_joins_under_sandbox_cgroup_only(ctrd: &Containerd) {
+    let cri = ctrd.cri();
+    let (mut config, uid) = pod_config(ctrd, "cgroup-only");
+    let (parent_top, parent) = with_pod_resources(&mut config, &uid);
+    let pod = cri
+        .run_pod(&config, KATA_HANDLER)
+        .unwrap_or_else(|e| panic!("{e:#}\ncontainerd log:\n{}", ctrd.log_tail(40)));
+    let guard = cri.guard(&pod);
+    let sandbox_cgroup = format!("{parent}/{pod}");
+    if let Some(why) = not_in_cgroup(shim_pid(&pod), &sandbox_cgroup) {
+        panic!("the shim is not in the pod's cgroup: {why}");
+    }
+    let qemu = pids_matching(&["qemu-system", &format!("{SANDBOX_RUN_DIR}/{pod}/")]);
+    assert_eq!(qemu.len(), 1, "one QEMU of {pod}");
+    assert_eq!(not_in_cgroup(qemu[0], &sandbox_cgroup), None);
+    guard.remove_leaving_nothing(CLEAN_TIMEOUT);
+    let dirs = cgroup_dirs(&parent_top);
+    assert!(dirs.is_empty(), "cgroups left after the pod: {dirs:?}");
 }
 
 /// A pod cgroup made (as kubelet would) with a memory limit, removed when dropped.
@@ -373,6 +419,17 @@ fn containerd1_pod_cgroup_too_small_for_the_vm_is_refused_with_the_shortfall() {
 #[test]
 fn containerd1_pod_resources_size_the_vm_and_place_it_in_the_pod_cgroup() {
     pod_resources(&Containerd::start_cri("cri"));
+}
+
+#[test]
+fn containerd1_sandbox_cgroup_only_puts_the_shim_in_the_pod_cgroup_too() {
+    let config = config_variant("cgroup-only", "sandbox_cgroup_only", "true");
+    let config = config.to_string_lossy();
+    shim_joins_under_sandbox_cgroup_only(&Containerd::start_cri_env(
+        "cri-cgroup-only",
+        false,
+        &[("KATA_CONF_FILE", &config)],
+    ));
 }
 
 #[test]
