@@ -25,7 +25,7 @@ use kata_shim::guest::GuestAgent;
 use kata_shim::resources::network::{GuestNetwork, PodInterface, PodNeighbour, PodRoute, Scan};
 use kata_shim::resources::rootfs::{HostMounter, MountPlan};
 use kata_shim::resources::share::Share;
-use kata_shim::sandbox::seams::{BootRequest, Platform, SandboxVm, VmLauncher};
+use kata_shim::sandbox::seams::{BootRequest, Platform, SandboxVm, Shutdown, VmLauncher};
 use kata_shim::task::TaskCore;
 use protocol::agent as pb;
 use tokio::io::AsyncReadExt;
@@ -53,6 +53,11 @@ struct FakeAgent {
     /// A lying guest: signals are acknowledged and never end a process.
     ignores_signals: bool,
     fail_update_interface: bool,
+    /// A wedged guest: health checks get no answer.
+    wedged: std::sync::atomic::AtomicBool,
+    checks: AtomicU32,
+    /// So many of the next health checks fail (a guest that hiccups).
+    failing_checks: AtomicU32,
 }
 
 impl FakeAgent {
@@ -280,6 +285,19 @@ impl GuestAgent for FakeAgent {
         self.call(format!("add_arp_neighbors {}", req.neighbors.len()));
         Ok(())
     }
+    async fn check(&self, _: pb::CheckRequest) -> TaskResult<pb::HealthCheckResponse> {
+        self.checks.fetch_add(1, Ordering::SeqCst);
+        if self.wedged.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        let failing = self
+            .failing_checks
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if self.dead.load(Ordering::SeqCst) || failing.is_ok() {
+            return Err(TaskError::internal("agent connection closed"));
+        }
+        Ok(pb::HealthCheckResponse::default())
+    }
 }
 
 struct FakeVm {
@@ -287,6 +305,7 @@ struct FakeVm {
     share: Share,
     exited: watch::Sender<bool>,
     shutdowns: Arc<AtomicU32>,
+    shutdown_kinds: Arc<Mutex<Vec<Shutdown>>>,
     network: Option<GuestNetwork>,
 }
 
@@ -304,8 +323,9 @@ impl SandboxVm for FakeVm {
     fn guest_network(&self) -> Option<&GuestNetwork> {
         self.network.as_ref()
     }
-    async fn shutdown(self: Box<Self>) -> TaskResult<()> {
+    async fn shutdown(self: Box<Self>, how: Shutdown) -> TaskResult<()> {
         self.shutdowns.fetch_add(1, Ordering::SeqCst);
+        self.shutdown_kinds.lock().unwrap().push(how);
         self.exited.send_replace(true);
         Ok(())
     }
@@ -316,6 +336,7 @@ struct FakeLauncher {
     vm_dir: PathBuf,
     boots: Mutex<Vec<BootRequest>>,
     shutdowns: Arc<AtomicU32>,
+    shutdown_kinds: Arc<Mutex<Vec<Shutdown>>>,
     /// Sender of the booted VM's "exited" flag, so a test can kill the VM.
     vm_exited: Mutex<Option<watch::Sender<bool>>>,
     fail: Option<String>,
@@ -337,6 +358,7 @@ impl VmLauncher for FakeLauncher {
             share: Share::in_vm_dir(&self.vm_dir, SharedFs::VirtioFs),
             exited: tx,
             shutdowns: self.shutdowns.clone(),
+            shutdown_kinds: self.shutdown_kinds.clone(),
             network: self.network.clone(),
         }))
     }
@@ -388,6 +410,7 @@ fn harness_full(
         vm_dir: dir.path().to_path_buf(),
         boots: Mutex::new(Vec::new()),
         shutdowns: Arc::new(AtomicU32::new(0)),
+        shutdown_kinds: Arc::new(Mutex::new(Vec::new())),
         vm_exited: Mutex::new(None),
         fail: fail_boot.map(str::to_string),
         network,
@@ -435,6 +458,23 @@ impl Harness {
             .await
             .expect("an event in time")
             .expect("channel open")
+    }
+
+    /// Creates and starts container `id` (spec hostname "h"), taking both events.
+    async fn create_and_start(&mut self, id: &str) {
+        self.core
+            .create(&self.create_req(id, spec("h")))
+            .await
+            .unwrap();
+        self.next_event().await;
+        self.core
+            .start(&StartRequest {
+                id: id.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        self.next_event().await;
     }
 
     fn no_event(&mut self) {
@@ -1033,16 +1073,7 @@ async fn a_guest_that_never_reports_a_sigkilled_exit_loses_its_vm() {
     };
     let mut h = harness_with(agent, None);
     for id in ["c1", "c2"] {
-        h.core.create(&h.create_req(id, spec("h"))).await.unwrap();
-        h.next_event().await;
-        h.core
-            .start(&StartRequest {
-                id: id.into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        h.next_event().await;
+        h.create_and_start(id).await;
     }
     let kill = |signal: i32| KillRequest {
         id: "c1".into(),
@@ -1078,6 +1109,42 @@ async fn a_guest_that_never_reports_a_sigkilled_exit_loses_its_vm() {
             .unwrap();
     }
     assert_eq!(h.shutdowns(), 1, "the VM is stopped once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_guest_whose_agent_stops_answering_is_declared_dead_within_30_s() {
+    let mut h = harness();
+    h.create_and_start("c1").await;
+    // An answering agent keeps its VM however long it runs, and so does one that misses a
+    // check or two now and then: only missed checks in a row count.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    for _ in 0..3 {
+        h.agent.failing_checks.store(2, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
+    assert!(
+        h.agent.checks.load(Ordering::SeqCst) >= 20,
+        "checked all along"
+    );
+    assert_eq!(h.shutdowns(), 0);
+    h.no_event();
+
+    h.agent.wedged.store(true, Ordering::SeqCst);
+    let wedged_at = tokio::time::Instant::now();
+    match tokio::time::timeout(Duration::from_secs(60), h.events.recv()).await {
+        Ok(Some(TaskEvent::Exit(e))) => assert_eq!((e.id.as_str(), e.exit_status), ("c1", 255)),
+        other => panic!("expected TaskExit, got {other:?}"),
+    }
+    let took = wedged_at.elapsed();
+    assert!(
+        took <= Duration::from_secs(30),
+        "declared dead after {took:?}"
+    );
+    assert_eq!(
+        *h.launcher.shutdown_kinds.lock().unwrap(),
+        [Shutdown::Abandon],
+        "the VM is stopped once, without asking the guest"
+    );
 }
 
 fn pod_network() -> GuestNetwork {

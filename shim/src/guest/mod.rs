@@ -52,6 +52,8 @@ pub trait GuestAgent: Send + Sync + 'static {
     async fn update_interface(&self, req: pb::UpdateInterfaceRequest) -> TaskResult<()>;
     async fn update_routes(&self, req: pb::UpdateRoutesRequest) -> TaskResult<()>;
     async fn add_arp_neighbors(&self, req: pb::AddARPNeighborsRequest) -> TaskResult<()>;
+    /// The agent's health check: that it still answers.
+    async fn check(&self, req: pb::CheckRequest) -> TaskResult<pb::HealthCheckResponse>;
 }
 
 /// Keeps the guest's status code (e.g. NOT_FOUND) so containerd sees what the agent meant.
@@ -95,4 +97,5 @@ forward! {
     update_interface(pb::UpdateInterfaceRequest) -> () => drop;
     update_routes(pb::UpdateRoutesRequest) -> () => drop;
     add_arp_neighbors(pb::AddARPNeighborsRequest) -> () => drop;
+    check(pb::CheckRequest) -> pb::HealthCheckResponse => |r| r;
 }

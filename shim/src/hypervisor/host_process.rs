@@ -210,6 +210,64 @@ impl HostProcess {
     }
 }
 
+impl HostProcess {
+    /// What [`stop_vm_when_a_helper_dies`] watches of this process.
+    pub fn exit_watch(&self) -> ExitWatch {
+        ExitWatch {
+            name: self.name.clone(),
+            exited: self.exited(),
+            status: self.status_reader(),
+        }
+    }
+}
+
+/// A process's exit, watched from a task that does not own it.
+pub struct ExitWatch {
+    name: String,
+    exited: watch::Receiver<bool>,
+    status: StatusReader,
+}
+
+impl ExitWatch {
+    /// "<name> exited (<status>)" once it did.
+    async fn exited(mut self) -> String {
+        let _ = self.exited.wait_for(|e| *e).await;
+        format!("{} exited ({})", self.name, self.status.text())
+    }
+}
+
+/// Kills the VMM when one of its `helpers` (virtiofsd, the vsock daemon) exits before the VM
+/// is stopped: its guest would hang on the files or the agent connection it lost, so the
+/// sandbox is declared dead at once (its tasks then exit with the VM-gone status) instead of
+/// when some RPC times out. The error log names the helper and how it ended.
+pub fn stop_vm_when_a_helper_dies(
+    sandbox: String,
+    helpers: Vec<ExitWatch>,
+    vmm: &HostProcess,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+) {
+    if helpers.is_empty() {
+        return;
+    }
+    let (signals, mut vmm_exited, vmm_name) = (vmm.signals.clone(), vmm.exited(), vmm.name.clone());
+    tokio::spawn(async move {
+        let first = futures::future::select_all(helpers.into_iter().map(|h| Box::pin(h.exited())));
+        tokio::select! {
+            _ = vmm_exited.wait_for(|e| *e) => {}
+            (cause, _, _) = first => {
+                if !stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    tracing::error!(
+                        %sandbox,
+                        "{cause} while the VM ran: the guest cannot go on without it; \
+                         killing {vmm_name}"
+                    );
+                    let _ = signals.send(Signal::SIGKILL);
+                }
+            }
+        }
+    });
+}
+
 /// Reads the exit status of a [`HostProcess`] once it exited.
 #[derive(Debug, Clone)]
 pub struct StatusReader(Arc<Mutex<Option<ExitStatus>>>);

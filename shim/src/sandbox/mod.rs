@@ -18,7 +18,7 @@ use crate::guest::GuestAgent;
 use crate::resources::network::GuestNetwork;
 use crate::resources::share::Share;
 pub use members::Members;
-use seams::{BootRequest, SandboxVm, VmLauncher};
+use seams::{BootRequest, SandboxVm, Shutdown, VmLauncher};
 
 /// Exit status reported when the VM is gone and the real status cannot be known.
 pub const VM_GONE_EXIT_STATUS: u32 = 255;
@@ -182,6 +182,11 @@ impl<C: Member> SandboxOwner<C> {
             sb.agent.clone(),
             self.events.clone(),
         ));
+        tokio::spawn(watch::agent_liveness(
+            self.clone(),
+            sb.agent.clone(),
+            sb.exited.clone(),
+        ));
         let ready = Ready {
             agent: sb.agent.clone(),
             share: sb.share.clone(),
@@ -201,7 +206,7 @@ impl<C: Member> SandboxOwner<C> {
             slot.take()
         };
         if let Some(vm) = sb.and_then(|sb| sb.vm) {
-            if let Err(e) = vm.shutdown().await {
+            if let Err(e) = vm.shutdown(Shutdown::Orderly).await {
                 tracing::warn!("shutting down the sandbox VM: {e}");
             }
         }
@@ -223,7 +228,7 @@ impl<C: Member> SandboxOwner<C> {
             vm
         };
         if let Some(vm) = vm {
-            if let Err(e) = vm.shutdown().await {
+            if let Err(e) = vm.shutdown(Shutdown::Abandon).await {
                 tracing::warn!("stopping the sandbox VM: {e}");
             }
         }
@@ -299,7 +304,7 @@ async fn boot<C>(
         Err(e) => Err(e.context(format_args!("creating sandbox {id} in the guest"))),
     };
     if let Err(e) = created {
-        if let Err(se) = vm.shutdown().await {
+        if let Err(se) = vm.shutdown(Shutdown::Orderly).await {
             tracing::warn!("shutting down sandbox {id} after a failed CreateSandbox: {se}");
         }
         return Err(e);

@@ -33,8 +33,18 @@ pub trait SandboxVm: Send + Sync + 'static {
     fn host_oom(&self) -> Option<String> {
         None
     }
-    /// DestroySandbox (best effort), stop the VM and its helpers, remove the sandbox dir.
-    async fn shutdown(self: Box<Self>) -> TaskResult<()>;
+    /// Stop the VM and its helpers (after DestroySandbox when `how` is orderly), remove the
+    /// sandbox dir.
+    async fn shutdown(self: Box<Self>, how: Shutdown) -> TaskResult<()>;
+}
+
+/// How a VM is stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// The guest is told first (DestroySandbox, best effort), then the VM stops.
+    Orderly,
+    /// The guest is not asked: it stopped answering, or cannot be trusted to end its tasks.
+    Abandon,
 }
 
 /// What the first Create of a sandbox knows when it boots the VM.

@@ -1,16 +1,19 @@
 //! What a sandbox watches while it lives: its VM's death (every process then exits with
-//! [`VM_GONE_EXIT_STATUS`], or as OOM-killed when the host's OOM killer took the VM) and the guest's OOM kills (forwarded as TaskOOM: only for the
-//! containers this shim created, at most one per container per [`OOM_WINDOW`]).
+//! [`VM_GONE_EXIT_STATUS`], or as OOM-killed when the host's OOM killer took the VM), its
+//! agent's liveness (a guest that stops answering is stopped, so its tasks end instead of
+//! hanging), and the guest's OOM kills (forwarded as TaskOOM: only for the containers this
+//! shim created, at most one per container per [`OOM_WINDOW`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use containerd_shim_protos::events::task::TaskOOM;
 use protocol::agent as pb;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{lock, Member, Slot, VmGone, VM_GONE_EXIT_STATUS};
+use super::{lock, Member, SandboxOwner, Slot, VmGone, VM_GONE_EXIT_STATUS};
 use crate::events::{self, EventSender, TaskEvent};
 use crate::guest::GuestAgent;
 use crate::guest_output::rate::RateGate;
@@ -50,6 +53,58 @@ pub(super) async fn vm_death<C: Member>(
     // Recording an exit and queueing its event never blocks: fine under the lock.
     for c in sb.containers.values() {
         c.vm_gone(&events, why);
+    }
+}
+
+/// How often the agent is asked whether it still answers, how long each answer may take,
+/// and how many missed answers in a row declare the guest dead. A wedged or panicked guest is
+/// thus stopped at most INTERVAL + MISSES x ANSWER (20 s) after it stopped answering; a guest
+/// busy under TCG still answers a Check within a second.
+pub const LIVENESS_INTERVAL: Duration = Duration::from_secs(5);
+pub const LIVENESS_ANSWER: Duration = Duration::from_secs(5);
+pub const LIVENESS_MISSES: u32 = 3;
+
+/// Asks the agent for a health check every [`LIVENESS_INTERVAL`] until the VM is gone; after
+/// [`LIVENESS_MISSES`] missed answers in a row it stops the VM, naming why, and
+/// [`vm_death`] then ends every task. Without this, a guest whose agent hangs (a wedged
+/// kernel, a hung vsock) would leave its tasks "running" and every RPC waiting out its
+/// deadline. A timer, not an event: a silent guest sends none.
+pub(super) async fn agent_liveness<C: Member>(
+    owner: SandboxOwner<C>,
+    agent: Arc<dyn GuestAgent>,
+    mut exited: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(LIVENESS_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut misses = 0;
+    loop {
+        tokio::select! {
+            _ = exited.wait_for(|dead| *dead) => return,
+            _ = tick.tick() => {}
+        }
+        let answer = tokio::select! {
+            _ = exited.wait_for(|dead| *dead) => return,
+            a = tokio::time::timeout(LIVENESS_ANSWER, agent.check(pb::CheckRequest::new())) => a,
+        };
+        let missed = match answer {
+            Ok(Ok(_)) => {
+                misses = 0;
+                continue;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {LIVENESS_ANSWER:?}"),
+        };
+        misses += 1;
+        tracing::warn!("agent health check {misses} of {LIVENESS_MISSES} missed: {missed}");
+        if misses >= LIVENESS_MISSES {
+            owner
+                .stop_vm(&format!(
+                    "its agent missed {misses} health checks in a row (the guest is wedged or \
+                     its kernel died; last: {missed})"
+                ))
+                .await;
+            return;
+        }
     }
 }
 

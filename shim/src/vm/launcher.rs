@@ -16,7 +16,7 @@ use crate::resources::host_cgroup::HostCgroup;
 use crate::resources::network::{GuestNetwork, PodNetwork};
 use crate::resources::pod_cgroup::PodCgroup;
 use crate::resources::share::Share;
-use crate::sandbox::seams::{BootRequest, SandboxVm, VmLauncher};
+use crate::sandbox::seams::{BootRequest, SandboxVm, Shutdown, VmLauncher};
 
 /// A pod's VM, the network plumbed for it in the pod's netns and the host cgroup its
 /// processes run in (both removed after the VM).
@@ -43,13 +43,15 @@ impl SandboxVm for PodVm {
     fn host_oom(&self) -> Option<String> {
         self.cgroup.as_ref().and_then(PodCgroup::host_oom)
     }
-    async fn shutdown(self: Box<Self>) -> TaskResult<()> {
+    async fn shutdown(self: Box<Self>, how: Shutdown) -> TaskResult<()> {
         let PodVm { vm, net, cgroup } = *self;
         let id = vm.id().to_string();
-        let stopped = vm
-            .shutdown()
-            .await
-            .map_err(|e| TaskError::internal(format!("shutting down sandbox {id}: {e}")));
+        let stopped = match how {
+            Shutdown::Orderly => vm.shutdown().await,
+            Shutdown::Abandon => vm.abandon().await,
+        };
+        let stopped =
+            stopped.map_err(|e| TaskError::internal(format!("shutting down sandbox {id}: {e}")));
         // After the VM: QEMU no longer holds the taps.
         let unplumbed = match net {
             Some(n) => n.teardown().await.map_err(|e| {

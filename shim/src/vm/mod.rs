@@ -207,9 +207,19 @@ impl Vm {
 
     /// DestroySandbox (best effort), stop the VM and its helpers, unmount what is under the
     /// sandbox dir and remove it.
-    pub async fn shutdown(mut self) -> Result<(), VmError> {
+    pub async fn shutdown(self) -> Result<(), VmError> {
+        self.stop(true).await
+    }
+
+    /// [`Vm::shutdown`] without asking the guest: it stopped answering (a DestroySandbox
+    /// would only wait out its timeout) or cannot be trusted.
+    pub async fn abandon(self) -> Result<(), VmError> {
+        self.stop(false).await
+    }
+
+    async fn stop(mut self, ask_guest: bool) -> Result<(), VmError> {
         let mut grace = Duration::ZERO;
-        if !*self.exited.borrow() {
+        if ask_guest && !*self.exited.borrow() {
             let agent = self.agent.with_timeout(DESTROY_TIMEOUT);
             match agent.destroy_sandbox(DestroySandboxRequest::new()).await {
                 Ok(_) => grace = EXIT_GRACE,

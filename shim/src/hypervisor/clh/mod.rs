@@ -13,6 +13,8 @@ mod schema;
 mod tests;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,7 +28,7 @@ use self::api::{
 };
 use self::client::{decode, ApiClient, ClhError, Method};
 use super::devices::{Devices, NetDevice};
-use super::host_process::{wait_for_socket, CgroupJoin, HostProcess};
+use super::host_process::{stop_vm_when_a_helper_dies, wait_for_socket, CgroupJoin, HostProcess};
 use super::kernel_cmdline;
 use super::layout::MAX_SOCKET_PATH;
 use super::{host, log_tail, require_file, virtiofsd, Hypervisor, HypervisorError, VmPaths};
@@ -180,6 +182,8 @@ pub struct Clh {
     dialer: Option<Dialer>,
     exited_tx: watch::Sender<bool>,
     exited_rx: watch::Receiver<bool>,
+    /// Set once stop() runs: a helper's exit after that is expected.
+    stopping: Arc<AtomicBool>,
     /// The pod's cgroup every process of this VM joins.
     cgroup: CgroupJoin,
 }
@@ -212,6 +216,7 @@ impl Clh {
             dialer: None,
             exited_tx,
             exited_rx,
+            stopping: Arc::new(AtomicBool::new(false)),
             cgroup,
         }
     }
@@ -377,6 +382,14 @@ impl Clh {
         if let Some(e) = fs_err {
             return Err(e);
         }
+        if let (Some(vmm), Some(fs)) = (&self.vmm, &self.virtiofsd) {
+            stop_vm_when_a_helper_dies(
+                self.id.clone(),
+                vec![fs.exit_watch()],
+                vmm,
+                self.stopping.clone(),
+            );
+        }
         tracing::info!(sandbox = %self.id, version = %ping.version, "cloud-hypervisor API ready");
 
         let body = self.vm_config();
@@ -511,6 +524,7 @@ impl Hypervisor for Clh {
     }
 
     async fn stop(&mut self, grace: Duration) -> Result<(), HypervisorError> {
+        self.stopping.store(true, Ordering::SeqCst);
         if let Some(vmm) = &self.vmm {
             if !vmm.has_exited() && !vmm.wait_timeout(grace).await {
                 // Politely first: the guest stops, then the VMM exits by itself.

@@ -19,7 +19,9 @@ use self::cmdline::{FsDevice, Nic, VsockDevice};
 use self::vsock_device::{VsockKind, VHOST_VSOCK_DEV};
 use super::accel::{self, Accel};
 use super::devices::{Devices, NetDevice};
-use super::host_process::{no_new_privileges, wait_for_socket, CgroupJoin, HostProcess};
+use super::host_process::{
+    no_new_privileges, stop_vm_when_a_helper_dies, wait_for_socket, CgroupJoin, HostProcess,
+};
 use super::{host, log_tail, require_file, virtiofsd, Hypervisor, HypervisorError, VmPaths};
 use crate::config::{Arch, Config, MachineType, QemuConfig, SharedFs};
 use crate::guest::vsock::Dialer;
@@ -330,6 +332,12 @@ impl Qemu {
             }
             let _ = tx.send(true);
         });
+        let helpers = [&self.virtiofsd, &self.vsock_daemon]
+            .into_iter()
+            .flatten()
+            .map(HostProcess::exit_watch)
+            .collect();
+        stop_vm_when_a_helper_dies(self.id.clone(), helpers, &qemu, self.stopping.clone());
         let waited = wait_for_socket(&qemu, &self.paths.qmp_socket(), QMP_SOCKET_TIMEOUT).await;
         self.qemu = Some(qemu);
         waited?;
