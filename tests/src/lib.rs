@@ -216,6 +216,29 @@ impl Containerd {
         Ok(out)
     }
 
+    /// Stops containerd and starts it again on the same state (its shims, and their VMs,
+    /// keep running meanwhile); `between` runs while it is down.
+    pub fn restart(&self, between: impl FnOnce()) {
+        self.script(&["stop"])
+            .expect("stopping the private containerd");
+        between();
+        self.script(&["start"])
+            .expect("starting the private containerd again");
+    }
+
+    /// `ctr events` from now on; [`Events::stop`] returns what it printed.
+    pub fn events(&self) -> Events {
+        let sock = self.log_path().with_file_name("containerd.sock");
+        // Bounded in case the test never stops it.
+        let child = bounded(self.ctr_bin(), CTR_CALL_LIMIT)
+            .args(["-a", &sock.to_string_lossy(), "events"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ctr events");
+        Events(child)
+    }
+
     /// containerd's own log: the shim's and the guest's lines end up here.
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("containerd.log")
@@ -419,6 +442,21 @@ impl Containerd {
         let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
         let _ = self.ctr(&["task", "delete", "-f", id]);
         let _ = self.ctr(&["container", "rm", id]);
+    }
+}
+
+/// A running `ctr events`.
+pub struct Events(std::process::Child);
+
+impl Events {
+    /// Stops it and returns its output. SIGTERM to timeout(1), which passes it on to `ctr
+    /// events` (SIGKILL would orphan it and leave its output pipe open).
+    pub fn stop(self) -> String {
+        let _ = bounded("kill", QUICK_LIMIT)
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let out = self.0.wait_with_output().expect("ctr events output");
+        text(&out.stdout)
     }
 }
 

@@ -535,14 +535,7 @@ fn user_errors_name_the_cause_and_leave_nothing_behind() {
 #[test]
 fn oom_kill_publishes_task_oom() {
     let ctrd = Containerd::start("ctr");
-    let sock = ctrd.log_path().with_file_name("containerd.sock");
-    // Killed by the test once it saw the event; bounded in case the test never gets there.
-    let events = bounded(ctrd.ctr_bin(), CTR_CALL_LIMIT)
-        .args(["-a", &sock.to_string_lossy(), "events"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("ctr events");
+    let events = ctrd.events();
     let id = unique_id("oom");
     // 32 MiB limit; the shell grows a 200 MB string until the guest kernel kills it.
     let out = ctrd.run(
@@ -554,13 +547,7 @@ fn oom_kill_publishes_task_oom() {
             "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived",
         ],
     );
-    // SIGTERM to timeout(1), which passes it on to `ctr events` (SIGKILL would orphan it and
-    // leave its output pipe open).
-    let _ = bounded("kill", QUICK_LIMIT)
-        .args(["-TERM", &events.id().to_string()])
-        .status();
-    let seen = events.wait_with_output().expect("ctr events output");
-    let seen = text(&seen.stdout);
+    let seen = events.stop();
     assert_eq!(
         out.status.code(),
         Some(137),

@@ -743,24 +743,40 @@ impl TaskCore {
             .await
     }
 
+    /// The container's processes in the guest. An init that exited is listed (by its pid)
+    /// until Delete: containerd 2.x, reloading its shims after a restart, takes a task with no
+    /// pids for a leaked shim and removes it, losing the exit it was to report.
     pub async fn pids(&self, req: &PidsRequest) -> TaskResult<PidsResponse> {
-        let agent = self.agent()?;
-        container(&self.state(), &req.id)?;
-        let resp = agent
-            .list_processes(pb::ListProcessesRequest {
-                container_id: req.id.clone(),
-                ..Default::default()
-            })
-            .await?;
-        Ok(PidsResponse {
-            processes: resp
+        let (init_pid, init_running) = {
+            let st = self.state();
+            let init = &container(&st, &req.id)?.init;
+            (init.pid, init.is_running())
+        };
+        let mut processes: Vec<ProcessInfo> = if init_running {
+            self.agent()?
+                .list_processes(pb::ListProcessesRequest {
+                    container_id: req.id.clone(),
+                    ..Default::default()
+                })
+                .await?
                 .processes
                 .iter()
                 .map(|p| ProcessInfo {
                     pid: p.pid,
                     ..Default::default()
                 })
-                .collect(),
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if processes.is_empty() {
+            processes.push(ProcessInfo {
+                pid: init_pid,
+                ..Default::default()
+            });
+        }
+        Ok(PidsResponse {
+            processes,
             ..Default::default()
         })
     }
@@ -885,6 +901,10 @@ async fn drain(copiers: Copiers, limit: Duration) {
 async fn drain_all(mut all: Vec<Copiers>, limit: Duration) {
     let finished = futures::future::join_all(all.iter_mut().map(Copiers::finish));
     if tokio::time::timeout(limit, finished).await.is_err() {
-        tracing::warn!("stdio still open {limit:?} after the process exited; not waiting");
+        tracing::warn!(
+            "stdio still open {limit:?} after the process exited (or nobody reads its FIFO); \
+             not waiting"
+        );
+        all.iter_mut().for_each(Copiers::abort);
     }
 }

@@ -1,7 +1,9 @@
 //! Copies a process's stdio between containerd's FIFOs and the agent's stream RPCs.
 //! Output: ReadStdout/ReadStderr until empty data (EOF), each chunk written (awaited) to the
-//! FIFO before the next read: no unbounded buffering. Input: the stdin FIFO to WriteStdin,
-//! then CloseStdin at EOF.
+//! FIFO before the next read: no unbounded buffering. The output FIFOs are held open for
+//! reading too, as runc's shim does, so a reader that comes and goes (`ctr task attach`,
+//! containerd restarting) finds the output waiting instead of lost. Input: the stdin FIFO to
+//! WriteStdin, then CloseStdin at EOF.
 
 use std::fs::OpenOptions as StdOpenOptions;
 use std::path::{Path, PathBuf};
@@ -43,8 +45,6 @@ enum StdinStop {
 pub struct Copiers {
     outputs: Vec<JoinHandle<()>>,
     stdin: Option<(watch::Sender<StdinStop>, JoinHandle<()>)>,
-    /// Dropped with the copiers: releases output FIFO opens still waiting for a reader.
-    _output_cancel: watch::Sender<()>,
 }
 
 impl Copiers {
@@ -63,12 +63,26 @@ impl Copiers {
     /// The process is gone: stops the stdin copier, then waits until stdout/stderr reached
     /// EOF and everything was written to the FIFOs.
     pub async fn finish(&mut self) {
-        if let Some((tx, h)) = self.stdin.take() {
+        if let Some((tx, h)) = self.stdin.as_mut() {
             tx.send_if_modified(|s| raise(s, StdinStop::Hard));
             let _ = h.await;
+            self.stdin = None;
         }
-        for h in self.outputs.drain(..) {
+        // Each handle leaves only once finished: one cut short stays for `abort`.
+        while let Some(h) = self.outputs.first_mut() {
             let _ = h.await;
+            self.outputs.remove(0);
+        }
+    }
+
+    /// Stops the copiers still running (their output has nowhere to go: nobody reads the
+    /// FIFO), so none stays blocked for the rest of the shim's life.
+    pub fn abort(&mut self) {
+        for h in self.outputs.drain(..) {
+            h.abort();
+        }
+        if let Some((_, h)) = self.stdin.take() {
+            h.abort();
         }
     }
 }
@@ -87,13 +101,11 @@ type Writer = Box<dyn AsyncWrite + Unpin + Send>;
 /// Where a process's output goes.
 enum Output {
     None,
-    File(Writer),
-    /// Opened by the copier once containerd's reader has its end open.
-    Fifo(PathBuf),
+    Writer(Writer),
 }
 
-/// Checks an output destination (a FIFO path or a `file://` URI) so that Start fails on a bad
-/// one; files are opened here, FIFOs by the copier.
+/// Opens an output destination (a FIFO path or a `file://` URI), so that Start fails on a
+/// bad one.
 async fn open_output(target: &str) -> TaskResult<Output> {
     if let Some(path) = target.strip_prefix("file://") {
         let f = tokio::fs::OpenOptions::new()
@@ -102,56 +114,21 @@ async fn open_output(target: &str) -> TaskResult<Output> {
             .open(path)
             .await
             .map_err(|e| TaskError::invalid(format!("opening log file {path}: {e}")))?;
-        return Ok(Output::File(Box::new(f)));
+        return Ok(Output::Writer(Box::new(f)));
     }
     if target.contains("://") {
         return Err(TaskError::invalid(format!(
             "stdio {target}: only FIFO paths and file:// URIs are supported"
         )));
     }
-    tokio::fs::metadata(target)
-        .await
+    // Read-write (Linux): the open never waits for a reader, and no write fails because a
+    // reader left; while none reads, output waits in the pipe and, once it is full, in the
+    // guest (back-pressure).
+    let tx = pipe::OpenOptions::new()
+        .read_write(true)
+        .open_sender(target)
         .map_err(|e| TaskError::invalid(format!("opening stdio FIFO {target}: {e}")))?;
-    Ok(Output::Fifo(PathBuf::from(target)))
-}
-
-/// Opens a FIFO for writing once a reader has it open. Clients such as ctr open their reading
-/// ends asynchronously, so a non-blocking open may fail with ENXIO, and output written before
-/// the reader really attached can be lost; a blocking open in a blocking thread waits for it.
-/// When `cancel` fires (its sender dropped), we become the reader ourselves so that the
-/// pending open returns, and give up.
-async fn open_fifo_writer(path: PathBuf, mut cancel: watch::Receiver<()>) -> Option<Writer> {
-    let p = path.clone();
-    let mut open = tokio::task::spawn_blocking(move || StdOpenOptions::new().write(true).open(&p));
-    let file = tokio::select! {
-        r = &mut open => match r {
-            Ok(Ok(f)) => f,
-            Ok(Err(e)) => {
-                tracing::warn!("stdio FIFO {}: {e}", path.display());
-                return None;
-            }
-            Err(_) => return None,
-        },
-        _ = cancel.changed() => {
-            use std::os::unix::fs::OpenOptionsExt;
-            let unblock = tokio::task::spawn_blocking(move || {
-                StdOpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NONBLOCK)
-                    .open(&path)
-            });
-            let _ = open.await;
-            let _ = unblock.await;
-            return None;
-        }
-    };
-    match pipe::Sender::from_file(file) {
-        Ok(tx) => Some(Box::new(tx)),
-        Err(e) => {
-            tracing::warn!("stdio FIFO: {e}");
-            None
-        }
-    }
+    Ok(Output::Writer(Box::new(tx)))
 }
 
 #[derive(Clone, Copy)]
@@ -166,14 +143,10 @@ async fn copy_output(
     exec_id: String,
     stream: Stream,
     target: Output,
-    cancel: watch::Receiver<()>,
 ) {
-    // Nothing is read from the guest before the destination is ready: the guest's pipe
-    // holds the output meanwhile (back-pressure, no buffering here).
     let mut out = match target {
         Output::None => None,
-        Output::File(w) => Some(w),
-        Output::Fifo(path) => open_fifo_writer(path, cancel).await,
+        Output::Writer(w) => Some(w),
     };
     loop {
         let req = pb::ReadStreamRequest {
@@ -319,14 +292,12 @@ pub async fn start(
         _ if paths.terminal => Output::None,
         p => open_output(p).await?,
     };
-    let (output_cancel, cancel_rx) = watch::channel(());
     let mut outputs = vec![tokio::spawn(copy_output(
         agent.clone(),
         cid.to_string(),
         exec_id.to_string(),
         Stream::Stdout,
         stdout,
-        cancel_rx.clone(),
     ))];
     if !paths.terminal {
         outputs.push(tokio::spawn(copy_output(
@@ -335,7 +306,6 @@ pub async fn start(
             exec_id.to_string(),
             Stream::Stderr,
             stderr,
-            cancel_rx,
         )));
     }
     let stdin = (!paths.stdin.is_empty()).then(|| {
@@ -349,9 +319,5 @@ pub async fn start(
         ));
         (tx, h)
     });
-    Ok(Copiers {
-        outputs,
-        stdin,
-        _output_cancel: output_cancel,
-    })
+    Ok(Copiers { outputs, stdin })
 }
