@@ -1147,6 +1147,48 @@ async fn a_guest_whose_agent_stops_answering_is_declared_dead_within_30_s() {
     );
 }
 
+/// Create, Start, Kill and Delete repeated (containerd retrying after a timeout or a restart)
+/// answer what already happened, and never boot a second VM.
+#[tokio::test]
+async fn repeated_requests_answer_consistently_and_never_boot_a_second_vm() {
+    let mut h = harness();
+    h.create_and_start("c1").await;
+    let again = h
+        .core
+        .create(&h.create_req("c1", spec("h")))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code, Code::ALREADY_EXISTS, "{again:?}");
+    let start = StartRequest {
+        id: "c1".into(),
+        ..Default::default()
+    };
+    let restart = h.core.start(&start).await.unwrap_err();
+    assert_eq!(restart.code, Code::FAILED_PRECONDITION, "{restart:?}");
+    let kill = KillRequest {
+        id: "c1".into(),
+        signal: libc::SIGKILL as u32,
+        ..Default::default()
+    };
+    h.core.kill(&kill).await.unwrap();
+    match h.next_event().await {
+        TaskEvent::Exit(e) => assert_eq!(e.exit_status, 137),
+        e => panic!("expected TaskExit, got {e:?}"),
+    }
+    let killed_again = h.core.kill(&kill).await.unwrap_err();
+    assert_eq!(killed_again.code, Code::NOT_FOUND, "{killed_again:?}");
+    let delete = DeleteRequest {
+        id: "c1".into(),
+        ..Default::default()
+    };
+    assert_eq!(h.core.delete(&delete).await.unwrap().exit_status, 137);
+    let deleted_again = h.core.delete(&delete).await.unwrap_err();
+    assert_eq!(deleted_again.code, Code::NOT_FOUND, "{deleted_again:?}");
+    let start_deleted = h.core.start(&start).await.unwrap_err();
+    assert_eq!(start_deleted.code, Code::NOT_FOUND, "{start_deleted:?}");
+    assert_eq!(h.launcher.boots.lock().unwrap().len(), 1, "one VM");
+}
+
 fn pod_network() -> GuestNetwork {
     GuestNetwork::from_scan(&Scan {
         interfaces: vec![PodInterface {

@@ -164,8 +164,12 @@ impl TaskCore {
         events::send(&self.events, ev);
     }
 
+    /// The sandbox's agent. Without a sandbox no container exists here either: a request
+    /// naming one (a retry after its Delete, say) is answered NotFound, as for any unknown id.
     fn agent(&self) -> TaskResult<Arc<dyn GuestAgent>> {
-        self.sandbox.agent()
+        self.sandbox
+            .agent()
+            .map_err(|e| TaskError::not_found(format!("no such container here: {}", e.message)))
     }
 
     /// What booting the sandbox for this Create needs.
