@@ -215,6 +215,23 @@ impl Cri {
         .map(drop)
     }
 
+    /// UpdateContainerResources with `linux` (what kubelet sends on an in-place resize).
+    pub fn update_container_resources(
+        &self,
+        id: &str,
+        linux: api::LinuxContainerResources,
+    ) -> Result<()> {
+        let req = api::UpdateContainerResourcesRequest {
+            container_id: id.to_string(),
+            linux: Some(linux),
+            ..Default::default()
+        };
+        self.call("UpdateContainerResources", |mut c| async move {
+            c.update_container_resources(req).await
+        })
+        .map(drop)
+    }
+
     pub fn container_status(&self, id: &str) -> Result<api::ContainerStatus> {
         let req = api::ContainerStatusRequest {
             container_id: id.to_string(),
