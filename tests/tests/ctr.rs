@@ -93,11 +93,16 @@ fn stdin_is_copied_in_and_tail_output_is_not_lost() {
 
 /// `ctr -t` needs a terminal on its own side: `script` gives it one.
 fn under_pty(ctrd: &Containerd, ctr_args: &str) -> std::process::Output {
+    under_pty_after(ctrd, "true", ctr_args)
+}
+
+/// [`under_pty`], running the shell command `first` on that terminal before ctr.
+fn under_pty_after(ctrd: &Containerd, first: &str, ctr_args: &str) -> std::process::Output {
     let sock = ctrd.log_path().with_file_name("containerd.sock");
     bounded("script", CTR_CALL_LIMIT)
         .args([
             "-qec",
-            &format!("ctr -a {} {ctr_args}", sock.display()),
+            &format!("{first}; ctr -a {} {ctr_args}", sock.display()),
             "/dev/null",
         ])
         .stdin(std::process::Stdio::null())
@@ -124,6 +129,125 @@ fn tty_run_gets_a_terminal() {
         ctrd.log_tail(40)
     );
     assert_clean(&id, &ctrd);
+}
+
+/// The size of ctr's terminal reaches the container's (ctr sends it with ResizePty when it
+/// starts; the shim passes it to the agent's TtyWinResize), for a TTY run and a TTY exec, and
+/// the exit status of each comes back through ctr.
+#[test]
+fn tty_size_and_exit_status_reach_through_the_shim() {
+    let ctrd = Containerd::start("ctr");
+    let id = unique_id("ttysize");
+    let out = under_pty_after(
+        &ctrd,
+        "stty rows 45 cols 123",
+        &format!(
+            "run --rm -t --runtime {RUNTIME} {} {id} sh -c 'stty size; exit 5'",
+            test_image()
+        ),
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("45 123"),
+        "stty size in a TTY run: {stdout:?}\ncontainerd log:\n{}",
+        ctrd.log_tail(40)
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "TTY run exit status: {stdout:?}"
+    );
+    assert_clean(&id, &ctrd);
+
+    let id = unique_id("ttyexec");
+    let _guard_id = ctrd.guard(&id);
+    ctrd.run_detached(&id, &["sleep", "1000"]);
+    let out = under_pty_after(
+        &ctrd,
+        "stty rows 30 cols 100",
+        &format!("task exec -t --exec-id t1 {id} sh -c 'stty size; exit 6'"),
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("30 100"),
+        "stty size in a TTY exec: {stdout:?}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "TTY exec exit status: {stdout:?}"
+    );
+}
+
+/// An exec gets its stdin (to EOF), and a signal sent to the exec alone (`--exec-id`)
+/// reaches it: its trap's exit status comes back, and the container's init lives on.
+#[test]
+fn exec_stdin_and_exec_signals() {
+    use std::io::{BufRead, BufReader};
+
+    let ctrd = Containerd::start("ctr");
+    let id = unique_id("execio");
+    let _guard_id = ctrd.guard(&id);
+    ctrd.run_detached(&id, &["sleep", "1000"]);
+    let out = ctrd.ctr_with_stdin(
+        &[
+            "task",
+            "exec",
+            "--exec-id",
+            "in",
+            &id,
+            "sh",
+            "-c",
+            "cat; echo eof",
+        ],
+        Some(b"line one\nline two\n"),
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "line one\nline two\neof\n",
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0));
+
+    let mut exec = bounded(ctrd.ctr_bin(), STATUS_TIMEOUT)
+        .args([
+            "-a",
+            &ctrd
+                .log_path()
+                .with_file_name("containerd.sock")
+                .to_string_lossy(),
+        ])
+        .args(["task", "exec", "--exec-id", "sig", &id, "sh", "-c"])
+        .arg("trap 'echo got-term; exit 3' TERM; echo ready; while :; do sleep 0.1; done")
+        .stdout(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("ctr task exec");
+    let mut lines = BufReader::new(exec.stdout.take().expect("stdout")).lines();
+    assert_eq!(
+        lines.next().and_then(Result::ok).as_deref(),
+        Some("ready"),
+        "the exec started"
+    );
+    let kill = ctrd.ctr(&["task", "kill", "--exec-id", "sig", "-s", "SIGTERM", &id]);
+    assert!(
+        kill.status.success(),
+        "kill --exec-id: {}",
+        text(&kill.stderr)
+    );
+    assert_eq!(
+        lines.next().and_then(Result::ok).as_deref(),
+        Some("got-term"),
+        "the exec's trap ran"
+    );
+    let status = exec.wait().expect("ctr task exec exits");
+    assert_eq!(status.code(), Some(3), "the exec's exit status");
+    assert_eq!(
+        ctrd.task_status(&id).as_deref(),
+        Some("RUNNING"),
+        "the init lives on"
+    );
 }
 
 #[test]
