@@ -19,8 +19,39 @@ pub const RUNTIME: &str = "io.containerd.kata.v2";
 /// Bound on any one `ctr` call of [`Containerd::ctr`] (a VM boot under TCG included); calls
 /// that must answer sooner use [`Containerd::ctr_bounded`].
 pub const CTR_CALL_LIMIT: Duration = Duration::from_secs(300);
-/// Where the shim keeps each sandbox's VM, helpers and sockets (see the shim's `vm` module).
-pub const SANDBOX_RUN_DIR: &str = "/run/kata-containers";
+/// Where the shim keeps each sandbox's VM, helpers and sockets when nothing else says (the
+/// shim's `DEFAULT_RUN_ROOT`).
+const DEFAULT_SANDBOX_RUN_DIR: &str = "/run/kata-containers";
+
+/// Where the shim under test keeps each sandbox's VM, helpers and sockets, as it decides:
+/// `$KATA_RS_RUN_DIR` (the shims inherit the suite's environment through containerd), else
+/// `[runtime] run_dir` of build/configuration-qemu.toml, else the default.
+pub fn sandbox_run_dir() -> &'static str {
+    static DIR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Ok(d) = std::env::var("KATA_RS_RUN_DIR") {
+            if !d.is_empty() {
+                return d;
+            }
+        }
+        let config = top_dir().join("build/configuration-qemu.toml");
+        std::fs::read_to_string(config)
+            .ok()
+            .and_then(|t| {
+                t.lines().find_map(|l| {
+                    let v = l.trim().strip_prefix("run_dir")?.trim().strip_prefix('=')?;
+                    Some(v.trim().trim_matches('"').to_string())
+                })
+            })
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| DEFAULT_SANDBOX_RUN_DIR.to_string())
+    })
+}
+
+/// The directory of sandbox `id` under [`sandbox_run_dir`].
+pub fn sandbox_dir(id: &str) -> String {
+    format!("{}/{id}", sandbox_run_dir())
+}
 
 /// Bound on a harness script (containerd start-up with image builds, install).
 pub const SCRIPT_LIMIT: Duration = Duration::from_secs(600);
@@ -583,7 +614,7 @@ pub fn sandbox_zombies() -> Vec<String> {
 /// mounts under it, the directory itself, a host cgroup named after it, and any unreaped
 /// sandbox process. Empty means clean.
 pub fn leftovers(sandbox_id: &str) -> Vec<String> {
-    let dir = format!("{SANDBOX_RUN_DIR}/{sandbox_id}");
+    let dir = sandbox_dir(sandbox_id);
     let mut found = sandbox_zombies();
     for cg in host_cgroups_named(sandbox_id) {
         found.push(format!("cgroup {}", cg.display()));
@@ -624,9 +655,9 @@ pub fn leftovers(sandbox_id: &str) -> Vec<String> {
 }
 
 /// PIDs of the QEMU processes of a sandbox: those whose command line names a path in its
-/// directory under [`SANDBOX_RUN_DIR`].
+/// directory under [`sandbox_run_dir`].
 pub fn sandbox_vms(sandbox_id: &str) -> Vec<i32> {
-    pids_matching(&["qemu-system", &format!("{SANDBOX_RUN_DIR}/{sandbox_id}/")])
+    pids_matching(&["qemu-system", &format!("{}/", sandbox_dir(sandbox_id))])
 }
 
 /// Waits (bounded) until a sandbox left nothing behind; returns what is still there.

@@ -35,7 +35,7 @@ fn running(ctrd: &Containerd, prefix: &str, flags: &[&str], cmd: &[&str]) -> Str
 
 /// The pids of the sandbox's `name` processes.
 fn processes(id: &str, name: &str) -> Vec<i32> {
-    pids_matching(&[name, &format!("{SANDBOX_RUN_DIR}/{id}/")])
+    pids_matching(&[name, &format!("{}/", sandbox_dir(id))])
 }
 
 /// The moment of a fault: when, and how far containerd's log (where the shim logs) went.

@@ -83,7 +83,8 @@ fn run_pod<'a>(ctrd: &Containerd, cri: &'a Cri, name: &str, route: Route) -> Pod
     assert_eq!(
         sandbox_vms(&id).len(),
         vms,
-        "{route:?} pod: QEMU processes naming {SANDBOX_RUN_DIR}/{id}"
+        "{route:?} pod: QEMU processes naming {}",
+        sandbox_dir(&id)
     );
     let status = cri.pod_status(&id).expect("PodSandboxStatus");
     let info: serde_json::Value = status
@@ -342,7 +343,7 @@ fn plain_pod(ctrd: &Containerd) {
         "the shim serves a runc pod"
     );
     assert!(
-        !Path::new(SANDBOX_RUN_DIR).join(&pod.id).exists(),
+        !Path::new(&sandbox_dir(&pod.id)).exists(),
         "the shim made a sandbox directory for a runc pod"
     );
     let boot = exec_ok(&cri, &id, &["cat", BOOT_ID]);

@@ -125,7 +125,7 @@ fn pod_resources(ctrd: &Containerd) {
     let sandbox_cgroup = format!("{parent}/{pod}");
 
     // Every host process of the VM is in the sandbox's cgroup, in each hierarchy.
-    let dir = format!("{SANDBOX_RUN_DIR}/{pod}/");
+    let dir = format!("{}/", sandbox_dir(&pod));
     for name in VM_PROCESSES {
         // virtiofsd forks helpers of its own: every process of that name is checked.
         let pids = pids_matching(&[name, &dir]);
@@ -215,7 +215,7 @@ fn shim_joins_under_sandbox_cgroup_only(ctrd: &Containerd) {
     if let Some(why) = not_in_cgroup(shim_pid(&pod), &sandbox_cgroup) {
         panic!("the shim is not in the pod's cgroup: {why}");
     }
-    let qemu = pids_matching(&["qemu-system", &format!("{SANDBOX_RUN_DIR}/{pod}/")]);
+    let qemu = pids_matching(&["qemu-system", &format!("{}/", sandbox_dir(&pod))]);
     assert_eq!(qemu.len(), 1, "one QEMU of {pod}");
     assert_eq!(not_in_cgroup(qemu[0], &sandbox_cgroup), None);
     guard.remove_leaving_nothing(CLEAN_TIMEOUT);

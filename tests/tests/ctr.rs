@@ -1,6 +1,6 @@
 //! containerd-shim-kata-v2 end to end: a private containerd, the built shim, QEMU, the built
 //! guest, driven with `ctr` as a user would. Each test checks that its sandbox left nothing
-//! behind (no QEMU or helper process, no mount, no directory under /run/kata-containers, no
+//! behind (no QEMU or helper process, no mount, no directory under the run directory, no
 //! host cgroup).
 
 use kata_e2e::*;
@@ -544,7 +544,7 @@ fn running_sandbox(ctrd: &Containerd, prefix: &str) -> (String, i32) {
     let id = unique_id(prefix);
     ctrd.run_detached(&id, &["sleep", "1000"]);
     ctrd.wait_status(&id, "RUNNING", STATUS_TIMEOUT);
-    let dir = format!("{SANDBOX_RUN_DIR}/{id}");
+    let dir = sandbox_dir(&id);
     let qemu = pids_matching(&["qemu-system", &dir]);
     assert_eq!(qemu.len(), 1, "exactly one QEMU for sandbox {id}: {qemu:?}");
     (id, qemu[0])

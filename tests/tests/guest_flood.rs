@@ -102,7 +102,7 @@ fn a_guest_flooding_its_console_costs_the_host_one_warning() {
         text(&out.stderr),
         ctrd.log_tail(40)
     );
-    let dir = PathBuf::from(SANDBOX_RUN_DIR).join(&id);
+    let dir = PathBuf::from(sandbox_dir(&id));
     let shims = pids_matching(&["containerd-shim-kata-v2", &format!(" -id {id} ")]);
     assert_eq!(shims.len(), 1, "one shim for {id}: {shims:?}");
     let shim = shims[0];

@@ -112,7 +112,7 @@ fn guest_root_cannot_write_next_to_the_host_mounts() {
     assert!(console.contains("rootfs-writable"), "{console}");
 
     // On the host: nothing the guest tried appeared in the share.
-    let mounts = PathBuf::from(SANDBOX_RUN_DIR).join(&id).join("mounts");
+    let mounts = PathBuf::from(sandbox_dir(&id)).join("mounts");
     let mut entries: Vec<String> = std::fs::read_dir(&mounts)
         .unwrap_or_else(|e| panic!("{}: {e}", mounts.display()))
         .flatten()
@@ -200,7 +200,7 @@ fn a_second_container_is_mounted_past_names_planted_in_the_share() {
     let c2 = unique_id("plant2");
     let _sb_guard = ctrd.guard(&sb);
     let _c2_guard = ctrd.guard(&c2);
-    let host_mounts = PathBuf::from(SANDBOX_RUN_DIR).join(&sb).join("mounts");
+    let host_mounts = PathBuf::from(sandbox_dir(&sb)).join("mounts");
     let planted = [share::container_entry(&c2), share::mounts_entry(&c2)];
 
     // Host side: a canary outside the sandbox dir, volume sources, a tmpfs nested in the
@@ -361,14 +361,14 @@ fn a_second_container_is_mounted_past_names_planted_in_the_share() {
     );
     // No mount appeared outside the run root's sandbox dirs (this one's, and those of tests
     // that may run alongside: each holds its own).
-    let run_prefix = format!("{SANDBOX_RUN_DIR}/");
+    let run_prefix = format!("{}/", sandbox_run_dir());
     let new_outside: Vec<&String> = during
         .difference(&before)
         .filter(|m| !m.starts_with(&run_prefix))
         .collect();
     assert!(
         new_outside.is_empty(),
-        "mounts outside {SANDBOX_RUN_DIR}: {new_outside:?}"
+        "mounts outside {run_prefix}: {new_outside:?}"
     );
     let canary_mounts: Vec<&String> = during
         .iter()

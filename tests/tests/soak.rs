@@ -44,7 +44,7 @@ fn sample(pod: &str) -> Sample {
         assert_eq!(pids.len(), 1, "one {needles:?}: {pids:?}");
         pids[0]
     };
-    let dir = format!("{SANDBOX_RUN_DIR}/{pod}/");
+    let dir = format!("{}/", sandbox_dir(pod));
     let shim = one(&["containerd-shim-kata-v2", pod, "-address"]);
     let qemu = one(&["qemu-system", &dir]);
     // virtiofsd's main process (its children share the name and the socket argument).

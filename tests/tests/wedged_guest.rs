@@ -24,7 +24,7 @@ fn a_sigkilled_task_of_a_wedged_guest_exits_137_and_its_vm_is_stopped() {
     let _guard = ctrd.guard(&id);
     ctrd.run_detached(&id, &["sleep", "1000"]);
     ctrd.wait_status(&id, "RUNNING", STATUS_TIMEOUT);
-    let dir = format!("{SANDBOX_RUN_DIR}/{id}");
+    let dir = sandbox_dir(&id);
     let qemu = pids_matching(&["qemu-system", &dir]);
     assert_eq!(qemu.len(), 1, "exactly one QEMU for sandbox {id}: {qemu:?}");
     signal("-STOP", qemu[0]);
