@@ -33,6 +33,17 @@ pub fn init(debug: bool) {
     }));
 }
 
+/// For `containerd-shim-kata-v2 delete` (containerd runs it after a shim went away): warnings
+/// to stderr, which containerd logs as "cleanup warnings". It warns only about what the dead
+/// shim left behind, so a shim that tore its sandbox down itself leaves no such line.
+pub fn init_for_delete() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new("warn"))
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 /// Switches to debug level (no-op when RUST_LOG chose the level or logging is not set up).
 pub fn enable_debug() {
     if let Some(switch) = DEBUG_SWITCH.get() {

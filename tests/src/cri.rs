@@ -27,6 +27,8 @@ pub struct Cri {
     // Declared before the runtime that drives it, so it is dropped first.
     client: RuntimeServiceClient<Channel>,
     rt: tokio::runtime::Runtime,
+    /// containerd's log, next to its socket.
+    log: PathBuf,
 }
 
 impl Cri {
@@ -56,6 +58,7 @@ impl Cri {
         Ok(Cri {
             client: RuntimeServiceClient::new(channel),
             rt,
+            log: socket.with_file_name("containerd.log"),
         })
     }
 
@@ -369,9 +372,11 @@ impl PodGuard<'_> {
         let (cri, pod) = (self.cri, self.pod.clone());
         cri.stop_pod(&pod).expect("StopPodSandbox");
         cri.remove_pod(&pod).expect("RemovePodSandbox");
+        let log = cri.log.clone();
         drop(self);
         let left = crate::wait_clean(&pod, timeout);
         assert!(left.is_empty(), "{pod} left things behind: {left:#?}");
+        crate::assert_shim_tore_down(&log, &pod);
     }
 }
 

@@ -660,6 +660,28 @@ pub fn sandbox_vms(sandbox_id: &str) -> Vec<i32> {
     pids_matching(&["qemu-system", &format!("{}/", sandbox_dir(sandbox_id))])
 }
 
+/// What `containerd-shim-kata-v2 delete` (run by containerd after a shim went away) found left
+/// of sandbox `id` and removed, as containerd logged it ("cleanup warnings"): empty when the
+/// shim tore its sandbox down itself.
+pub fn cleanup_warnings(containerd_log: &Path, id: &str) -> Vec<String> {
+    std::fs::read_to_string(containerd_log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("cleanup warnings") && l.contains("left behind") && l.contains(id))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Fails if containerd's clean-up had to remove anything of sandbox `id` (see
+/// [`cleanup_warnings`]): the shim must tear its sandbox down itself.
+pub fn assert_shim_tore_down(containerd_log: &Path, id: &str) {
+    let swept = cleanup_warnings(containerd_log, id);
+    assert!(
+        swept.is_empty(),
+        "sandbox {id}: the shim left these for containerd's clean-up: {swept:#?}"
+    );
+}
+
 /// Waits (bounded) until a sandbox left nothing behind; returns what is still there.
 pub fn wait_clean(sandbox_id: &str, timeout: Duration) -> Vec<String> {
     let deadline = Instant::now() + timeout;

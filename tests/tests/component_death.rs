@@ -79,6 +79,7 @@ fn assert_dead_and_clean(ctrd: &Containerd, id: &str, fault: &Fault, cause: &str
         "sandbox {id} left things behind: {left:#?}\ncontainerd log:\n{}",
         ctrd.log_tail(30)
     );
+    assert_shim_tore_down(&ctrd.log_path(), id);
 }
 
 /// SIGKILL to the sandbox's `helper` processes: the sandbox stops, its log naming the

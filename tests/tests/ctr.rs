@@ -20,6 +20,8 @@ fn assert_clean(id: &str, ctrd: &Containerd) {
         "sandbox {id} left things behind: {left:#?}\ncontainerd log:\n{}",
         ctrd.log_tail(30)
     );
+    // Clean, and by the shim itself: containerd's clean-up found nothing of it to remove.
+    assert_shim_tore_down(&ctrd.log_path(), id);
 }
 
 fn expect_ok(out: &std::process::Output, what: &str, ctrd: &Containerd) {
@@ -587,7 +589,24 @@ fn a_killed_shims_delete_removes_its_vm_and_host_cgroup() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_clean(&id, &ctrd);
+    let left = wait_clean(&id, CLEAN_TIMEOUT);
+    assert!(
+        left.is_empty(),
+        "sandbox {id} left things behind: {left:#?}"
+    );
+    // The dead shim's `delete` did it, and said what it found: the VM's directory, its
+    // processes and its host cgroup.
+    let swept = cleanup_warnings(&ctrd.log_path(), &id).join("\n");
+    for what in [
+        &format!("{id} was left behind"),
+        "qemu was left behind",
+        "host cgroup",
+    ] {
+        assert!(
+            swept.contains(what),
+            "no clean-up warning {what:?}: {swept}"
+        );
+    }
 }
 
 fn nix_kill(pid: i32) {

@@ -322,17 +322,18 @@ impl HostCgroup {
 
     /// A dead shim's cgroup `path` (its leaf only: the parents may be kubelet's or shared),
     /// once the VM's processes are gone (and, for a systemd scope, systemd stopped it);
-    /// absent is fine.
-    pub fn remove_leftover(path: &CgroupsPath, hierarchy: &Hierarchy) -> Result<(), CgroupError> {
+    /// absent is fine. Says whether there was one to remove.
+    pub fn remove_leftover(path: &CgroupsPath, hierarchy: &Hierarchy) -> Result<bool, CgroupError> {
+        let mut removed = false;
         for root in hierarchy.roots() {
             let leaf = root.join(path.relative());
             match fs::remove_dir(&leaf) {
-                Ok(()) => {}
+                Ok(()) => removed = true,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io(format!("rmdir {}", leaf.display()))(e)),
             }
         }
-        Ok(())
+        Ok(removed)
     }
 
     /// The cgroup as the spec named it.

@@ -238,7 +238,13 @@ impl PodCgroup {
                 }
             }
         }
-        blocking(move || HostCgroup::remove_leftover(&parsed, &Hierarchy::detect()?)).await
+        let shown = parsed.to_string();
+        let removed =
+            blocking(move || HostCgroup::remove_leftover(&parsed, &Hierarchy::detect()?)).await?;
+        if removed {
+            tracing::warn!("host cgroup {shown} was left behind by its shim; removed it");
+        }
+        Ok(())
     }
 }
 

@@ -71,6 +71,7 @@ impl Shim for Service {
     }
 
     async fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
+        crate::logging::init_for_delete();
         let bundle =
             std::env::current_dir().map_err(|e| Error::Other(format!("current directory: {e}")))?;
         let sandbox_id = grouping(&bundle, &self.id);

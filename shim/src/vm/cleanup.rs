@@ -56,6 +56,7 @@ pub async fn cleanup_dir(dir: &Path) -> Result<(), VmError> {
     if !dir.exists() {
         return Ok(());
     }
+    tracing::warn!("{} was left behind by its shim; removing it", dir.display());
     for name in ["qemu", "virtiofsd", "vhost-device-vsock"] {
         let pidfile = VmPaths::new(dir).pidfile(name);
         let Ok(text) = tokio::fs::read_to_string(&pidfile).await else {
@@ -73,7 +74,7 @@ pub async fn cleanup_dir(dir: &Path) -> Result<(), VmError> {
             .unwrap_or_default();
         let needle = dir.as_os_str().as_encoded_bytes();
         if cmdline.windows(needle.len()).any(|w| w == needle) {
-            tracing::info!(dir = %dir.display(), name, pid, "killing leftover process");
+            tracing::warn!(dir = %dir.display(), name, pid, "{name} was left behind by its shim; killing it");
             let p = nix::unistd::Pid::from_raw(pid);
             let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
             wait_gone(pid).await;
