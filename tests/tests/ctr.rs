@@ -579,6 +579,15 @@ fn a_killed_shims_delete_removes_its_vm_and_host_cgroup() {
     assert!(!host_cgroups_named(&id).is_empty(), "no host cgroup {id}");
     let shim = pids_matching(&["containerd-shim-kata-v2", &format!(" -id {id} ")]);
     assert_eq!(shim.len(), 1, "one shim for {id}: {shim:?}");
+    // The shim's ttrpc socket, as it told containerd.
+    let address = ctrd
+        .dir()
+        .join("state/io.containerd.runtime.v2.task/default")
+        .join(&id)
+        .join("address");
+    let address = std::fs::read_to_string(&address).expect("the shim's address file");
+    let socket = std::path::PathBuf::from(address.trim().trim_start_matches("unix://"));
+    assert!(socket.exists(), "{} while the shim runs", socket.display());
     nix_kill(shim[0]);
     // containerd sees the shim die and runs its `delete` itself: the task goes away.
     let deadline = std::time::Instant::now() + STATUS_TIMEOUT;
@@ -595,12 +604,14 @@ fn a_killed_shims_delete_removes_its_vm_and_host_cgroup() {
         "sandbox {id} left things behind: {left:#?}"
     );
     // The dead shim's `delete` did it, and said what it found: the VM's directory, its
-    // processes and its host cgroup.
+    // processes, its host cgroup and its socket.
     let swept = cleanup_warnings(&ctrd.log_path(), &id).join("\n");
+    assert!(!socket.exists(), "{} outlived its shim", socket.display());
     for what in [
         &format!("{id} was left behind"),
         "qemu was left behind",
         "host cgroup",
+        "shim socket",
     ] {
         assert!(
             swept.contains(what),

@@ -79,6 +79,7 @@ impl Shim for Service {
         if sandbox_id == self.id {
             let cgroups_path = bundle_spec(&bundle).and_then(|s| spec::cgroups_path(&s));
             launcher::cleanup_sandbox(&sandbox_id, cgroups_path.as_deref()).await;
+            remove_dead_socket(&bundle, &sandbox_id).await;
         }
         if let Err(e) = rootfs::unmount_bundle_rootfs(&bundle) {
             tracing::warn!("{e}");
@@ -103,6 +104,42 @@ impl Shim for Service {
             mounter: Arc::new(LinuxMounter),
         };
         TaskService::new(Arc::new(TaskCore::new(platform, tx, self.exit.clone())))
+    }
+}
+
+/// The dead shim's ttrpc socket, as its `address` file in the bundle names it (a killed shim
+/// could not remove it): only a socket directly in containerd's shim socket directory.
+async fn remove_dead_socket(bundle: &Path, sandbox_id: &str) {
+    let Ok(address) = tokio::fs::read_to_string(bundle.join("address")).await else {
+        return;
+    };
+    let dir = Path::new(containerd_shim::SOCKET_ROOT).join("s");
+    let Some(path) = address.trim().strip_prefix("unix://").map(Path::new) else {
+        return;
+    };
+    let inside = path.parent() == Some(dir.as_path())
+        && path.file_name().is_some_and(|n| {
+            n.to_str()
+                .is_some_and(|n| n.chars().all(|c| c.is_ascii_hexdigit()))
+        });
+    if !inside {
+        tracing::warn!(
+            "not removing shim socket {}: not in {}",
+            path.display(),
+            dir.display()
+        );
+        return;
+    }
+    use std::os::unix::fs::FileTypeExt;
+    match tokio::fs::symlink_metadata(path).await {
+        Ok(m) if m.file_type().is_socket() => match tokio::fs::remove_file(path).await {
+            Ok(()) => tracing::warn!(
+                "sandbox {sandbox_id}: shim socket {} was left behind by its shim; removed it",
+                path.display()
+            ),
+            Err(e) => tracing::warn!("removing shim socket {}: {e}", path.display()),
+        },
+        _ => {}
     }
 }
 
