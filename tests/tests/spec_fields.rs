@@ -1,7 +1,8 @@
 //! Spec fields the guest must honour, each observed from inside the container (containerd 1.6
 //! with CRI, and ctr): user, group and supplemental groups, the capability bounding set,
 //! no_new_privs, a read-only rootfs, masked and read-only paths, the pod's hostname, env, the
-//! working directory, a CPU quota changed by UpdateContainerResources, and an rlimit.
+//! working directory, a CPU quota changed by UpdateContainerResources, an rlimit, and a root
+//! container's effective capabilities.
 
 use std::time::Duration;
 
@@ -105,14 +106,33 @@ fn containerd1_cri_spec_fields_hold_inside_the_container() {
     let _ = std::fs::remove_dir_all(&log_dir);
 }
 
-/// ctr's spec carries RLIMIT_NOFILE 1024:1024; the guest's own default hard limit is higher.
+/// ctr's spec carries RLIMIT_NOFILE 1024:1024 (the guest's own default hard limit is
+/// higher), and a root container's effective capabilities are the spec's: containerd's
+/// default set less the one dropped.
 #[test]
-fn ctr_rlimits_hold_inside_the_container() {
+fn ctr_rlimits_and_capabilities_hold_inside_the_container() {
     let ctrd = Containerd::start("ctr");
     let id = unique_id("rlimit");
-    let out = ctrd.run(&[], &id, &["sh", "-c", "echo $(ulimit -Sn):$(ulimit -Hn)"]);
+    let out = ctrd.run(
+        &["--cap-drop", "CAP_CHOWN"],
+        &id,
+        &[
+            "sh",
+            "-c",
+            "echo $(ulimit -Sn):$(ulimit -Hn); grep CapEff /proc/self/status | tr -d '\\t'",
+        ],
+    );
     assert!(out.status.success(), "ctr run: {}", text(&out.stderr));
-    assert_eq!(text(&out.stdout).trim(), "1024:1024");
+    let seen = text(&out.stdout);
+    let mut lines = seen.lines();
+    assert_eq!(lines.next(), Some("1024:1024"), "{seen}");
+    let eff = lines
+        .next()
+        .and_then(|l| l.strip_prefix("CapEff:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .unwrap_or_else(|| panic!("no CapEff in {seen:?}"));
+    assert_eq!(eff & 1, 0, "CAP_CHOWN dropped: {eff:#x}");
+    assert_ne!(eff & (1 << 10), 0, "CAP_NET_BIND_SERVICE kept: {eff:#x}");
     let left = wait_clean(&id, CLEAN_TIMEOUT);
     assert!(left.is_empty(), "{id} left things behind: {left:#?}");
 }
