@@ -7,8 +7,9 @@ use containerd_shim::{asynchronous::run, Config};
 use kata_shim::server::Service;
 
 /// How long blocking work may hold the shim's exit. A thread can be stuck in open(2) of a
-/// stdio FIFO whose reader never came and whose path containerd already removed (`ctr run -d`
+/// stdin FIFO whose writer never came and whose path containerd already removed (`ctr run -d`
 /// exits before opening its ends); nothing can unblock it, and it must not keep the shim alive.
+/// (Output FIFOs are opened read-write, which never blocks.)
 const BLOCKING_WORK_AT_EXIT: Duration = Duration::from_secs(1);
 
 fn main() {
