@@ -270,6 +270,18 @@ impl Containerd {
         Events(child)
     }
 
+    /// Fails unless sandbox `id` left nothing behind within `timeout` (see [`leftovers`]) and
+    /// it was the shim that tore it down (see [`assert_shim_tore_down`]).
+    pub fn assert_left_nothing(&self, id: &str, timeout: Duration) {
+        let left = wait_clean(id, timeout);
+        assert!(
+            left.is_empty(),
+            "sandbox {id} left things behind: {left:#?}\ncontainerd log:\n{}",
+            self.log_tail(30)
+        );
+        assert_shim_tore_down(&self.log_path(), id);
+    }
+
     /// containerd's own log: the shim's and the guest's lines end up here.
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("containerd.log")

@@ -73,13 +73,7 @@ fn assert_dead_and_clean(ctrd: &Containerd, id: &str, fault: &Fault, cause: &str
         ctrd.log_tail(40)
     );
     assert_eq!(ctrd.delete_task(id), 255, "the task's exit status");
-    let left = wait_clean(id, CLEAN_TIMEOUT);
-    assert!(
-        left.is_empty(),
-        "sandbox {id} left things behind: {left:#?}\ncontainerd log:\n{}",
-        ctrd.log_tail(30)
-    );
-    assert_shim_tore_down(&ctrd.log_path(), id);
+    ctrd.assert_left_nothing(id, CLEAN_TIMEOUT);
 }
 
 /// SIGKILL to the sandbox's `helper` processes: the sandbox stops, its log naming the

@@ -114,15 +114,26 @@ fn with_pod_resources(config: &mut api::PodSandboxConfig, uid: &str) -> (String,
     (parent_top, parent)
 }
 
-fn pod_resources(ctrd: &Containerd) {
-    let cri = ctrd.cri();
-    let (mut config, uid) = pod_config(ctrd, "sized");
+/// A kata pod named `name` with [`with_pod_resources`]: its config, id, parent's top level
+/// and the sandbox's cgroup.
+fn run_pod_with_resources(
+    ctrd: &Containerd,
+    cri: &cri::Cri,
+    name: &str,
+) -> (api::PodSandboxConfig, String, String, String) {
+    let (mut config, uid) = pod_config(ctrd, name);
     let (parent_top, parent) = with_pod_resources(&mut config, &uid);
     let pod = cri
         .run_pod(&config, KATA_HANDLER)
         .unwrap_or_else(|e| panic!("{e:#}\ncontainerd log:\n{}", ctrd.log_tail(40)));
-    let guard = cri.guard(&pod);
     let sandbox_cgroup = format!("{parent}/{pod}");
+    (config, pod, parent_top, sandbox_cgroup)
+}
+
+fn pod_resources(ctrd: &Containerd) {
+    let cri = ctrd.cri();
+    let (config, pod, parent_top, sandbox_cgroup) = run_pod_with_resources(ctrd, &cri, "sized");
+    let guard = cri.guard(&pod);
 
     // Every host process of the VM is in the sandbox's cgroup, in each hierarchy.
     let dir = format!("{}/", sandbox_dir(&pod));
@@ -205,13 +216,8 @@ fn pod_resources(ctrd: &Containerd) {
 /// and the cgroup is still removed with the pod.
 fn shim_joins_under_sandbox_cgroup_only(ctrd: &Containerd) {
     let cri = ctrd.cri();
-    let (mut config, uid) = pod_config(ctrd, "cgroup-only");
-    let (parent_top, parent) = with_pod_resources(&mut config, &uid);
-    let pod = cri
-        .run_pod(&config, KATA_HANDLER)
-        .unwrap_or_else(|e| panic!("{e:#}\ncontainerd log:\n{}", ctrd.log_tail(40)));
+    let (_, pod, parent_top, sandbox_cgroup) = run_pod_with_resources(ctrd, &cri, "cgroup-only");
     let guard = cri.guard(&pod);
-    let sandbox_cgroup = format!("{parent}/{pod}");
     if let Some(why) = not_in_cgroup(shim_pid(&pod), &sandbox_cgroup) {
         panic!("the shim is not in the pod's cgroup: {why}");
     }

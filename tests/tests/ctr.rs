@@ -14,14 +14,7 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(60);
 const CTR_EXIT_GRACE: &str = "sleep 0.1";
 
 fn assert_clean(id: &str, ctrd: &Containerd) {
-    let left = wait_clean(id, CLEAN_TIMEOUT);
-    assert!(
-        left.is_empty(),
-        "sandbox {id} left things behind: {left:#?}\ncontainerd log:\n{}",
-        ctrd.log_tail(30)
-    );
-    // Clean, and by the shim itself: containerd's clean-up found nothing of it to remove.
-    assert_shim_tore_down(&ctrd.log_path(), id);
+    ctrd.assert_left_nothing(id, CLEAN_TIMEOUT);
 }
 
 fn expect_ok(out: &std::process::Output, what: &str, ctrd: &Containerd) {

@@ -140,7 +140,7 @@ fn concurrent_sandboxes(ctrd: &Containerd, n: usize) {
 }
 
 #[test]
-#[ignore = "the soak: `make soak`"]
+#[ignore = "the soak takes minutes under TCG, beyond make test's budget: run it with `make soak`"]
 fn soak_container_cycles_in_one_pod_and_concurrent_sandboxes() {
     let cycles = env_count("SOAK_CYCLES", 100);
     let concurrent = env_count("SOAK_CONCURRENT", 10);

@@ -446,6 +446,7 @@ impl HostCgroup {
                 if left.is_empty() || std::time::Instant::now() >= deadline {
                     return left;
                 }
+                // A poll, not a fixed delay: v1 has no event for an emptied cgroup.
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(std::time::Duration::from_millis(200));
             }
