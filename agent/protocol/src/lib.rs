@@ -36,6 +36,11 @@ pub const AGENT_LOG_PORT: u32 = 1025;
 /// vsock port of the guest debug console (only when enabled).
 pub const DEBUG_CONSOLE_PORT: u32 = 1026;
 
+/// The most stdio bytes one ReadStdout/ReadStderr returns and one WriteStdin carries (the shim
+/// asks for this much; the agent's pipes hold this much, so a writer runs ahead while a read
+/// crosses the vsock). Far below ttrpc's 4 MiB message limit.
+pub const STDIO_CHUNK: usize = 1024 * 1024;
+
 /// Guest directory under which every path the host names (storages, CopyFile) must lie.
 pub const GUEST_RUN_DIR: &str = "/run/kata-containers";
 /// Guest mount point of the sandbox's shared filesystem (virtio-fs or 9p).

@@ -10,8 +10,7 @@ use nix::unistd;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Mutex;
 
-/// Largest chunk one ReadStdout/ReadStderr returns (keeps the agent's memory small).
-const MAX_READ: usize = 128 * 1024;
+use protocol::STDIO_CHUNK;
 
 fn nonblocking(fd: &OwnedFd) -> io::Result<()> {
     let flags = OFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)?);
@@ -57,7 +56,7 @@ impl OutStream {
         let Some(fd) = guard.as_ref() else {
             return Ok(Vec::new());
         };
-        let mut buf = vec![0u8; len.clamp(1, MAX_READ)];
+        let mut buf = vec![0u8; len.clamp(1, STDIO_CHUNK)];
         loop {
             let mut ready = fd.readable().await?;
             match ready.try_io(|inner| {
@@ -81,6 +80,14 @@ impl OutStream {
                 Err(_would_block) => continue,
             }
         }
+    }
+}
+
+/// Gives a pipe room for one [`STDIO_CHUNK`], so the writer is not held up while the agent's
+/// read travels to the host. Best effort: a smaller pipe still works, only slower.
+fn widen(fd: &OwnedFd) {
+    if let Err(e) = fcntl(fd.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(STDIO_CHUNK as i32)) {
+        tracing::debug!("F_SETPIPE_SZ {STDIO_CHUNK}: {e}");
     }
 }
 
@@ -171,6 +178,9 @@ pub fn pipes() -> io::Result<(ChildStdio, AgentStdio)> {
     let (in_r, in_w) = pipe()?;
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
+    for p in [&in_w, &out_r, &err_r] {
+        widen(p);
+    }
     let child = ChildStdio {
         stdin: in_r,
         stdout: out_w,
@@ -232,5 +242,24 @@ mod tests {
         assert!(agent.stderr.read(100).await.unwrap().is_empty());
         agent.stdin.close().await;
         assert!(agent.stdin.write(b"x").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_widened_pipe_holds_a_chunk_for_one_read() {
+        let (child, agent) = pipes().unwrap();
+        // A write the pipe cannot hold fails instead of blocking the test.
+        nonblocking(&child.stdout).unwrap();
+        for _ in 0..4 {
+            unistd::write(&child.stdout, &[7u8; 64 * 1024]).unwrap();
+        }
+        // Beyond a default pipe's 64 KiB: the pipe was widened.
+        assert_eq!(
+            agent.stdout.read(STDIO_CHUNK).await.unwrap().len(),
+            256 * 1024
+        );
+        unistd::write(&child.stdout, b"tail").unwrap();
+        drop(child);
+        assert_eq!(agent.stdout.read(STDIO_CHUNK).await.unwrap(), b"tail");
+        assert!(agent.stdout.read(STDIO_CHUNK).await.unwrap().is_empty());
     }
 }

@@ -6,6 +6,7 @@
 //! WriteStdin, then CloseStdin at EOF.
 
 use std::fs::OpenOptions as StdOpenOptions;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -19,7 +20,7 @@ use crate::error::{TaskError, TaskResult};
 use crate::guest::GuestAgent;
 
 /// Bytes asked for per ReadStdout/ReadStderr and sent per WriteStdin.
-const CHUNK: usize = 128 * 1024;
+const CHUNK: usize = protocol::STDIO_CHUNK;
 
 /// containerd's stdio for one process; empty strings mean "not connected".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -128,7 +129,17 @@ async fn open_output(target: &str) -> TaskResult<Output> {
         .read_write(true)
         .open_sender(target)
         .map_err(|e| TaskError::invalid(format!("opening stdio FIFO {target}: {e}")))?;
+    widen(&tx);
     Ok(Output::Writer(Box::new(tx)))
+}
+
+/// Gives a FIFO room for one [`CHUNK`], so neither side waits on the other chunk by chunk.
+/// Best effort: a smaller FIFO still works, only slower.
+fn widen(fifo: &impl AsRawFd) {
+    // SAFETY: F_SETPIPE_SZ on a descriptor we hold open, with an int argument.
+    if unsafe { libc::fcntl(fifo.as_raw_fd(), libc::F_SETPIPE_SZ, CHUNK as libc::c_int) } < 0 {
+        tracing::debug!("F_SETPIPE_SZ {CHUNK}: {}", std::io::Error::last_os_error());
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -208,7 +219,10 @@ async fn open_stdin(
         }
     };
     match pipe::Receiver::from_file(file) {
-        Ok(r) => Some(r),
+        Ok(r) => {
+            widen(&r);
+            Some(r)
+        }
         Err(e) => {
             tracing::warn!("stdin {}: {e}", path.display());
             None
