@@ -54,9 +54,12 @@ test: lint unit e2e
 soak: build guest probe
 	cargo test -p kata-e2e --test soak -- --ignored --test-threads=1 --nocapture
 
-# Start time against runc and memory per sandbox, measured in one run (never asserted).
-bench: build guest
-	@bash scripts/bench.sh
+# Start, exec, stdio and memory figures beside their references (the bare VM boot, runc, the
+# raw vsock) measured in the same run, never asserted: build/bench/results.json and
+# cold-start.png. BENCH_RUNS (default 7) sets the runs per figure.
+bench: build guest probe
+	@KATA_RS_BENCH=1 bash scripts/setup-host.sh
+	@bash scripts/bench.sh $(BENCH_RUNS)
 
 # What a hostile guest or a pod author feeds the runtime, under libFuzzer (not in `make test`).
 fuzz: setup

@@ -25,6 +25,10 @@ for p in qemu-system-x86 qemu-system-arm containerd runc busybox-static iptables
          containernetworking-plugins protobuf-compiler dbus-daemon; do
   want_pkg "$p"
 done
+# `make bench` draws its start timeline with gnuplot.
+if [ "${KATA_RS_BENCH:-0}" = 1 ]; then
+  want_pkg gnuplot-nox
+fi
 
 if [ ${#apt_missing[@]} -gt 0 ]; then
   step "apt-get install ${apt_missing[*]}"

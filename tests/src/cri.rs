@@ -19,6 +19,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on the CRI plugin becoming ready (runtime and CNI network) after containerd answers.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The runtime handler the shipped containerd snippet names for this runtime.
+pub const KATA_HANDLER: &str = "kata";
 /// The pod annotation containerd routes to its runtime handler named `untrusted`.
 pub const UNTRUSTED_WORKLOAD: &str = "io.kubernetes.cri.untrusted-workload";
 

@@ -1,12 +1,11 @@
 //! Kubernetes' path: CRI pods on the private containerd 1.6 and 2.x with the CRI plugin, CNI (Debian's bridge, host-local, portmap, loopback) and the local pause image; a RuntimeClass pod and an untrusted-annotated pod each in one VM, a plain pod on runc in none.
 
-use kata_e2e::cri::{self, api, Cri, UNTRUSTED_WORKLOAD};
+use kata_e2e::cri::{self, api, Cri, KATA_HANDLER, UNTRUSTED_WORKLOAD};
 use kata_e2e::*;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// The RuntimeClass handler mapped to the shim (scripts/containerd.sh).
-const KATA_HANDLER: &str = "kata";
 const CLEAN_TIMEOUT: Duration = Duration::from_secs(15);
 const LOG_TIMEOUT: Duration = Duration::from_secs(10);
 /// ExecSync's own limit, in seconds (CRI's unit).

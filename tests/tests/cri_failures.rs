@@ -3,12 +3,11 @@
 //! the configured kernel) each fail with an error naming the cause, and leave nothing behind:
 //! no shim, VM, helper, mount or sandbox directory, no network namespace, no IP lease.
 
-use kata_e2e::cri::{self, Cri};
+use kata_e2e::cri::{self, Cri, KATA_HANDLER};
 use kata_e2e::*;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const KATA_HANDLER: &str = "kata";
 const CLEAN_TIMEOUT: Duration = Duration::from_secs(15);
 /// Where CNI's host-local plugin keeps its leases (its default `dataDir`), one file per IP
 /// holding the id of the sandbox it was given to.

@@ -6,11 +6,10 @@
 //! NFT_COMPAT), plus TPROXY's policy routing. A container of the same pod without NET_ADMIN
 //! can do none of it.
 
-use kata_e2e::cri::{self, api, Cri};
+use kata_e2e::cri::{self, api, Cri, KATA_HANDLER};
 use kata_e2e::*;
 use std::time::Duration;
 
-const KATA_HANDLER: &str = "kata";
 const EXEC_TIMEOUT_SECS: i64 = 30;
 const CLEAN_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the container's server may take to listen (TCG guest).

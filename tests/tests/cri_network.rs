@@ -5,7 +5,7 @@
 //! Plus, through `ctr` with a netns this test makes: the shim's taps and qdiscs are gone with
 //! the container, and a netns it cannot plumb fails the start and is left as it was.
 
-use kata_e2e::cri::{self, api, Cri};
+use kata_e2e::cri::{self, api, Cri, KATA_HANDLER};
 use kata_e2e::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-const KATA_HANDLER: &str = "kata";
 const EXEC_TIMEOUT_SECS: i64 = 30;
 const STOP_GRACE_SECS: i64 = 1;
 const CLEAN_TIMEOUT: Duration = Duration::from_secs(15);

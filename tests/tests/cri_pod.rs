@@ -5,13 +5,12 @@
 //! or unknown to the guest kernel, mounts propagated back to the host) fails with an error
 //! naming it, leaving nothing behind (RunPodSandbox) or the pod unharmed (StartContainer).
 
-use kata_e2e::cri::{self, api, Cri};
+use kata_e2e::cri::{self, api, Cri, KATA_HANDLER};
 use kata_e2e::*;
 use std::collections::HashMap;
 use std::time::Duration;
 
 /// The RuntimeClass handler mapped to the shim (scripts/containerd.sh).
-const KATA_HANDLER: &str = "kata";
 const CLEAN_TIMEOUT: Duration = Duration::from_secs(15);
 /// ExecSync's own limit, in seconds (CRI's unit).
 const EXEC_TIMEOUT_SECS: i64 = 30;

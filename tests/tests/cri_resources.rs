@@ -9,12 +9,11 @@
 //! naming the driver mismatch; a VM the host's OOM killer takes is reported OOM-killed. The
 //! shim stays out of the pod's cgroup, unless `sandbox_cgroup_only = true` puts it in.
 
-use kata_e2e::cri::{self, api};
+use kata_e2e::cri::{self, api, KATA_HANDLER};
 use kata_e2e::*;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const KATA_HANDLER: &str = "kata";
 const EXEC_TIMEOUT_SECS: i64 = 30;
 const CLEAN_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long filling the guest's RAM may take under TCG before the host's OOM killer strikes.

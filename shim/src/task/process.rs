@@ -242,6 +242,11 @@ impl ExitHandle {
     /// Records the exit and, if this call recorded it, queues TaskExit for `cid`/`event_id`.
     pub fn publish(&self, events: &EventSender, status: u32, cid: &str, event_id: &str, pid: u32) {
         self.set_then(status, |exit| {
+            // A milestone of the start timeline `make bench` draws.
+            tracing::info!(
+                "exited {cid} (exec {event_id:?}) with status {}",
+                exit.status
+            );
             events::send(
                 events,
                 TaskEvent::Exit(TaskExit {

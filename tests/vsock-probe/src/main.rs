@@ -3,6 +3,11 @@
 //! way a hostile workload would: connect, send a ttrpc `grpc.AgentService/Check` request, and
 //! wait briefly for any answer. One line per address:
 //! `CID:PORT refused: <error>`, `CID:PORT connected: no answer` or `CID:PORT ANSWERED <n> bytes`.
+//!
+//! `make bench` runs it too, for the raw vsock throughput stdio is compared with:
+//! `--to-host PORT BYTES` writes BYTES to the host's PORT in 64 KiB chunks;
+//! `--from-host PORT BYTES` reads BYTES from it, then answers one byte; and the same streams
+//! through its stdio, which is what is compared: `--to-stdout BYTES`, `--from-stdin BYTES`.
 
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -85,8 +90,85 @@ fn probe(target: &str) -> String {
     }
 }
 
+/// The host's vsock address (VMADDR_CID_HOST).
+const HOST_CID: u32 = 2;
+/// The chunk the raw throughput runs write and read, as stdio copiers do.
+const CHUNK: usize = 64 * 1024;
+
+/// `--to-host`/`--from-host`: one stream of `bytes` bytes between this guest and the host.
+fn stream(direction: &str, port: &str, bytes: &str) -> std::io::Result<()> {
+    let port: u32 = port
+        .parse()
+        .map_err(|_| std::io::Error::other("bad port"))?;
+    let mut conn = connect(HOST_CID, port)?;
+    if direction == "--to-host" {
+        write_zeros(&mut conn, count(bytes)?)
+    } else {
+        read_all(&mut conn, count(bytes)?)?;
+        conn.write_all(b"k")
+    }
+    // The host reads to the byte count; a full close (not shutdown) ends the stream here.
+}
+
+fn count(bytes: &str) -> std::io::Result<u64> {
+    bytes
+        .parse()
+        .map_err(|_| std::io::Error::other("bad byte count"))
+}
+
+fn write_zeros(w: &mut impl Write, mut left: u64) -> std::io::Result<()> {
+    let buf = vec![0u8; CHUNK];
+    while left > 0 {
+        let n = left.min(CHUNK as u64) as usize;
+        w.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    w.flush()
+}
+
+fn read_all(r: &mut impl Read, mut left: u64) -> std::io::Result<()> {
+    let mut buf = vec![0u8; CHUNK];
+    while left > 0 {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Err(std::io::Error::other(format!(
+                "EOF with {left} bytes to go"
+            )));
+        }
+        left = left.saturating_sub(n as u64);
+    }
+    Ok(())
+}
+
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if let [dir, bytes] = args.as_slice() {
+        let done = match dir.as_str() {
+            "--to-stdout" => {
+                Some(count(bytes).and_then(|n| write_zeros(&mut std::io::stdout().lock(), n)))
+            }
+            "--from-stdin" => {
+                Some(count(bytes).and_then(|n| read_all(&mut std::io::stdin().lock(), n)))
+            }
+            _ => None,
+        };
+        if let Some(r) = done {
+            if let Err(e) = r {
+                eprintln!("{dir}: {e}");
+                std::process::exit(1);
+            }
+            return;
+        }
+    }
+    if let [dir, port, bytes] = args.as_slice() {
+        if dir == "--to-host" || dir == "--from-host" {
+            if let Err(e) = stream(dir, port, bytes) {
+                println!("{dir} {port}: {e}");
+                std::process::exit(1);
+            }
+            return;
+        }
+    }
     if args.first().map(String::as_str) == Some("--uid") && args.len() > 1 {
         let id: u32 = args[1].parse().unwrap_or(65534);
         args.drain(..2);

@@ -198,6 +198,7 @@ impl Qemu {
         };
         self.virtiofsd = fs;
         self.vsock_daemon = vs;
+        tracing::info!(sandbox = %self.id, "helpers started");
         let version = version.map_err(HypervisorError::Unsupported)?;
         if h.machine_type == MachineType::Microvm && tsc.is_none() {
             tracing::warn!(sandbox = %self.id, "host TSC frequency unknown: the microvm guest may hang early in boot (set tsc_early_khz= in kernel_params)");
