@@ -16,8 +16,8 @@ ctrd() { bash "$here/containerd.sh" "$@"; }
 
 need_root
 step "kata-bench: $runs runs per figure"
-cargo build -q -p kata-e2e --bin kata-bench
-"$top/target/debug/kata-bench" "$runs"
+cargo build -q --release -p kata-e2e --bin kata-bench
+"$top/target/release/kata-bench" "$runs"
 
 ctrd start
 trap 'ctrd stop' EXIT

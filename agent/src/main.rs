@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tracing::{error, info, warn};
 
-use kata_agent::api::rpc;
+use kata_agent::api::{rpc, stdio_port};
 use kata_agent::guest::{debug_console, host_vsock, init, logging, reaper, requests};
 use kata_agent::runtime::{cgroup, sandbox, spawn};
 
@@ -76,6 +76,8 @@ async fn serve(pid1: bool, opts: init::Options) -> anyhow::Result<()> {
     }
 
     let sandbox = Arc::new(sandbox::Sandbox::default());
+    stdio_port::serve(sandbox.clone())
+        .map_err(|e| anyhow::anyhow!("binding the stdio port {}: {e}", protocol::STDIO_PORT))?;
     let agent = Arc::new(rpc::Agent::new(sandbox, pid1));
     let service = protocol::agent_ttrpc::create_agent_service(agent.clone());
     let addr = format!("vsock port {} (host only)", protocol::AGENT_TTRPC_PORT);

@@ -245,6 +245,60 @@ fn exec_stdin_and_exec_signals() {
     );
 }
 
+/// `readlink` of the process's fds 0, 1 and 2, one per line, printed by the process itself.
+const STDIO_TARGETS: &str = "for f in 0 1 2; do readlink /proc/self/fd/$f; done";
+
+/// Fails unless the process's fds 0-2, as it printed them ([`STDIO_TARGETS`]), are sockets.
+fn assert_stdio_sockets(out: &std::process::Output) {
+    let kinds: Vec<&str> = std::str::from_utf8(&out.stdout)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.split(':').next().unwrap_or_default())
+        .collect();
+    assert_eq!(kinds, ["socket"; 3], "{}", text(&out.stdout));
+}
+
+#[test]
+fn plain_stdio_is_the_process_own_vsock_connections() {
+    // A process without a terminal holds its stdio connections itself (no copy in the
+    // agent): fds 0-2 are sockets, for the init and for an exec; its output still arrives
+    // whole and in order (the other tests in this file).
+    let ctrd = Containerd::start("ctr");
+    let id = unique_id("stdioconn");
+    let _guard = ctrd.guard(&id);
+    let image = test_image();
+    let run = ctrd.ctr_with_stdin(
+        &[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            &image,
+            &id,
+            "sh",
+            "-c",
+            STDIO_TARGETS,
+        ],
+        Some(b""),
+    );
+    expect_ok(&run, "ctr run", &ctrd);
+    assert_stdio_sockets(&run);
+    assert_clean(&id, &ctrd);
+
+    let id = unique_id("stdioconn");
+    let _guard = ctrd.guard(&id);
+    ctrd.run_detached(&id, &["sleep", "1000"]);
+    let script = format!("{STDIO_TARGETS}; {CTR_EXIT_GRACE}");
+    let exec = ctrd.ctr_with_stdin(
+        &["task", "exec", "--exec-id", "fds", &id, "sh", "-c", &script],
+        Some(b""),
+    );
+    expect_ok(&exec, "ctr task exec", &ctrd);
+    assert_stdio_sockets(&exec);
+    ctrd.force_remove(&id);
+    assert_clean(&id, &ctrd);
+}
+
 #[test]
 fn exec_plain_and_tty_in_a_running_container() {
     let ctrd = Containerd::start("ctr");

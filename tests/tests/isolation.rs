@@ -36,7 +36,8 @@ fn an_unprivileged_container_cannot_reach_the_agent_ports() {
         "type=bind,src={},dst=/kata-vsock-probe,options=rbind:ro",
         probe.display()
     );
-    // The agent's API, its log stream and the debug console; loopback and the guest's own cid
+    // The agent's API, its log stream, the debug console and the stdio port; loopback and the
+    // guest's own cid
     // (hybrid vsock gives the guest a fixed cid; with kernel vhost-vsock it is reserved per VM
     // and a wrong guess only reaches the host, which refuses too).
     let targets: Vec<String> = [1, VHOST_USER_GUEST_CID]
@@ -46,6 +47,7 @@ fn an_unprivileged_container_cannot_reach_the_agent_ports() {
                 protocol::AGENT_TTRPC_PORT,
                 protocol::AGENT_LOG_PORT,
                 protocol::DEBUG_CONSOLE_PORT,
+                protocol::STDIO_PORT,
             ]
             .map(|port| format!("{cid}:{port}"))
         })

@@ -28,6 +28,7 @@ mod generated {
 pub use generated::{agent, agent_ttrpc};
 
 pub mod rules;
+pub mod stdio_stream;
 
 /// vsock port of the agent's ttrpc server.
 pub const AGENT_TTRPC_PORT: u32 = 1024;
@@ -35,6 +36,8 @@ pub const AGENT_TTRPC_PORT: u32 = 1024;
 pub const AGENT_LOG_PORT: u32 = 1025;
 /// vsock port of the guest debug console (only when enabled).
 pub const DEBUG_CONSOLE_PORT: u32 = 1026;
+/// vsock port of the processes' stdio connections (`stdio_stream`).
+pub const STDIO_PORT: u32 = 1027;
 
 /// The most stdio bytes one ReadStdout/ReadStderr returns and one WriteStdin carries (the shim
 /// asks for this much; the agent's pipes hold this much, so a writer runs ahead while a read

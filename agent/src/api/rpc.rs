@@ -263,6 +263,10 @@ impl AgentService for Agent {
     ) -> R<ExecProcessResponse> {
         let sandbox = self.sandbox.clone();
         let r = detached(async move {
+            // Taken first: an exec refused below drops them (the host sees EOF).
+            let conns = sandbox
+                .stdio_connections
+                .take(&req.container_id, &req.exec_id);
             validate::container_id(&req.container_id)?;
             validate::id("exec id", &req.exec_id)?;
             if req.exec_id == req.container_id {
@@ -274,7 +278,7 @@ impl AgentService for Agent {
             let c = sandbox.get(&req.container_id)?;
             let process: oci_spec::runtime::Process = serde_json::from_slice(&req.process_json)
                 .map_err(|e| AgentError::InvalidArgument(format!("invalid process JSON: {e}")))?;
-            let p = c.exec(&req.exec_id, process).await?;
+            let p = c.exec(&req.exec_id, process, conns).await?;
             info!(container = %c.id, exec = %req.exec_id, pid = p.pid, "exec started");
             Ok(ExecProcessResponse {
                 pid: p.pid as u32,

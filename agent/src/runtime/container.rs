@@ -13,6 +13,7 @@ use crate::error::{internal, AgentError, Result};
 use crate::runtime::early_signal::InitSignals;
 use crate::runtime::process::Process;
 use crate::runtime::spawn::{self, Report, SpawnKind, SpawnRequest};
+use crate::runtime::stdio_connections::ProcessConnections;
 use crate::runtime::{cgroup, stdio, sysctl};
 use crate::validate;
 
@@ -61,11 +62,17 @@ fn console_size(p: &OciProcess) -> Option<(u16, u16)> {
 }
 
 /// Pipes, or (terminal) placeholders until the process passes back its pty master.
-fn make_stdio(p: &OciProcess) -> Result<(stdio::ChildStdio, Option<stdio::AgentStdio>)> {
+/// The process's stdio: a pty (made later by the process), or pipes to the agent, except for
+/// the streams the host connected (`conns`), which the process gets as they are.
+fn make_stdio(
+    p: &OciProcess,
+    conns: ProcessConnections,
+) -> Result<(stdio::ChildStdio, Option<stdio::AgentStdio>)> {
     let r = if p.terminal().unwrap_or(false) {
+        // A terminal's stdio is the pty: connections for it are dropped (the host sees EOF).
         stdio::null_child().map(|c| (c, None))
     } else {
-        stdio::pipes().map(|(c, a)| (c, Some(a)))
+        stdio::pipes_or_connections(conns).map(|(c, a)| (c, Some(a)))
     };
     r.map_err(|e| internal(format!("creating stdio: {e}")))
 }
@@ -180,6 +187,7 @@ impl Container {
         spec: Spec,
         storages: Vec<PathBuf>,
         join: Option<Arc<Process>>,
+        conns: ProcessConnections,
     ) -> Result<Container> {
         let (_root, process) = check_spec(&spec)?;
         // Reads the guest's /proc/sys: off the async threads.
@@ -189,7 +197,7 @@ impl Container {
             .map_err(AgentError::InvalidArgument)?;
         let cg = cgroup::container_path(id);
         cgroup::create(&cg).map_err(AgentError::FailedPrecondition)?;
-        let result = Self::create_in(spec.clone(), process, &cg, join).await;
+        let result = Self::create_in(spec.clone(), process, &cg, join, conns).await;
         match result {
             Ok((init, pending)) => Ok(Container {
                 id: id.to_string(),
@@ -215,12 +223,13 @@ impl Container {
         process: OciProcess,
         cg: &Path,
         join: Option<Arc<Process>>,
+        conns: ProcessConnections,
     ) -> Result<(Process, (OwnedFd, Report))> {
         if let Some(res) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
             cgroup::apply(cg, res).map_err(AgentError::InvalidArgument)?;
         }
         let size = console_size(&process);
-        let (child_stdio, agent_stdio) = make_stdio(&process)?;
+        let (child_stdio, agent_stdio) = make_stdio(&process, conns)?;
         let req = SpawnRequest {
             seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
             kind: SpawnKind::Init {
@@ -285,7 +294,12 @@ impl Container {
     }
 
     /// Runs an extra process in the container's namespaces and cgroup.
-    pub async fn exec(&self, exec_id: &str, process: OciProcess) -> Result<Arc<Process>> {
+    pub async fn exec(
+        &self,
+        exec_id: &str,
+        process: OciProcess,
+        conns: ProcessConnections,
+    ) -> Result<Arc<Process>> {
         check_process(&process)?;
         if lock(&self.execs).contains_key(exec_id) {
             return Err(AgentError::AlreadyExists(format!(
@@ -300,7 +314,7 @@ impl Container {
             )));
         }
         let size = console_size(&process);
-        let (child_stdio, agent_stdio) = make_stdio(&process)?;
+        let (child_stdio, agent_stdio) = make_stdio(&process, conns)?;
         let req = SpawnRequest {
             kind: SpawnKind::Exec,
             process,

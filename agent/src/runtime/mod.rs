@@ -11,4 +11,5 @@ pub mod seccomp;
 pub mod setup;
 pub mod spawn;
 pub mod stdio;
+pub mod stdio_connections;
 pub mod sysctl;

@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use crate::error::{AgentError, Result};
 use crate::runtime::container::{self, Container};
 use crate::runtime::process::Process;
+use crate::runtime::stdio_connections::StdioConnections;
 use crate::runtime::{cgroup, mount};
 use crate::validate;
 
@@ -29,6 +30,8 @@ pub struct Sandbox {
     /// OOM kills recorded but not yet handed to GetOOMEvent, oldest first.
     oom_pending: Mutex<VecDeque<String>>,
     oom_recorded: tokio::sync::Notify,
+    /// Stdio connections the host opened for processes it is about to create.
+    pub stdio_connections: StdioConnections,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -104,6 +107,8 @@ impl Sandbox {
         spec_json: &[u8],
         storages: &[Storage],
     ) -> Result<Arc<Container>> {
+        // Taken first: a create refused below drops them (the host sees EOF), so none waits on.
+        let conns = self.stdio_connections.take(id, "");
         validate::container_id(id)?;
         let spec: Spec = serde_json::from_slice(spec_json)
             .map_err(|e| AgentError::InvalidArgument(format!("invalid OCI spec: {e}")))?;
@@ -119,7 +124,7 @@ impl Sandbox {
         let result = async {
             let join = self.namespaces_to_join(id, &spec)?;
             let mounted = mount_storages(storages)?;
-            match Container::create(id, spec, mounted.clone(), join).await {
+            match Container::create(id, spec, mounted.clone(), join, conns).await {
                 Ok(c) => Ok(c),
                 Err(e) => {
                     unmount_all(&mounted);
@@ -165,6 +170,7 @@ impl Sandbox {
         unmount_all(&c.storages);
         lock(&self.containers).remove(id);
         lock(&self.oom_seen).remove(id);
+        self.stdio_connections.forget_container(id);
         info!(container = id, "container removed");
         Ok(())
     }

@@ -12,9 +12,17 @@ use tokio::sync::Mutex;
 
 use protocol::STDIO_CHUNK;
 
+use crate::runtime::stdio_connections::ProcessConnections;
+
 fn nonblocking(fd: &OwnedFd) -> io::Result<()> {
     let flags = OFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)?);
     fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(())
+}
+
+fn blocking(fd: &OwnedFd) -> io::Result<()> {
+    let flags = OFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)?);
+    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK))?;
     Ok(())
 }
 
@@ -101,6 +109,13 @@ impl InStream {
         Ok(Self {
             fd: Mutex::new(Some(async_fd(fd)?)),
         })
+    }
+
+    /// Stdin the agent does not write (the process reads a host connection).
+    fn closed() -> Self {
+        Self {
+            fd: Mutex::new(None),
+        }
     }
 
     pub async fn write(&self, data: &[u8]) -> io::Result<usize> {
@@ -192,6 +207,32 @@ pub fn pipes() -> io::Result<(ChildStdio, AgentStdio)> {
         stderr: OutStream::new(err_r)?,
         pty: None,
     };
+    Ok((child, agent))
+}
+
+/// [`pipes`], except for the streams the host connected: the process gets those connections
+/// as its fds, and the agent's side of them is closed (nothing for the agent to copy).
+pub fn pipes_or_connections(conns: ProcessConnections) -> io::Result<(ChildStdio, AgentStdio)> {
+    let (mut child, mut agent) = pipes()?;
+    // Accepted through tokio, the sockets are non-blocking: a process expects blocking stdio.
+    for c in [&conns.stdin, &conns.stdout, &conns.stderr]
+        .into_iter()
+        .flatten()
+    {
+        blocking(c)?;
+    }
+    if let Some(c) = conns.stdin {
+        child.stdin = c;
+        agent.stdin = InStream::closed();
+    }
+    if let Some(c) = conns.stdout {
+        child.stdout = c;
+        agent.stdout = OutStream::closed();
+    }
+    if let Some(c) = conns.stderr {
+        child.stderr = c;
+        agent.stderr = OutStream::closed();
+    }
     Ok((child, agent))
 }
 

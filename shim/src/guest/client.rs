@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use protocol::agent::*;
 use protocol::agent_ttrpc::AgentServiceClient;
+use protocol::stdio_stream::{StreamHeader, ACCEPTED};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::guest::vsock::{DialError, Dialer, VsockStream};
 
@@ -33,6 +35,13 @@ pub enum AgentError {
     Dial { timeout: Duration, last: String },
     #[error("agent connection: {0}")]
     Connect(#[from] DialError),
+    #[error("agent {what}: {source}")]
+    Stream {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("agent {what}: refused ({answer:?})")]
+    Refused { what: &'static str, answer: String },
 }
 
 /// A failed call in the agent's own words: its status message rather than the protobuf dump.
@@ -62,6 +71,9 @@ impl AgentError {
 pub struct Agent {
     client: AgentServiceClient,
     timeout: Duration,
+    /// How this connection was made, for the processes' stdio connections; `None` for a
+    /// client made from a stream.
+    dialer: Option<Dialer>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -92,7 +104,10 @@ impl Agent {
 
     async fn try_connect(dialer: &Dialer, deadline: Instant) -> Result<Agent, AgentError> {
         let stream = dialer.dial(protocol::AGENT_TTRPC_PORT).await?;
-        let agent = Agent::from_stream(stream);
+        let agent = Agent {
+            dialer: Some(dialer.clone()),
+            ..Agent::from_stream(stream)
+        };
         let left = deadline.saturating_duration_since(Instant::now());
         let check = agent.with_timeout(left.min(CHECK_TIMEOUT).max(Duration::from_millis(100)));
         check.check(CheckRequest::new()).await?;
@@ -105,6 +120,41 @@ impl Agent {
         Agent {
             client: AgentServiceClient::new(client),
             timeout: DEFAULT_REQUEST_TIMEOUT,
+            dialer: None,
+        }
+    }
+
+    /// Opens a connection that becomes one stdio fd of a process about to be created
+    /// (`protocol::stdio_stream`); `None` when this client has no dialer. The agent has
+    /// registered it once this returns.
+    pub async fn open_stdio(
+        &self,
+        header: &StreamHeader,
+    ) -> Result<Option<VsockStream>, AgentError> {
+        let Some(dialer) = &self.dialer else {
+            return Ok(None);
+        };
+        let rpc = "stdio connection";
+        let open = async {
+            let mut s = dialer.dial(protocol::STDIO_PORT).await?;
+            let io = |source| AgentError::Stream { what: rpc, source };
+            s.write_all(&header.encode()).await.map_err(io)?;
+            let mut answer = [0u8; ACCEPTED.len()];
+            s.read_exact(&mut answer).await.map_err(io)?;
+            if answer != ACCEPTED {
+                return Err(AgentError::Refused {
+                    what: rpc,
+                    answer: String::from_utf8_lossy(&answer).into_owned(),
+                });
+            }
+            Ok(s)
+        };
+        match tokio::time::timeout(self.timeout, open).await {
+            Ok(r) => r.map(Some),
+            Err(_) => Err(AgentError::Timeout {
+                rpc,
+                timeout: self.timeout,
+            }),
         }
     }
 
@@ -113,6 +163,7 @@ impl Agent {
         Agent {
             client: self.client.clone(),
             timeout,
+            dialer: self.dialer.clone(),
         }
     }
 

@@ -7,6 +7,8 @@ pub mod vsock;
 use async_trait::async_trait;
 use containerd_shim_protos::ttrpc::Code;
 use protocol::agent as pb;
+use protocol::stdio_stream::StreamHeader;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::error::{TaskError, TaskResult};
 use client::{Agent, AgentError};
@@ -54,7 +56,17 @@ pub trait GuestAgent: Send + Sync + 'static {
     async fn add_arp_neighbors(&self, req: pb::AddARPNeighborsRequest) -> TaskResult<()>;
     /// The agent's health check: that it still answers.
     async fn check(&self, req: pb::CheckRequest) -> TaskResult<pb::HealthCheckResponse>;
+    /// A connection that becomes one stdio fd of the process the header names, opened before
+    /// that process is created; `None` where stdio goes through the stream RPCs only.
+    async fn open_stdio(&self, _header: &StreamHeader) -> TaskResult<Option<StdioConnection>> {
+        Ok(None)
+    }
 }
+
+/// A process's stdio stream on a vsock connection of its own.
+pub trait StdioStreamIo: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> StdioStreamIo for T {}
+pub type StdioConnection = Box<dyn StdioStreamIo>;
 
 /// Keeps the guest's status code (e.g. NOT_FOUND) so containerd sees what the agent meant.
 fn agent_err(e: AgentError) -> TaskError {
@@ -66,6 +78,12 @@ macro_rules! forward {
     ($($name:ident($req:ty) -> $resp:ty => $map:expr;)+) => {
         #[async_trait]
         impl GuestAgent for Agent {
+            async fn open_stdio(&self, header: &StreamHeader) -> TaskResult<Option<StdioConnection>> {
+                Agent::open_stdio(self, header)
+                    .await
+                    .map(|s| s.map(|s| Box::new(s) as StdioConnection))
+                    .map_err(agent_err)
+            }
             $(
                 async fn $name(&self, req: $req) -> TaskResult<$resp> {
                     Agent::$name(self, req).await.map($map).map_err(agent_err)

@@ -232,6 +232,13 @@ impl TaskCore {
             .map_err(|e| TaskError::internal(format!("encoding the guest spec: {e}")))?;
         self.mount(&plan).await?;
 
+        let paths = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let conns = stdio::connect(&agent, &req.id, "", &paths).await;
         let created = agent
             .create_container(pb::CreateContainerRequest {
                 container_id: req.id.clone(),
@@ -246,13 +253,7 @@ impl TaskCore {
                 return Err(e.context(format_args!("creating container {:?}", req.id)));
             }
         };
-        let paths = StdioPaths {
-            stdin: req.stdin.clone(),
-            stdout: req.stdout.clone(),
-            stderr: req.stderr.clone(),
-            terminal: req.terminal,
-        };
-        let copiers = match stdio::start(agent.clone(), &req.id, "", &paths).await {
+        let copiers = match stdio::start(agent.clone(), &req.id, "", &paths, conns).await {
             Ok(c) => c,
             Err(e) => {
                 let rm = pb::RemoveContainerRequest {
@@ -430,6 +431,7 @@ impl TaskCore {
         }
 
         let process_json = exec_spec.unwrap_or_default();
+        let conns = stdio::connect(&agent, &req.id, &req.exec_id, &paths).await;
         let resp = agent
             .exec_process(pb::ExecProcessRequest {
                 container_id: req.id.clone(),
@@ -444,7 +446,8 @@ impl TaskCore {
                     req.exec_id, req.id
                 ))
             })?;
-        let copiers = match stdio::start(agent.clone(), &req.id, &req.exec_id, &paths).await {
+        let copiers = match stdio::start(agent.clone(), &req.id, &req.exec_id, &paths, conns).await
+        {
             Ok(c) => c,
             Err(e) => {
                 let kill = pb::SignalProcessRequest {

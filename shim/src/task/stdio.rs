@@ -1,9 +1,11 @@
-//! Copies a process's stdio between containerd's FIFOs and the agent's stream RPCs.
-//! Output: ReadStdout/ReadStderr until empty data (EOF), each chunk written (awaited) to the
-//! FIFO before the next read: no unbounded buffering. The output FIFOs are held open for
+//! Copies a process's stdio between containerd's FIFOs and the guest: on a vsock connection
+//! per stream that the process holds as its fd (`protocol::stdio_stream`, opened by
+//! [`connect`] before the process is created), else through the agent's stream RPCs.
+//! Output: the connection until EOF, or ReadStdout/ReadStderr until empty data; each chunk
+//! written (awaited) to the FIFO before the next read: no unbounded buffering. The output FIFOs are held open for
 //! reading too, as runc's shim does, so a reader that comes and goes (`ctr task attach`,
 //! containerd restarting) finds the output waiting instead of lost. Input: the stdin FIFO to
-//! WriteStdin, then CloseStdin at EOF.
+//! the connection, closed at EOF; or to WriteStdin, then CloseStdin at EOF.
 
 use std::fs::OpenOptions as StdOpenOptions;
 use std::os::fd::AsRawFd;
@@ -17,7 +19,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::error::{TaskError, TaskResult};
-use crate::guest::GuestAgent;
+use crate::guest::{GuestAgent, StdioConnection};
+use protocol::stdio_stream::{StdioStream, StreamHeader};
 
 /// Bytes asked for per ReadStdout/ReadStderr and sent per WriteStdin.
 const CHUNK: usize = protocol::STDIO_CHUNK;
@@ -154,12 +157,38 @@ async fn copy_output(
     exec_id: String,
     stream: Stream,
     target: Output,
+    conn: Option<StdioConnection>,
 ) {
     let mut out = match target {
         Output::None => None,
         Output::Writer(w) => Some(w),
     };
+    let mut conn = conn;
+    let mut buf = if conn.is_some() {
+        vec![0u8; CHUNK]
+    } else {
+        Vec::new()
+    };
     loop {
+        if let Some(c) = conn.as_mut() {
+            // The process's own connection: its bytes as they come, EOF once every holder of
+            // the fd in the guest closed it.
+            let n = match c.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::debug!("stdio of {cid}/{exec_id}: connection read stopped: {e}");
+                    break;
+                }
+            };
+            if let Some(w) = out.as_mut() {
+                if let Err(e) = w.write_all(&buf[..n]).await {
+                    tracing::debug!("stdio of {cid}/{exec_id}: FIFO write failed: {e}");
+                    out = None;
+                }
+            }
+            continue;
+        }
         let req = pb::ReadStreamRequest {
             container_id: cid.clone(),
             exec_id: exec_id.clone(),
@@ -236,7 +265,11 @@ async fn copy_stdin(
     exec_id: String,
     path: PathBuf,
     mut stop: watch::Receiver<StdinStop>,
+    mut conn: Option<StdioConnection>,
 ) {
+    let hard_stop = |mut stop: watch::Receiver<StdinStop>| async move {
+        let _ = stop.wait_for(|s| *s == StdinStop::Hard).await;
+    };
     if let Some(mut rx) = open_stdin(path, &mut stop).await {
         let mut buf = vec![0u8; CHUNK];
         loop {
@@ -248,10 +281,22 @@ async fn copy_stdin(
                         0
                     }
                 },
-                () = async { let _ = stop.wait_for(|s| *s == StdinStop::Hard).await; } => 0,
+                () = hard_stop(stop.clone()) => 0,
             };
             if n == 0 {
                 break;
+            }
+            if let Some(c) = conn.as_mut() {
+                // A process that no longer reads must not hold the copier past its exit.
+                let written = tokio::select! {
+                    r = c.write_all(&buf[..n]) => r.map_err(|e| e.to_string()),
+                    () = hard_stop(stop.clone()) => Err("the process is gone".into()),
+                };
+                if let Err(e) = written {
+                    tracing::debug!("stdin of {cid}/{exec_id}: {e}");
+                    return;
+                }
+                continue;
             }
             let mut sent = 0;
             while sent < n {
@@ -278,6 +323,14 @@ async fn copy_stdin(
     if *stop.borrow() == StdinStop::Hard || stop.has_changed().is_err() {
         return;
     }
+    if let Some(c) = conn.take() {
+        // EOF for the process: the connection closes (a half close does not reach the guest
+        // through every vsock transport).
+        let mut c = c;
+        let _ = c.flush().await;
+        drop(c);
+        return;
+    }
     let req = pb::CloseStdinRequest {
         container_id: cid.clone(),
         exec_id: exec_id.clone(),
@@ -288,6 +341,62 @@ async fn copy_stdin(
     }
 }
 
+/// A process's stdio connections (see `protocol::stdio_stream`); a stream without one goes
+/// through the stream RPCs.
+#[derive(Default)]
+pub struct Connections {
+    stdin: Option<StdioConnection>,
+    stdout: Option<StdioConnection>,
+    stderr: Option<StdioConnection>,
+}
+
+/// Opens the connections for process `exec_id` ("" = the init) of container `cid`, before it
+/// is created: one per FIFO containerd gave, none for a terminal (its stdio is a pty the
+/// agent reads). A connection that cannot be opened leaves that stream to the RPCs.
+pub async fn connect(
+    agent: &Arc<dyn GuestAgent>,
+    cid: &str,
+    exec_id: &str,
+    paths: &StdioPaths,
+) -> Connections {
+    if paths.terminal {
+        return Connections::default();
+    }
+    let open = |stream: StdioStream, path: &str| {
+        let header = StreamHeader {
+            stream,
+            container_id: cid.to_string(),
+            exec_id: exec_id.to_string(),
+        };
+        let wanted = !path.is_empty();
+        async move {
+            if !wanted {
+                return None;
+            }
+            match agent.open_stdio(&header).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(
+                        "{:?} of {cid}/{exec_id}: no stdio connection ({e}); using the stream calls",
+                        header.stream
+                    );
+                    None
+                }
+            }
+        }
+    };
+    let (stdin, stdout, stderr) = tokio::join!(
+        open(StdioStream::Stdin, &paths.stdin),
+        open(StdioStream::Stdout, &paths.stdout),
+        open(StdioStream::Stderr, &paths.stderr),
+    );
+    Connections {
+        stdin,
+        stdout,
+        stderr,
+    }
+}
+
 /// Opens the output FIFOs (errors surface in Create/Start) and starts the copiers.
 /// `exec_id` is "" for a container's init process.
 pub async fn start(
@@ -295,7 +404,13 @@ pub async fn start(
     cid: &str,
     exec_id: &str,
     paths: &StdioPaths,
+    conns: Connections,
 ) -> TaskResult<Copiers> {
+    let Connections {
+        stdin: stdin_conn,
+        stdout: stdout_conn,
+        stderr: stderr_conn,
+    } = conns;
     let stdout = match paths.stdout.as_str() {
         "" => Output::None,
         p => open_output(p).await?,
@@ -312,6 +427,7 @@ pub async fn start(
         exec_id.to_string(),
         Stream::Stdout,
         stdout,
+        stdout_conn,
     ))];
     if !paths.terminal {
         outputs.push(tokio::spawn(copy_output(
@@ -320,6 +436,7 @@ pub async fn start(
             exec_id.to_string(),
             Stream::Stderr,
             stderr,
+            stderr_conn,
         )));
     }
     let stdin = (!paths.stdin.is_empty()).then(|| {
@@ -330,6 +447,7 @@ pub async fn start(
             exec_id.to_string(),
             Path::new(&paths.stdin).to_path_buf(),
             rx,
+            stdin_conn,
         ));
         (tx, h)
     });

@@ -71,11 +71,24 @@ fn step(what: &str) {
     eprintln!("==> {what}");
 }
 
+const USAGE: &str = "usage: kata-bench [RUNS] | kata-bench floor [RUNS] [CONFIG]";
+
 fn run() -> Result<()> {
-    let runs = match std::env::args().nth(1) {
-        Some(a) => a.parse().context("usage: kata-bench [RUNS]")?,
-        None => 7,
-    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let count =
+        |a: Option<&String>| -> Result<usize> { a.map_or(Ok(7), |a| a.parse().context(USAGE)) };
+    if args.first().map(String::as_str) == Some("floor") {
+        // The floor alone, for kernel, initrd and QEMU option work: "before" and "after".
+        let config = args.get(2).map_or_else(default_config, PathBuf::from);
+        let rt = tokio::runtime::Runtime::new()?;
+        let mut floor = Samples::default();
+        for _ in 0..count(args.get(1))? {
+            floor.push(floor_once(&rt, &config)?);
+        }
+        println!("floor ({}): {}", config.display(), floor.show("ms"));
+        return Ok(());
+    }
+    let runs = count(args.first())?;
     let top = top_dir();
     let probe = top.join(format!(
         "target/{}-unknown-linux-musl/release/kata-vsock-probe",
@@ -182,26 +195,6 @@ impl Bench {
         Ok((ms, began, SystemTime::now()))
     }
 
-    /// The floor: the VM the shim would boot (same configuration and code: `Vm::boot`) to the
-    /// agent answering, with no shim or containerd; then shut down (not timed).
-    fn floor_once(&self, rt: &tokio::runtime::Runtime) -> Result<f64> {
-        let config = top_dir().join("build/configuration-qemu.toml");
-        let loaded = shim_config::load(&LoadRequest {
-            config_path: Some(config.clone()),
-            ..Default::default()
-        })
-        .with_context(|| format!("loading {}", config.display()))?;
-        let spec = VmSpec::new(kata_e2e::unique_id("bench-floor"), loaded.config);
-        let t = Instant::now();
-        let vm = rt
-            .block_on(Vm::boot(&spec))
-            .context("booting the floor VM")?;
-        let ms = t.elapsed().as_secs_f64() * 1000.0;
-        rt.block_on(vm.shutdown())
-            .context("stopping the floor VM")?;
-        Ok(ms)
-    }
-
     #[allow(clippy::type_complexity)]
     fn starts(
         &self,
@@ -216,7 +209,7 @@ impl Bench {
             (Samples::default(), Samples::default(), Samples::default());
         let mut timelines = Vec::new();
         for _ in 0..self.runs {
-            floor.push(self.floor_once(&rt)?);
+            floor.push(floor_once(&rt, &default_config())?);
             let id = kata_e2e::unique_id("bench-cold");
             let (ms, began, ended) = self.ctr_run(KATA, &id)?;
             cold.push(ms);
@@ -473,6 +466,30 @@ impl Bench {
         }
         Ok(ms)
     }
+}
+
+/// The runtime configuration the private containerd's shims use.
+fn default_config() -> PathBuf {
+    top_dir().join("build/configuration-qemu.toml")
+}
+
+/// The floor: the VM the shim would boot (same configuration and code: `Vm::boot`) to the
+/// agent answering, with no shim or containerd; then shut down (not timed).
+fn floor_once(rt: &tokio::runtime::Runtime, config: &Path) -> Result<f64> {
+    let loaded = shim_config::load(&LoadRequest {
+        config_path: Some(config.to_path_buf()),
+        ..Default::default()
+    })
+    .with_context(|| format!("loading {}", config.display()))?;
+    let spec = VmSpec::new(kata_e2e::unique_id("bench-floor"), loaded.config);
+    let t = Instant::now();
+    let vm = rt
+        .block_on(Vm::boot(&spec))
+        .context("booting the floor VM")?;
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    rt.block_on(vm.shutdown())
+        .context("stopping the floor VM")?;
+    Ok(ms)
 }
 
 /// RunPodSandbox + CreateContainer + StartContainer under `handler`, in ms; the pod is
