@@ -609,6 +609,7 @@ impl Results {
             "shim": avg_mib(m, |s| s.shim),
             "total": total,
             "beyond_guest_ram_and_tcg": avg_mib(m, memory::SandboxMemory::beyond_guest),
+            "beyond_guest_ram_and_tcg_private": avg_mib(m, |s| s.private_beyond_guest),
             "idle_sandboxes_in_8_gib": (HOST_BUDGET_MIB / total).floor(),
         })
     }
@@ -756,6 +757,12 @@ impl Results {
                 target::BEYOND_GUEST_MIB,
                 verdict(beyond <= target::BEYOND_GUEST_MIB)
             ),
+        );
+        row(
+            "",
+            format!("private: {} MiB", mem["beyond_guest_ram_and_tcg_private"]),
+            "what one more sandbox adds".into(),
+            String::new(),
         );
         row(
             "idle sandboxes in 8 GiB",

@@ -18,6 +18,10 @@ pub struct SandboxMemory {
     /// virtiofsd and the vsock daemon, their guest RAM mappings left out.
     pub helpers: u64,
     pub shim: u64,
+    /// What one more sandbox adds beyond guest RAM and TCG cache: the pages QEMU, the helpers
+    /// and the shim have to themselves (shared binaries and files counted by PSS are not
+    /// loaded again).
+    pub private_beyond_guest: u64,
 }
 
 impl SandboxMemory {
@@ -37,6 +41,8 @@ struct Split {
     guest_rss: u64,
     tcg_pss: u64,
     other_pss: u64,
+    /// Private_Clean + Private_Dirty outside guest RAM and the TCG cache.
+    other_private: u64,
 }
 
 /// The guest RAM backend QEMU maps (`memory-backend-memfd`, shared with vhost-user daemons).
@@ -72,6 +78,7 @@ fn split(smaps: &str) -> Split {
             "Rss:" if guest => s.guest_rss += kib(),
             "Pss:" if tcg => s.tcg_pss += kib(),
             "Pss:" if !guest => s.other_pss += kib(),
+            "Private_Clean:" | "Private_Dirty:" if !guest && !tcg => s.other_private += kib(),
             _ => {}
         }
     }
@@ -99,9 +106,11 @@ pub fn measure(dir: &Path, shim: i32) -> Result<SandboxMemory> {
         guest_ram: qemu.guest_rss,
         tcg_cache: qemu.tcg_pss,
         qemu: qemu.other_pss,
-        shim: smaps_of(shim)?.other_pss,
         ..Default::default()
     };
+    let shim = smaps_of(shim)?;
+    m.shim = shim.other_pss;
+    m.private_beyond_guest = qemu.other_private + shim.other_private;
     let mut helper_pids = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
         let path = entry?.path();
@@ -120,6 +129,7 @@ pub fn measure(dir: &Path, shim: i32) -> Result<SandboxMemory> {
         // A helper that already left (virtiofsd's parent, say) costs nothing.
         if let Ok(s) = smaps_of(pid) {
             m.helpers += s.other_pss + s.tcg_pss;
+            m.private_beyond_guest += s.other_private;
         }
     }
     Ok(m)
@@ -135,14 +145,18 @@ mod tests {
 560d89a60000-560d89e67000 r--p 00000000 fe:00 10199107   /usr/bin/qemu-system-x86_64
 Rss:                4124 kB
 Pss:                2000 kB
+Private_Clean:       100 kB
+Private_Dirty:        20 kB
 7f491ffff000-7f493ffff000 rw-s 00000000 00:01 11095      /memfd:memory-backend-memfd (deleted)
 Rss:               51032 kB
 Pss:               25516 kB
 7f4940000000-7f497ffff000 rwxp 00000000 00:00 0 
 Rss:               40960 kB
 Pss:               40960 kB
+Private_Dirty:     40960 kB
 ";
         let s = split(smaps);
         assert_eq!((s.guest_rss, s.tcg_pss, s.other_pss), (51032, 40960, 2000));
+        assert_eq!(s.other_private, 120);
     }
 }
