@@ -8,7 +8,6 @@ use async_trait::async_trait;
 use containerd_shim_protos::ttrpc::Code;
 use protocol::agent as pb;
 use protocol::stdio_stream::StreamHeader;
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::error::{TaskError, TaskResult};
 use client::{Agent, AgentError};
@@ -64,9 +63,7 @@ pub trait GuestAgent: Send + Sync + 'static {
 }
 
 /// A process's stdio stream on a vsock connection of its own.
-pub trait StdioStreamIo: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> StdioStreamIo for T {}
-pub type StdioConnection = Box<dyn StdioStreamIo>;
+pub type StdioConnection = vsock::VsockStream;
 
 /// Keeps the guest's status code (e.g. NOT_FOUND) so containerd sees what the agent meant.
 fn agent_err(e: AgentError) -> TaskError {
@@ -79,10 +76,7 @@ macro_rules! forward {
         #[async_trait]
         impl GuestAgent for Agent {
             async fn open_stdio(&self, header: &StreamHeader) -> TaskResult<Option<StdioConnection>> {
-                Agent::open_stdio(self, header)
-                    .await
-                    .map(|s| s.map(|s| Box::new(s) as StdioConnection))
-                    .map_err(agent_err)
+                Agent::open_stdio(self, header).await.map_err(agent_err)
             }
             $(
                 async fn $name(&self, req: $req) -> TaskResult<$resp> {

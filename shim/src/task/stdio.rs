@@ -13,12 +13,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use protocol::agent as pb;
+use tokio::io::Interest;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::unix::pipe;
+use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::error::{TaskError, TaskResult};
+use crate::guest::vsock::VsockStream;
 use crate::guest::{GuestAgent, StdioConnection};
 use protocol::stdio_stream::{StdioStream, StreamHeader};
 
@@ -105,7 +108,8 @@ type Writer = Box<dyn AsyncWrite + Unpin + Send>;
 /// Where a process's output goes.
 enum Output {
     None,
-    Writer(Writer),
+    File(tokio::fs::File),
+    Fifo(pipe::Sender),
 }
 
 /// Opens an output destination (a FIFO path or a `file://` URI), so that Start fails on a
@@ -118,7 +122,7 @@ async fn open_output(target: &str) -> TaskResult<Output> {
             .open(path)
             .await
             .map_err(|e| TaskError::invalid(format!("opening log file {path}: {e}")))?;
-        return Ok(Output::Writer(Box::new(f)));
+        return Ok(Output::File(f));
     }
     if target.contains("://") {
         return Err(TaskError::invalid(format!(
@@ -133,7 +137,7 @@ async fn open_output(target: &str) -> TaskResult<Output> {
         .open_sender(target)
         .map_err(|e| TaskError::invalid(format!("opening stdio FIFO {target}: {e}")))?;
     widen(&tx);
-    Ok(Output::Writer(Box::new(tx)))
+    Ok(Output::Fifo(tx))
 }
 
 /// Gives a FIFO room for one [`CHUNK`], so neither side waits on the other chunk by chunk.
@@ -142,6 +146,77 @@ fn widen(fifo: &impl AsRawFd) {
     // SAFETY: F_SETPIPE_SZ on a descriptor we hold open, with an int argument.
     if unsafe { libc::fcntl(fifo.as_raw_fd(), libc::F_SETPIPE_SZ, CHUNK as libc::c_int) } < 0 {
         tracing::debug!("F_SETPIPE_SZ {CHUNK}: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// One splice(2) from the connection into the FIFO.
+enum Spliced {
+    Moved,
+    Eof,
+    /// The FIFO is full (the connection has bytes waiting).
+    FifoFull,
+}
+
+/// Moves `sock`'s bytes into `fifo` with splice(2) until EOF, each side waited on by tokio:
+/// no copy through the shim, at most one pipe's worth in flight (back-pressure as before).
+async fn splice_all(sock: &UnixStream, fifo: &pipe::Sender) -> std::io::Result<()> {
+    use std::io::ErrorKind::WouldBlock;
+    loop {
+        fifo.writable().await?;
+        sock.readable().await?;
+        // A WouldBlock out of a try_io clears that side's readiness (unless an event came in
+        // meanwhile), so only the side that is really not ready may report it.
+        let step =
+            fifo.try_io(
+                || match sock.try_io(Interest::READABLE, || splice_once(sock, fifo)) {
+                    Ok(Spliced::FifoFull) => Err(WouldBlock.into()),
+                    Err(e) if e.kind() == WouldBlock => Ok(None),
+                    other => other.map(Some),
+                },
+            );
+        match step {
+            Ok(Some(Spliced::Eof)) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn splice_once(sock: &UnixStream, fifo: &pipe::Sender) -> std::io::Result<Spliced> {
+    // SAFETY: splice(2) between two descriptors we hold open, no offsets.
+    let n = unsafe {
+        libc::splice(
+            sock.as_raw_fd(),
+            std::ptr::null_mut(),
+            fifo.as_raw_fd(),
+            std::ptr::null_mut(),
+            CHUNK,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    match n {
+        0 => Ok(Spliced::Eof),
+        n if n > 0 => Ok(Spliced::Moved),
+        _ => {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EAGAIN) {
+                return Err(e);
+            }
+            // Which side was not ready: bytes waiting on the socket mean the FIFO is full.
+            let mut p = libc::pollfd {
+                fd: sock.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one pollfd that outlives the call, no waiting.
+            let waiting = unsafe { libc::poll(&mut p, 1, 0) } == 1 && p.revents & libc::POLLIN != 0;
+            if waiting {
+                Ok(Spliced::FifoFull)
+            } else {
+                Err(std::io::ErrorKind::WouldBlock.into())
+            }
+        }
     }
 }
 
@@ -159,11 +234,20 @@ async fn copy_output(
     target: Output,
     conn: Option<StdioConnection>,
 ) {
-    let mut out = match target {
-        Output::None => None,
-        Output::Writer(w) => Some(w),
+    let (mut out, mut conn): (Option<Writer>, _) = match (target, conn) {
+        // The fast path: the kernel moves the connection's bytes into the FIFO.
+        (Output::Fifo(fifo), Some(VsockStream::Unix(sock))) => match splice_all(&sock, &fifo).await
+        {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::debug!("stdio of {cid}/{exec_id}: splice stopped ({e}); copying");
+                (Some(Box::new(fifo)), Some(VsockStream::Unix(sock)))
+            }
+        },
+        (Output::Fifo(fifo), c) => (Some(Box::new(fifo)), c),
+        (Output::File(f), c) => (Some(Box::new(f)), c),
+        (Output::None, c) => (None, c),
     };
-    let mut conn = conn;
     let mut buf = if conn.is_some() {
         vec![0u8; CHUNK]
     } else {
