@@ -190,49 +190,46 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Pipes for a process without a terminal: the child's ends and the agent's.
 pub fn pipes() -> io::Result<(ChildStdio, AgentStdio)> {
-    let (in_r, in_w) = pipe()?;
-    let (out_r, out_w) = pipe()?;
-    let (err_r, err_w) = pipe()?;
-    for p in [&in_w, &out_r, &err_r] {
-        widen(p);
-    }
-    let child = ChildStdio {
-        stdin: in_r,
-        stdout: out_w,
-        stderr: err_w,
-    };
-    let agent = AgentStdio {
-        stdin: InStream::new(in_w)?,
-        stdout: OutStream::new(out_r)?,
-        stderr: OutStream::new(err_r)?,
-        pty: None,
-    };
-    Ok((child, agent))
+    pipes_or_connections(ProcessConnections::default())
 }
 
-/// [`pipes`], except for the streams the host connected: the process gets those connections
-/// as its fds, and the agent's side of them is closed (nothing for the agent to copy).
+/// A process's stdio without a terminal: each stream the host connected is that connection
+/// (the process holds it, the agent's side is closed: nothing to copy); the others are pipes
+/// to the agent, widened to one [`STDIO_CHUNK`].
 pub fn pipes_or_connections(conns: ProcessConnections) -> io::Result<(ChildStdio, AgentStdio)> {
-    let (mut child, mut agent) = pipes()?;
     // Accepted through tokio, the sockets are non-blocking: a process expects blocking stdio.
-    for c in [&conns.stdin, &conns.stdout, &conns.stderr]
-        .into_iter()
-        .flatten()
-    {
-        blocking(c)?;
-    }
-    if let Some(c) = conns.stdin {
-        child.stdin = c;
-        agent.stdin = InStream::closed();
-    }
-    if let Some(c) = conns.stdout {
-        child.stdout = c;
-        agent.stdout = OutStream::closed();
-    }
-    if let Some(c) = conns.stderr {
-        child.stderr = c;
-        agent.stderr = OutStream::closed();
-    }
+    let connected = |c: OwnedFd| blocking(&c).map(|()| c);
+    let (stdin, agent_stdin) = match conns.stdin {
+        Some(c) => (connected(c)?, InStream::closed()),
+        None => {
+            let (r, w) = pipe()?;
+            widen(&w);
+            (r, InStream::new(w)?)
+        }
+    };
+    let output = |conn: Option<OwnedFd>| -> io::Result<(OwnedFd, OutStream)> {
+        match conn {
+            Some(c) => Ok((connected(c)?, OutStream::closed())),
+            None => {
+                let (r, w) = pipe()?;
+                widen(&r);
+                Ok((w, OutStream::new(r)?))
+            }
+        }
+    };
+    let (stdout, agent_stdout) = output(conns.stdout)?;
+    let (stderr, agent_stderr) = output(conns.stderr)?;
+    let child = ChildStdio {
+        stdin,
+        stdout,
+        stderr,
+    };
+    let agent = AgentStdio {
+        stdin: agent_stdin,
+        stdout: agent_stdout,
+        stderr: agent_stderr,
+        pty: None,
+    };
     Ok((child, agent))
 }
 
