@@ -12,9 +12,9 @@ use serde::Deserialize;
 
 use super::qemu::check_seccomp_sandbox;
 use super::{
-    one_of, AccelMode, AgentConfig, Arch, ClhConfig, Config, ConfigError, GuestConfig,
-    InterNetworkingModel, MachineType, QemuConfig, RuntimeConfig, SharedFs, VirtioFsCache, Vmm,
-    VsockMode, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB,
+    one_of, AccelMode, AgentConfig, Arch, ClhConfig, Config, ConfigError, FactoryConfig,
+    GuestConfig, InterNetworkingModel, MachineType, QemuConfig, RuntimeConfig, SharedFs,
+    VirtioFsCache, Vmm, VsockMode, MAX_MEMORY_MIB, MAX_VCPUS, MAX_VM_CACHE_NUMBER, MIN_MEMORY_MIB,
 };
 
 #[derive(Deserialize, Default)]
@@ -25,6 +25,13 @@ struct RawFile {
     agent: RawAgentSection,
     #[serde(default)]
     runtime: RawRuntime,
+    #[serde(default)]
+    factory: RawFactory,
+}
+
+#[derive(Deserialize, Default)]
+struct RawFactory {
+    vm_cache_number: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -83,6 +90,7 @@ const QEMU: &str = QemuConfig::SECTION;
 const CLH: &str = ClhConfig::SECTION;
 const AGENT: &str = "agent.kata";
 const RUNTIME: &str = "runtime";
+const FACTORY: &str = "factory";
 /// Longest agent dial timeout we accept, seconds.
 const MAX_DIAL_TIMEOUT_SECS: i64 = 600;
 
@@ -123,6 +131,7 @@ pub(super) fn parse(
         vmm,
         agent: AgentConfig::default(),
         runtime: RuntimeConfig::default(),
+        factory: FactoryConfig::default(),
         source: Some(path.to_path_buf()),
     };
 
@@ -170,6 +179,10 @@ pub(super) fn parse(
     }
     if let Some(b) = r.static_sandbox_resource_mgmt {
         rt.static_sandbox_resource_mgmt = b;
+    }
+    if let Some(n) = raw.factory.vm_cache_number {
+        config.factory.vm_cache_number =
+            v.range(FACTORY, "vm_cache_number", n, 0, MAX_VM_CACHE_NUMBER.into())?;
     }
     Ok((config, warnings))
 }

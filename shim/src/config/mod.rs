@@ -241,6 +241,7 @@ pub struct Config {
     pub vmm: Vmm,
     pub agent: AgentConfig,
     pub runtime: RuntimeConfig,
+    pub factory: FactoryConfig,
     /// The file this configuration was read from (None for built-in defaults); used in errors.
     pub source: Option<PathBuf>,
 }
@@ -267,6 +268,26 @@ pub struct RuntimeConfig {
     /// Root of the per-sandbox directories. Not a TOML key: set by callers (tests); when None,
     /// `$KATA_RS_RUN_DIR` or /run/kata-containers.
     pub run_dir: Option<PathBuf>,
+}
+
+/// `[factory]`: the pool of pre-booted VMs (`pool`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FactoryConfig {
+    /// Idle VMs the pool keeps booted for this configuration (0: no pool). Kata's key.
+    pub vm_cache_number: u32,
+}
+
+/// Pooled VMs per configuration when the file does not say.
+pub const DEFAULT_VM_CACHE_NUMBER: u32 = 2;
+/// Most pooled VMs one configuration may ask for.
+pub const MAX_VM_CACHE_NUMBER: u32 = 16;
+
+impl Default for FactoryConfig {
+    fn default() -> Self {
+        FactoryConfig {
+            vm_cache_number: DEFAULT_VM_CACHE_NUMBER,
+        }
+    }
 }
 
 /// Installed locations (see INTERFACES.md); build-guest.sh rewrites them for the build tree.
@@ -312,6 +333,7 @@ impl Config {
             vmm: Vmm::Qemu(QemuConfig::defaults_for(arch)),
             agent: AgentConfig::default(),
             runtime: RuntimeConfig::default(),
+            factory: FactoryConfig::default(),
             source: None,
         }
     }

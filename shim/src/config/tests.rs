@@ -36,6 +36,9 @@ sandbox_cgroup_only = true
 internetworking_model = "none"
 enable_annotations = ["default_vcpus", "kernel_.*"]
 static_sandbox_resource_mgmt = true
+
+[factory]
+vm_cache_number = 3
 "#;
 
 fn parse(text: &str) -> Result<(Config, Vec<String>), ConfigError> {
@@ -81,7 +84,19 @@ fn every_key_is_read() {
     assert_eq!(c.runtime.internetworking_model, InterNetworkingModel::None);
     assert_eq!(c.runtime.enable_annotations, ["default_vcpus", "kernel_.*"]);
     assert!(c.runtime.static_sandbox_resource_mgmt);
+    assert_eq!(c.factory.vm_cache_number, 3);
     assert_eq!(c.source.as_deref(), Some(Path::new("/etc/x.toml")));
+}
+
+#[test]
+fn vm_pool_size_defaults_on_and_is_bounded() {
+    let (c, _) = parse("[hypervisor.qemu]\n").expect("valid");
+    assert_eq!(c.factory.vm_cache_number, DEFAULT_VM_CACHE_NUMBER);
+    let (c, _) = parse("[hypervisor.qemu]\n[factory]\nvm_cache_number = 0\n").expect("valid");
+    assert_eq!(c.factory.vm_cache_number, 0, "0 turns the pool off");
+    let e = err("[hypervisor.qemu]\n[factory]\nvm_cache_number = 17\n");
+    assert!(e.contains("[factory] vm_cache_number = 17"), "{e}");
+    assert!(e.contains("between 0 and 16"), "{e}");
 }
 
 #[test]

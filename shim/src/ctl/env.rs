@@ -27,7 +27,7 @@ fn list(v: &[String]) -> String {
 }
 
 /// Every key of the configuration with its effective value: the selected hypervisor's
-/// section, `[agent.kata]`, `[runtime]`.
+/// section, `[agent.kata]`, `[runtime]`, `[factory]`.
 pub fn values(c: &Config) -> Vec<(&'static str, &'static str, String)> {
     let sec = c.vmm.section();
     let g = c.vmm.guest();
@@ -104,6 +104,11 @@ pub fn values(c: &Config) -> Vec<(&'static str, &'static str, String)> {
             RUNTIME,
             "static_sandbox_resource_mgmt",
             r.static_sandbox_resource_mgmt.to_string(),
+        ),
+        (
+            "factory",
+            "vm_cache_number",
+            c.factory.vm_cache_number.to_string(),
         ),
     ]);
     v
