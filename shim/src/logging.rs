@@ -2,7 +2,8 @@
 //! server's working directory). The level comes from RUST_LOG, else containerd's `-debug`
 //! flag; a sandbox whose configuration sets `[runtime] enable_debug` raises it to debug.
 
-use std::sync::OnceLock;
+use std::fs::File;
+use std::sync::{Mutex, OnceLock};
 
 use tracing_subscriber::EnvFilter;
 
@@ -16,13 +17,38 @@ pub fn init(debug: bool) {
     let Ok(file) = std::fs::OpenOptions::new().write(true).open("log") else {
         return;
     };
+    init_to(file, debug);
+}
+
+/// Where log lines go now: one file, swapped by [`redirect`] (a pooled VM's shim logs to the
+/// pool's log until a pod adopts it, then to that pod's FIFO).
+static SINK: Mutex<Option<File>> = Mutex::new(None);
+
+/// Writes each line to the current [`SINK`].
+struct SinkWriter;
+
+impl std::io::Write for SinkWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match SINK.lock().as_mut().ok().and_then(|s| s.as_mut()) {
+            Some(f) => f.write(buf),
+            None => Ok(buf.len()),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs the subscriber writing to `file`.
+pub fn init_to(file: File, debug: bool) {
+    redirect(file);
     let from_env = EnvFilter::try_from_default_env().ok();
     let explicit = from_env.is_some();
     let filter = from_env.unwrap_or_else(|| EnvFilter::new(if debug { "debug" } else { "info" }));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false)
-        .with_writer(std::sync::Mutex::new(file))
+        .with_writer(|| SinkWriter)
         .with_filter_reloading();
     let handle = builder.reload_handle();
     if builder.try_init().is_err() || explicit {
@@ -31,6 +57,13 @@ pub fn init(debug: bool) {
     let _ = DEBUG_SWITCH.set(Box::new(move || {
         let _ = handle.modify(|f| *f = EnvFilter::new("debug"));
     }));
+}
+
+/// Sends the lines that follow to `file`.
+pub fn redirect(file: File) {
+    if let Ok(mut sink) = SINK.lock() {
+        *sink = Some(file);
+    }
 }
 
 /// For `containerd-shim-kata-v2 delete` (containerd runs it after a shim went away): warnings

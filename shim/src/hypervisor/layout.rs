@@ -63,6 +63,24 @@ impl VmPaths {
     pub fn pidfile(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.pid"))
     }
+    /// The pids every pid file in the directory records (QEMU and its helpers).
+    pub fn recorded_pids(&self) -> Vec<u32> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter(|e| e.file_name().to_str().is_some_and(|n| n.ends_with(".pid")))
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .filter_map(|t| t.trim().parse::<u32>().ok())
+            .filter(|pid| *pid > 1)
+            .collect()
+    }
+    /// For a pooled VM renamed to its pod's id: the directory it was booted in (its
+    /// processes' command lines name that one; a symlink there points here).
+    pub fn origin_record(&self) -> PathBuf {
+        self.dir.join("pooled-as")
+    }
 
     /// Every socket path, to check their length up front.
     pub fn sockets(&self) -> [PathBuf; 5] {

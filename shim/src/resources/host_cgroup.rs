@@ -519,7 +519,7 @@ pub fn return_pid(hierarchy: &Hierarchy, pid: u32, dirs: &[PathBuf]) -> Result<(
 }
 
 /// Writes `pid` to `cgroup.procs` in each of `dirs`.
-fn write_pid(dirs: &[PathBuf], pid: u32) -> Result<(), CgroupError> {
+pub(super) fn write_pid(dirs: &[PathBuf], pid: u32) -> Result<(), CgroupError> {
     for d in dirs {
         let p = d.join("cgroup.procs");
         fs::OpenOptions::new()

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use super::host_cgroup::{
-    return_pid, systemd_is_running, CgroupError, CgroupsPath, Hierarchy, HostCgroup,
+    return_pid, systemd_is_running, write_pid, CgroupError, CgroupsPath, Hierarchy, HostCgroup,
 };
 use super::systemd::{Scope, Systemd};
 
@@ -151,6 +151,12 @@ impl PodCgroup {
     /// The cgroup's directories.
     pub fn host(&self) -> &HostCgroup {
         &self.cgroup
+    }
+
+    /// Moves processes already running (a pooled VM's QEMU and helpers) into the cgroup.
+    pub async fn adopt(&self, pids: Vec<u32>) -> Result<(), CgroupError> {
+        let leaves = self.cgroup.leaves().to_vec();
+        blocking(move || pids.iter().try_for_each(|pid| write_pid(&leaves, *pid))).await
     }
 
     /// The VM's processes run in the cgroup: a shim that was there only to hold a systemd

@@ -1,7 +1,8 @@
 //! Removing a VM's directory: after a normal stop, and after a shim that died (its leftover
 //! processes killed first).
 
-use std::path::Path;
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::{validate_vm_id, VmError};
@@ -57,8 +58,13 @@ pub async fn cleanup_dir(dir: &Path) -> Result<(), VmError> {
         return Ok(());
     }
     tracing::warn!("{} was left behind by its shim; removing it", dir.display());
+    let paths = VmPaths::new(dir);
+    // A pooled VM's processes were started under its first directory's name.
+    let origin = pooled_origin(&paths).await;
+    let mut needles = vec![dir.to_path_buf()];
+    needles.extend(origin.clone());
     for name in ["qemu", "virtiofsd", "vhost-device-vsock"] {
-        let pidfile = VmPaths::new(dir).pidfile(name);
+        let pidfile = paths.pidfile(name);
         let Ok(text) = tokio::fs::read_to_string(&pidfile).await else {
             continue;
         };
@@ -72,15 +78,42 @@ pub async fn cleanup_dir(dir: &Path) -> Result<(), VmError> {
         let cmdline = tokio::fs::read(format!("/proc/{pid}/cmdline"))
             .await
             .unwrap_or_default();
-        let needle = dir.as_os_str().as_encoded_bytes();
-        if cmdline.windows(needle.len()).any(|w| w == needle) {
+        let ours = needles.iter().any(|n| {
+            let needle = n.as_os_str().as_encoded_bytes();
+            cmdline.windows(needle.len()).any(|w| w == needle)
+        });
+        if ours {
             tracing::warn!(dir = %dir.display(), name, pid, "{name} was left behind by its shim; killing it");
             let p = nix::unistd::Pid::from_raw(pid);
             let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
             wait_gone(pid).await;
         }
     }
-    remove_vm_dir(dir).await
+    remove_vm_dir(dir).await?;
+    if let Some(origin) = origin {
+        remove_alias(&origin).await;
+    }
+    Ok(())
+}
+
+/// The first directory of a pooled VM now in `paths`, if it was one: only a sibling of it
+/// (both in the run root), so the record cannot point cleanup anywhere else.
+async fn pooled_origin(paths: &VmPaths) -> Option<PathBuf> {
+    let text = tokio::fs::read(paths.origin_record()).await.ok()?;
+    let origin = PathBuf::from(std::ffi::OsString::from_vec(text));
+    (origin.parent() == paths.dir.parent() && origin != paths.dir).then_some(origin)
+}
+
+/// Removes a pooled VM's old name: only a symlink.
+pub(super) async fn remove_alias(alias: &Path) {
+    match tokio::fs::symlink_metadata(alias).await {
+        Ok(m) if m.file_type().is_symlink() => {
+            if let Err(e) = tokio::fs::remove_file(alias).await {
+                tracing::warn!("removing {}: {e}", alias.display());
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Waits (bounded) until /proc/<pid> is gone or a zombie: a killed process we are not the
@@ -142,6 +175,35 @@ mod tests {
         stranger.wait().expect("reap");
         // A second cleanup of a gone dir is fine.
         cleanup_dir(&dir).await.expect("idempotent");
+    }
+
+    /// An adopted pooled VM's processes name the directory it was booted in: a dead shim's
+    /// cleanup finds them through the recorded first name, and removes its symlink too.
+    #[tokio::test]
+    async fn cleanup_kills_a_pooled_vms_processes_by_its_first_name() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let first = root.path().join("pooled-1-0");
+        let dir = root.path().join("pod-1");
+        std::fs::create_dir(&dir).expect("dir");
+        std::os::unix::fs::symlink("pod-1", &first).expect("symlink");
+        let paths = VmPaths::new(&dir);
+        std::fs::write(paths.origin_record(), first.as_os_str().as_encoded_bytes())
+            .expect("origin");
+        let mut qemu = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("sleep 100")
+            .arg(first.join("qmp.sock"))
+            .spawn()
+            .expect("spawn");
+        std::fs::write(paths.pidfile("qemu"), format!("{}\n", qemu.id())).expect("pidfile");
+        cleanup_dir(&dir).await.expect("cleanup");
+        let status = qemu.wait().expect("wait");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+        assert!(!dir.exists());
+        assert!(std::fs::symlink_metadata(&first).is_err(), "alias left");
     }
 
     /// Needs root (mount). A VM dir holding a mount of a host directory and symlinks to it:

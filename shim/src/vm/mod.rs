@@ -83,7 +83,11 @@ fn console_suffix(tail: &str) -> String {
 
 pub struct Vm {
     id: String,
+    /// What it was booted from (a pooled VM fits a pod only if the pod would get the same).
+    config: Config,
     paths: VmPaths,
+    /// A pooled VM's first directory, now a symlink to `paths.dir` (see [`Vm::take_id`]).
+    alias: Option<PathBuf>,
     hypervisor: Box<dyn Hypervisor>,
     agent: Agent,
     exited: watch::Receiver<bool>,
@@ -145,6 +149,8 @@ impl Vm {
                         .map(|d| logs::forward_agent_logs(d, vm_id.to_string()));
                     return Ok(Vm {
                         id: vm_id.to_string(),
+                        config: config.clone(),
+                        alias: None,
                         exited: hv.exited(),
                         share,
                         console_log: paths.console_log(),
@@ -179,6 +185,58 @@ impl Vm {
     }
     pub fn agent(&self) -> &Agent {
         &self.agent
+    }
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    /// QEMU's and its helpers' pids, as their pid files record them.
+    pub fn process_ids(&self) -> Vec<u32> {
+        self.paths.recorded_pids()
+    }
+
+    /// Renames a pooled VM after the sandbox adopting it, so everything that finds a sandbox's
+    /// VM by the sandbox id (a dead shim's `delete`, logs, the tests) finds this one. Its
+    /// processes keep the paths they were started with through a symlink from the old name;
+    /// the old name is recorded in the directory for a dead shim's cleanup.
+    pub async fn take_id(&mut self, id: &str) -> Result<(), VmError> {
+        validate_vm_id(id)?;
+        let old = self.paths.dir.clone();
+        let new = old.with_file_name(id);
+        let err = |path: &Path, source| VmError::Dir {
+            path: path.to_path_buf(),
+            source,
+        };
+        tokio::fs::write(
+            self.paths.origin_record(),
+            old.as_os_str().as_encoded_bytes(),
+        )
+        .await
+        .map_err(|e| err(&old, e))?;
+        let (from, to) = (old.clone(), new.clone());
+        tokio::task::spawn_blocking(move || {
+            nix::fcntl::renameat2(
+                None,
+                &from,
+                None,
+                &to,
+                nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+            )
+        })
+        .await
+        .map_err(|e| err(&new, std::io::Error::other(e)))?
+        .map_err(|e| err(&new, e.into()))?;
+        // The symlink names its target relatively: both are in the run root.
+        if let Err(e) = tokio::fs::symlink(id, &old).await {
+            let _ = tokio::fs::rename(&new, &old).await;
+            return Err(err(&old, e));
+        }
+        tracing::info!(vm = %self.id, "pooled VM adopted as {id}");
+        self.id = id.to_string();
+        self.paths = VmPaths::new(&new);
+        self.share = Share::in_vm_dir(&new, self.share.kind());
+        self.console_log = self.paths.console_log();
+        self.alias = Some(old);
+        Ok(())
     }
     pub fn dir(&self) -> &Path {
         &self.paths.dir
@@ -230,6 +288,9 @@ impl Vm {
             t.abort();
         }
         teardown(self.hypervisor.as_mut(), &self.paths, grace).await?;
+        if let Some(alias) = self.alias.take() {
+            cleanup::remove_alias(&alias).await;
+        }
         tracing::info!(sandbox = %self.id, "VM stopped and cleaned up");
         Ok(())
     }
