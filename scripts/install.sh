@@ -9,6 +9,7 @@
 #                                      containerd's config (configs/containerd/)
 #   /usr/share/kata-containers/crio/   CRI-O drop-in naming the installed shim (configs/crio/)
 #   /usr/share/kata-containers/kubernetes/  RuntimeClass kata and example pods
+#   /etc/systemd/system/kata-vm-pool.service  the VM pool daemon's unit (not enabled)
 # containerd's and CRI-O's own configuration is the admin's: docs/kubernetes.md says how to
 # add the handlers to it.
 # The helper daemons go to the paths the shipped configuration names, so config and files agree.
@@ -78,6 +79,11 @@ install)
   for f in "$top"/configs/kubernetes/*.yaml; do
     put 0644 "$f" "$dest$kube_manifests/$(basename "$f")"
   done
+  # The VM pool daemon's unit, naming the binaries installed here; enabled by the admin.
+  unit_tmp=$(mktemp)
+  sed "s|@BINDIR@|$prefix/bin|g" "$top/configs/systemd/kata-vm-pool.service" >"$unit_tmp"
+  put 0644 "$unit_tmp" "$dest/etc/systemd/system/kata-vm-pool.service"
+  rm -f "$unit_tmp"
   # CRI-O starts the shim by path: the one installed here.
   for f in "$top"/configs/crio/*.conf; do
     crio_tmp=$(mktemp)
@@ -97,6 +103,8 @@ Kubernetes: kubectl apply -f $kube_manifests/runtimeclass-kata.yaml
 
 Without Kubernetes: ctr run --runtime io.containerd.kata.v2 docker.io/library/busybox:latest t1 echo hi
 Check the host and containerd's configuration with: kata-ctl check
+VM pool: the first pod starts its daemon; to keep VMs booted from boot on:
+  systemctl daemon-reload && systemctl enable --now kata-vm-pool
 TXT
   ;;
 uninstall)

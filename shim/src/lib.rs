@@ -16,6 +16,8 @@ pub mod guest;
 pub mod guest_output;
 pub mod hypervisor;
 pub mod logging;
+// The pool of pre-booted VMs: its daemon and its clients.
+pub mod pool;
 pub mod resources;
 pub mod sandbox;
 pub mod server;

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use containerd_shim::{asynchronous::run, Config};
-use kata_shim::server::Service;
+use kata_shim::pool;
+use kata_shim::server::{pooled, Service};
 
 /// How long blocking work may hold the shim's exit. A thread can be stuck in open(2) of a
 /// stdin FIFO whose writer never came and whose path containerd already removed (`ctr run -d`
@@ -29,6 +30,24 @@ fn main() {
             std::process::exit(1);
         }
     };
-    runtime.block_on(run::<Service>("io.containerd.kata.v2", Some(config)));
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let outcome = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        // The pool daemon, and the pooled shims it starts (`pool`): not containerd's commands,
+        // which all begin with a flag.
+        [pool::DAEMON_ARG, ref configs @ ..] => runtime.block_on(pool::daemon::run(
+            configs.iter().map(std::path::PathBuf::from).collect(),
+        )),
+        [pool::POOLED_SHIM_ARG, config, vm_id] => {
+            runtime.block_on(pooled::run(config.into(), vm_id.to_string()))
+        }
+        _ => {
+            runtime.block_on(run::<Service>("io.containerd.kata.v2", Some(config)));
+            Ok(())
+        }
+    };
     runtime.shutdown_timeout(BLOCKING_WORK_AT_EXIT);
+    if let Err(e) = outcome {
+        eprintln!("containerd-shim-kata-v2: {e:#}");
+        std::process::exit(1);
+    }
 }

@@ -80,6 +80,7 @@ fn install_then_uninstall_leaves_nothing() {
         "usr/share/kata-containers/kata-containers-initrd.img",
         "usr/libexec/kata-containers/virtiofsd",
         "usr/libexec/kata-containers/vhost-device-vsock",
+        "etc/systemd/system/kata-vm-pool.service",
     ]
     .iter()
     .chain(&KUBERNETES_FILES)
@@ -89,6 +90,12 @@ fn install_then_uninstall_leaves_nothing() {
             "{want} installed; got {files:#?}"
         );
     }
+    let unit = std::fs::read_to_string(dest.path().join("etc/systemd/system/kata-vm-pool.service"))
+        .expect("pool unit");
+    assert!(
+        unit.contains("ExecStart=/usr/local/bin/containerd-shim-kata-v2 pool "),
+        "the pool unit runs the installed shim: {unit}"
+    );
     let out = install_sh("uninstall", dest.path());
     assert!(out.status.success(), "uninstall: {}", text(&out.stderr));
     let left = files_under(dest.path());

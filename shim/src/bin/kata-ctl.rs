@@ -1,4 +1,4 @@
-//! kata-ctl: the host tool. `check`, `env`, `exec <sandbox-id>`.
+//! kata-ctl: the host tool. `check`, `env`, `exec <sandbox-id>`, `pool status|stop`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +15,9 @@ commands:
                                      a fix; with no configuration file yet, the built-in defaults
   env                                effective configuration and where each value came from
   exec <sandbox-id>                  open the guest debug console (needs debug_console_enabled)
+  pool status                        the VM pool: per configuration, VMs wanted, ready, booting,
+                                     served and failed, as JSON lines (nothing: no pool daemon)
+  pool stop                          stop the pool daemon and its waiting VMs (pods keep theirs)
 
 The configuration is found like the shim finds it: --config, $KATA_CONF_FILE,
 /etc/kata-containers/configuration.toml, /usr/share/defaults/kata-containers/configuration.toml.";
@@ -121,6 +124,19 @@ async fn run() -> Result<ExitCode> {
             console::exec(&config, id).await?;
             Ok(ExitCode::SUCCESS)
         }
+        "pool" => match args.command.get(1).map(String::as_str) {
+            Some("status") => {
+                for p in kata_shim::pool::client::status().await? {
+                    println!("{}", serde_json::to_string(&p)?);
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Some("stop") => {
+                kata_shim::pool::client::stop().await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            _ => bail!("pool needs status or stop\n\n{USAGE}"),
+        },
         other => bail!("unknown command {other:?}\n\n{USAGE}"),
     }
 }

@@ -1,6 +1,7 @@
 //! The containerd-facing shim: `start` (one shim per sandbox), `delete` (cleanup after a dead
 //! shim) and the server that serves the Task API (`task_service`).
 
+pub mod pooled;
 pub mod task_service;
 
 use std::path::Path;
@@ -15,8 +16,10 @@ use containerd_shim::{spawn, Config, Error, ExitSignal, Flags, Shim, StartOpts};
 
 use self::task_service::TaskService;
 use crate::events;
+use crate::pool::{self, Adoption};
 use crate::resources::rootfs::{self, LinuxMounter};
 use crate::resources::spec;
+use crate::sandbox::seams::BootRequest;
 use crate::sandbox::seams::Platform;
 use crate::task::TaskCore;
 use crate::vm::launcher::{self, ConfiguredLauncher};
@@ -61,6 +64,16 @@ impl Shim for Service {
 
     async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
         let group = grouping(Path::new("."), &opts.id);
+        // A new sandbox may get a pooled VM's shim; a container joining a sandbox goes to the
+        // sandbox's shim below.
+        if group == opts.id {
+            if let Some(address) = pooled_shim(&opts, &group).await {
+                tokio::fs::write("address", &address)
+                    .await
+                    .map_err(|e| Error::Other(format!("writing the shim address file: {e}")))?;
+                return Ok(address);
+            }
+        }
         // The socket address derives from the group: a second container of a running sandbox
         // finds that sandbox's shim listening there and gets its address back.
         let address = spawn(opts, &group, Vec::new()).await?;
@@ -97,13 +110,94 @@ impl Shim for Service {
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
         crate::logging::init(self.debug);
-        let (tx, rx) = events::channel();
-        tokio::spawn(events::run_publisher(rx, publisher, self.namespace.clone()));
         let platform = Platform {
             launcher: Arc::new(ConfiguredLauncher),
             mounter: Arc::new(LinuxMounter),
         };
-        TaskService::new(Arc::new(TaskCore::new(platform, tx, self.exit.clone())))
+        task_service(
+            platform,
+            publisher,
+            self.namespace.clone(),
+            self.exit.clone(),
+        )
+    }
+}
+
+/// The Task API over `platform`, publishing its events to containerd.
+pub fn task_service(
+    platform: Platform,
+    publisher: RemotePublisher,
+    namespace: String,
+    exit: Arc<ExitSignal>,
+) -> TaskService {
+    let (tx, rx) = events::channel();
+    tokio::spawn(events::run_publisher(rx, publisher, namespace));
+    TaskService::new(Arc::new(TaskCore::new(platform, tx, exit)))
+}
+
+/// A pooled VM's shim made this sandbox's: Some(its address). None when the configuration
+/// turns the pool off, the pod would not fit a pooled VM (annotations or resources that change
+/// its VM, a network namespace), or none is ready; the caller starts a shim of its own.
+async fn pooled_shim(opts: &StartOpts, sandbox_id: &str) -> Option<String> {
+    let bundle = std::env::current_dir().ok()?;
+    // containerd passes the runtime options on stdin (the ConfigPath, under CRI).
+    let options = tokio::task::spawn_blocking(|| {
+        use std::io::Read;
+        let mut data = Vec::new();
+        std::io::stdin().read_to_end(&mut data).ok()?;
+        (!data.is_empty())
+            .then(|| containerd_shim::protos::protobuf::Message::parse_from_bytes(&data).ok())
+            .flatten()
+    })
+    .await
+    .ok()
+    .flatten();
+    let spec = bundle_spec(&bundle);
+    let req = BootRequest {
+        sandbox_id: sandbox_id.to_string(),
+        bundle: bundle.clone(),
+        annotations: spec
+            .as_ref()
+            .and_then(|s| s.annotations().clone())
+            .unwrap_or_default(),
+        config_path: crate::task::runtime_config_path(options.as_ref()),
+        netns: spec
+            .as_ref()
+            .and_then(crate::resources::network::netns_path),
+        cgroups_path: None,
+    };
+    // Quiet: the shim that boots will say what is wrong with the configuration.
+    let wanted = ConfiguredLauncher::spec(&req).await.ok()?;
+    if wanted.config.factory.vm_cache_number == 0 {
+        return None;
+    }
+    let config = wanted.config.source.clone()?;
+    let plain = ConfiguredLauncher::spec(&BootRequest {
+        annotations: Default::default(),
+        ..req.clone()
+    })
+    .await
+    .ok()?;
+    if let Some(why) = launcher::pooled_vm_misfit(&plain.config, &req, &wanted) {
+        tracing::debug!("sandbox {sandbox_id}: {why}");
+        return None;
+    }
+    let adoption = Adoption {
+        namespace: opts.namespace.clone(),
+        containerd_address: opts.address.clone(),
+        ttrpc_address: opts.ttrpc_address.clone(),
+        sandbox_id: sandbox_id.to_string(),
+        bundle,
+        socket: containerd_shim::socket_address(&opts.address, &opts.namespace, sandbox_id),
+        debug: opts.debug,
+        start_pid: std::process::id(),
+    };
+    match pool::client::take(&config, adoption).await {
+        Ok(address) => address,
+        Err(e) => {
+            tracing::warn!("sandbox {sandbox_id}: asking the VM pool: {e}");
+            None
+        }
     }
 }
 

@@ -72,7 +72,7 @@ pub struct ConfiguredLauncher;
 
 impl ConfiguredLauncher {
     /// The VmSpec for `req`: the configuration file it selects, with its annotations applied.
-    async fn spec(req: &BootRequest) -> TaskResult<VmSpec> {
+    pub async fn spec(req: &BootRequest) -> TaskResult<VmSpec> {
         let load = LoadRequest {
             annotations: req.annotations.clone(),
             config_path: req.config_path.clone(),
@@ -127,41 +127,7 @@ impl ConfiguredLauncher {
 impl VmLauncher for ConfiguredLauncher {
     async fn boot(&self, req: BootRequest) -> TaskResult<Box<dyn SandboxVm>> {
         let mut spec = Self::spec(&req).await?;
-        let cgroup = match &req.cgroups_path {
-            Some(path) => {
-                let c = PodCgroup::create(path, spec.config.runtime.sandbox_cgroup_only)
-                    .await
-                    .map_err(|e| {
-                        TaskError::invalid(format!(
-                            "sandbox {}: the pod's host cgroup: {e}",
-                            req.sandbox_id
-                        ))
-                    })?;
-                if let Err(e) = check_memory_fits(c.host(), &spec) {
-                    c.remove().await;
-                    return Err(e);
-                }
-                match c.host().procs_files() {
-                    Ok(files) => spec.cgroup = CgroupJoin::new(files),
-                    Err(e) => {
-                        c.remove().await;
-                        return Err(TaskError::internal(format!("the pod's host cgroup: {e}")));
-                    }
-                }
-                tracing::info!(
-                    "sandbox {}: VM processes in cgroup {path} ({})",
-                    req.sandbox_id,
-                    c.host()
-                        .leaves()
-                        .iter()
-                        .map(|l| l.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-                Some(c)
-            }
-            None => None,
-        };
+        let cgroup = pod_cgroup(&req, &mut spec).await?;
         let net = match &req.netns {
             Some(path) => match PodNetwork::setup(path).await {
                 Ok(n) => n,
@@ -216,6 +182,141 @@ impl VmLauncher for ConfiguredLauncher {
     }
 }
 
+/// The pod's host cgroup the sandbox spec names, made and checked against the VM's size; the
+/// VM's processes are to join it (`spec.cgroup`). None without a cgroups path.
+async fn pod_cgroup(req: &BootRequest, spec: &mut VmSpec) -> TaskResult<Option<PodCgroup>> {
+    let Some(path) = &req.cgroups_path else {
+        return Ok(None);
+    };
+    let c = PodCgroup::create(path, spec.config.runtime.sandbox_cgroup_only)
+        .await
+        .map_err(|e| {
+            TaskError::invalid(format!(
+                "sandbox {}: the pod's host cgroup: {e}",
+                req.sandbox_id
+            ))
+        })?;
+    if let Err(e) = check_memory_fits(c.host(), spec) {
+        c.remove().await;
+        return Err(e);
+    }
+    match c.host().procs_files() {
+        Ok(files) => spec.cgroup = CgroupJoin::new(files),
+        Err(e) => {
+            c.remove().await;
+            return Err(TaskError::internal(format!("the pod's host cgroup: {e}")));
+        }
+    }
+    tracing::info!(
+        "sandbox {}: VM processes in cgroup {path} ({})",
+        req.sandbox_id,
+        c.host()
+            .leaves()
+            .iter()
+            .map(|l| l.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(Some(c))
+}
+
+/// A pooled VM, adopted by the sandbox `req` boots, when it is the VM the sandbox would
+/// boot: the same configuration after the pod's annotations and resources, and no pod
+/// network (a `microvm` VM gets its NICs at boot only). Its processes move into the pod's
+/// cgroup. Otherwise the pooled VM is stopped and the sandbox boots its own, and why is
+/// logged.
+pub struct PooledLauncher {
+    vm: tokio::sync::Mutex<Option<Vm>>,
+}
+
+impl PooledLauncher {
+    pub fn new(vm: Vm) -> Self {
+        PooledLauncher {
+            vm: tokio::sync::Mutex::new(Some(vm)),
+        }
+    }
+}
+
+/// Why a pooled VM cannot serve `req` (None: it can).
+pub fn pooled_vm_misfit(
+    vm_config: &crate::config::Config,
+    req: &BootRequest,
+    spec: &VmSpec,
+) -> Option<String> {
+    if req.netns.is_some() {
+        return Some("the pod has a network namespace, and a pooled VM has no NIC".into());
+    }
+    if spec.config != *vm_config {
+        return Some(
+            "the pod's configuration differs from the pooled VM's (another file, an annotation or the pod's resources)"
+                .into(),
+        );
+    }
+    None
+}
+
+#[async_trait]
+impl VmLauncher for PooledLauncher {
+    async fn boot(&self, req: BootRequest) -> TaskResult<Box<dyn SandboxVm>> {
+        let Some(vm) = self.vm.lock().await.take() else {
+            return ConfiguredLauncher.boot(req).await;
+        };
+        let spec = match ConfiguredLauncher::spec(&req).await {
+            Ok(s) => s,
+            Err(e) => {
+                stop_unused(vm).await;
+                return Err(e);
+            }
+        };
+        if let Some(why) = pooled_vm_misfit(vm.config(), &req, &spec) {
+            tracing::warn!(
+                "sandbox {}: pooled VM not used ({why}); booting its own",
+                req.sandbox_id
+            );
+            stop_unused(vm).await;
+            return ConfiguredLauncher.boot(req).await;
+        }
+        let mut spec = spec;
+        let mut cgroup = match pod_cgroup(&req, &mut spec).await {
+            Ok(c) => c,
+            Err(e) => {
+                stop_unused(vm).await;
+                return Err(e);
+            }
+        };
+        if let Some(c) = cgroup.as_mut() {
+            if let Err(e) = c.adopt(vm.process_ids()).await {
+                stop_unused(vm).await;
+                if let Some(c) = cgroup {
+                    c.remove().await;
+                }
+                return Err(TaskError::internal(format!(
+                    "sandbox {}: moving the pooled VM into the pod's cgroup: {e}",
+                    req.sandbox_id
+                )));
+            }
+            c.vm_started().await;
+        }
+        tracing::info!(
+            "sandbox {}: running in a pooled VM booted {:?} before",
+            req.sandbox_id,
+            vm.boot_time()
+        );
+        Ok(Box::new(PodVm {
+            vm,
+            net: None,
+            cgroup,
+        }))
+    }
+}
+
+async fn stop_unused(vm: Vm) {
+    let id = vm.id().to_string();
+    if let Err(e) = vm.shutdown().await {
+        tracing::warn!("stopping pooled VM {id}: {e}");
+    }
+}
+
 /// What QEMU and its helpers need on the host beyond the guest's RAM, at the least, in MiB
 /// (QEMU's own heap, its TCG/KVM structures, virtiofsd, the vsock daemon). A pod cgroup below
 /// guest RAM + this would OOM-kill QEMU as it boots; the RuntimeClass overhead should be well
@@ -266,5 +367,36 @@ pub async fn cleanup_sandbox(sandbox_id: &str, cgroups_path: Option<&str>) {
         if let Err(e) = PodCgroup::remove_leftover(path).await {
             tracing::warn!("removing the host cgroup of sandbox {sandbox_id}: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pooled VM serves a pod only if the pod would get the same VM: no network namespace
+    /// (its NIC would have to exist at boot) and the same configuration after the pod's
+    /// annotations and resources.
+    #[test]
+    fn a_pooled_vm_fits_only_a_pod_that_would_boot_the_same_vm() {
+        let pooled = crate::config::Config::default();
+        let req = BootRequest {
+            sandbox_id: "p1".into(),
+            ..Default::default()
+        };
+        let same = VmSpec::new("p1", pooled.clone());
+        assert_eq!(pooled_vm_misfit(&pooled, &req, &same), None);
+
+        let with_net = BootRequest {
+            netns: Some("/var/run/netns/p1".into()),
+            ..req.clone()
+        };
+        let why = pooled_vm_misfit(&pooled, &with_net, &same).expect("misfit");
+        assert!(why.contains("network namespace"), "{why}");
+
+        let mut bigger = pooled.clone();
+        bigger.vmm.guest_mut().default_memory += 256;
+        let why = pooled_vm_misfit(&pooled, &req, &VmSpec::new("p1", bigger)).expect("misfit");
+        assert!(why.contains("configuration differs"), "{why}");
     }
 }
