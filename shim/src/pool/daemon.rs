@@ -242,12 +242,13 @@ impl Daemon {
 
     /// Hands a ready VM of `config`'s pool to the pod `adoption` describes, and refills.
     async fn take(self: Arc<Self>, config: PathBuf, adoption: Adoption) -> Reply {
-        let waiting = self
-            .lock()
-            .entry(config.clone())
-            .or_default()
-            .ready
-            .pop_front();
+        let waiting = {
+            let mut pools = self.lock();
+            let pool = pools.entry(config.clone()).or_default();
+            // A pod asking is a reason to try a pool that failed again.
+            pool.failures_in_a_row = 0;
+            pool.ready.pop_front()
+        };
         self.clone().refill_later(config.clone());
         let Some(w) = waiting else {
             return Reply::Empty {
