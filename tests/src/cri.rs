@@ -344,6 +344,23 @@ impl Cri {
         .map(|r| r.url)
     }
 
+    /// The path of the pod's network namespace, from its verbose status (the sandbox's runtime
+    /// spec).
+    pub fn pod_netns(&self, pod: &str) -> Result<String> {
+        let status = self.pod_status(pod)?;
+        let info: serde_json::Value = status
+            .info
+            .get("info")
+            .and_then(|i| serde_json::from_str(i).ok())
+            .unwrap_or_default();
+        info["runtimeSpec"]["linux"]["namespaces"]
+            .as_array()
+            .and_then(|ns| ns.iter().find(|n| n["type"] == "network"))
+            .and_then(|n| n["path"].as_str())
+            .map(str::to_string)
+            .ok_or_else(|| anyhow::anyhow!("pod {pod}: no network namespace path: {info}"))
+    }
+
     /// Stops and removes the pod when dropped, so a failing test does not leave its VM
     /// behind (after a test that removed it, a no-op).
     pub fn guard(&self, pod: &str) -> PodGuard<'_> {

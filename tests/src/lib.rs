@@ -781,3 +781,37 @@ pub fn guest_console(config: &Path, id: &str, script: &str) -> Output {
         .expect("writing to kata-ctl exec");
     child.wait_with_output().expect("kata-ctl exec")
 }
+
+/// How long a server in a fresh container may take to answer (TCG guest).
+pub const SERVE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One HTTP GET of `/index.html` from `addr`, bounded; the whole answer.
+pub fn http_get(addr: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let sa: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|e| std::io::Error::other(format!("{addr}: {e}")))?;
+    let mut s = std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    Ok(body)
+}
+
+/// Waits (bounded by [`SERVE_TIMEOUT`]) until `addr` serves `want`.
+pub fn wait_serves(addr: &str, want: &str) {
+    let deadline = Instant::now() + SERVE_TIMEOUT;
+    loop {
+        let last = match http_get(addr) {
+            Ok(body) if body.contains(want) => return,
+            Ok(body) => format!("answer {body:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "{addr} did not serve {want:?} within {SERVE_TIMEOUT:?}: {last}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}

@@ -7,17 +7,13 @@
 
 use kata_e2e::cri::{self, api, Cri, KATA_HANDLER};
 use kata_e2e::*;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const EXEC_TIMEOUT_SECS: i64 = 30;
 const STOP_GRACE_SECS: i64 = 1;
 const CLEAN_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long a server in a fresh container may take to answer (TCG guest).
-const SERVE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on one host command (ip, tc, nsenter).
 const CMD_LIMIT: Duration = Duration::from_secs(10);
 const PORT: u16 = 8080;
@@ -50,36 +46,6 @@ fn netns_state(ns: &str) -> (String, String) {
         run_ok(&["nsenter", &net, "ip", "-d", "link", "show"]),
         run_ok(&["nsenter", &net, "tc", "qdisc", "show"]),
     )
-}
-
-/// One HTTP GET to `addr`, bounded; the whole answer.
-fn http_get(addr: &str) -> std::io::Result<String> {
-    let sa: SocketAddr = addr
-        .parse()
-        .map_err(|e| std::io::Error::other(format!("{addr}: {e}")))?;
-    let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(3))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)?;
-    Ok(body)
-}
-
-/// Waits (bounded) until `addr` serves `want`.
-fn wait_serves(addr: &str, want: &str) {
-    let deadline = Instant::now() + SERVE_TIMEOUT;
-    loop {
-        let last = match http_get(addr) {
-            Ok(body) if body.contains(want) => return,
-            Ok(body) => format!("answer {body:?}"),
-            Err(e) => e.to_string(),
-        };
-        assert!(
-            Instant::now() < deadline,
-            "{addr} did not serve {want:?} within {SERVE_TIMEOUT:?}: {last}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
 
 fn exec(cri: &Cri, id: &str, cmd: &[&str]) -> (i32, String, String) {
@@ -137,17 +103,9 @@ fn run_pod<'a>(
         .map(|n| n.ip.clone())
         .unwrap_or_default();
     assert!(!ip.is_empty(), "{name}: no pod IP");
-    let info: serde_json::Value = status
-        .info
-        .get("info")
-        .and_then(|i| serde_json::from_str(i).ok())
-        .unwrap_or_default();
-    let netns = info["runtimeSpec"]["linux"]["namespaces"]
-        .as_array()
-        .and_then(|ns| ns.iter().find(|n| n["type"] == "network"))
-        .and_then(|n| n["path"].as_str())
-        .unwrap_or_else(|| panic!("{name}: no network namespace path: {info}"))
-        .to_string();
+    let netns = cri
+        .pod_netns(&id)
+        .unwrap_or_else(|e| panic!("{name}: {e:#}"));
     println!("{name}: pod {id}, IP {ip}, netns {netns}");
     Pod {
         config,
