@@ -223,18 +223,7 @@ impl PodNetwork {
     /// Scans the netns at `path` and plumbs a tap for each interface found. Ok(None) when
     /// there is none (nothing was made). On error nothing is left behind.
     pub async fn setup(path: &Path) -> Result<Option<PodNetwork>, NetworkError> {
-        let p = path.to_path_buf();
-        let netns = tokio::task::spawn_blocking(move || File::open(&p))
-            .await
-            .map_err(|e| NetworkError::Netns {
-                path: path.to_path_buf(),
-                source: std::io::Error::other(e),
-            })?
-            .map_err(|source| NetworkError::Netns {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        let netns = Arc::new(netns);
+        let netns = open_netns(path).await?;
         let (scan, plumbed, fds) = in_netns(netns.clone(), path, plumb).await??;
         if scan.interfaces.is_empty() {
             return Ok(None);
@@ -297,6 +286,181 @@ impl PodNetwork {
     }
 }
 
+/// A tap made for a VM booted before its pod (a pooled VM): in a network namespace of its own,
+/// held by an fd, until [`PodNetwork::adopt`] moves it into the pod's. A `microvm` VM gets its
+/// NICs at boot only, so the tap must exist then.
+#[derive(Debug)]
+pub struct HeldTap {
+    netns: Arc<File>,
+    index: u32,
+    tap: Tap,
+}
+
+/// The MTU a held tap starts with (the pod's is set at adoption).
+const HELD_TAP_MTU: u32 = 1500;
+
+impl HeldTap {
+    /// A new network namespace with one tap in it, the tap's MAC random and locally
+    /// administered.
+    pub async fn create() -> Result<HeldTap, NetworkError> {
+        let path = PathBuf::from("(the pooled VM's own netns)");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let p = path.clone();
+        std::thread::Builder::new()
+            .name("kata-held-tap".into())
+            .spawn(move || {
+                let made = (|| {
+                    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(|e| op(&p, "creating it")(e.into()))?;
+                    let netns = File::open("/proc/thread-self/ns/net")
+                        .map_err(op(&p, "opening /proc/thread-self/ns/net"))?;
+                    let name = format!("tap0{TAP_SUFFIX}");
+                    let fd =
+                        rtnl::create_tap(&name).map_err(op(&p, format!("creating tap {name}")))?;
+                    let mut nl = Rtnl::open().map_err(op(&p, "opening a netlink socket"))?;
+                    let index = nl
+                        .links()
+                        .map_err(op(&p, "listing links"))?
+                        .into_iter()
+                        .find(|l| l.name == name)
+                        .map(|l| l.index)
+                        .ok_or_else(|| {
+                            op(&p, format!("creating tap {name}"))(std::io::Error::new(
+                                std::io::ErrorKind::NotFound,
+                                "not listed after creation",
+                            ))
+                        })?;
+                    Ok((netns, index, name, fd))
+                })();
+                let _ = tx.send(made);
+                // The thread ends here, in the new netns: it runs nothing else.
+            })
+            .map_err(|source| NetworkError::Netns {
+                path: path.clone(),
+                source,
+            })?;
+        let (netns, index, name, fd) = rx.await.map_err(|_| NetworkError::Netns {
+            path: path.clone(),
+            source: std::io::Error::other("its thread ended without an answer"),
+        })??;
+        let mut mac = [0u8; 6];
+        getrandom_bytes(&mut mac).map_err(op(&path, "a random MAC"))?;
+        // Unicast, locally administered.
+        mac[0] = (mac[0] & 0xfe) | 0x02;
+        Ok(HeldTap {
+            netns: Arc::new(netns),
+            index,
+            tap: Tap {
+                name,
+                mac: format_mac(&mac),
+                mtu: HELD_TAP_MTU,
+                fd: Arc::new(fd),
+            },
+        })
+    }
+
+    /// The NIC the VM boots with.
+    pub fn tap(&self) -> &Tap {
+        &self.tap
+    }
+}
+
+/// Fills `buf` from the kernel's random source.
+fn getrandom_bytes(buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read;
+    File::open("/dev/urandom")?.read_exact(buf)
+}
+
+impl PodNetwork {
+    /// Plumbs a pooled VM's `held` tap to the pod's netns at `path`: moved there from its own
+    /// netns and wired to the pod's one interface like [`PodNetwork::setup`]'s taps. Ok(None)
+    /// when the pod's netns has no interface (the tap stays where it was); a pod with more
+    /// than one is refused (the VM has one NIC). On error the tap is gone and the pod's netns
+    /// is as it was.
+    pub async fn adopt(path: &Path, held: HeldTap) -> Result<Option<PodNetwork>, NetworkError> {
+        let netns = open_netns(path).await?;
+        let (scan, _) = in_netns(netns.clone(), path, |p| {
+            let mut nl = Rtnl::open().map_err(op(p, "opening a netlink socket"))?;
+            scan_netns(&mut nl, p)
+        })
+        .await??;
+        match scan.interfaces.len() {
+            0 => return Ok(None),
+            1 => {}
+            n => {
+                return Err(op(path, "handing over the pooled VM's NIC")(
+                    std::io::Error::other(format!("the pod has {n} interfaces, the VM one NIC")),
+                ))
+            }
+        }
+        let HeldTap {
+            netns: own,
+            index,
+            tap,
+        } = held;
+        let target = netns.clone();
+        in_netns(own, path, move |p| {
+            let mut nl = Rtnl::open().map_err(op(p, "opening a netlink socket"))?;
+            use std::os::fd::AsFd;
+            nl.move_to_netns(index, target.as_fd()).map_err(op(
+                p,
+                format!("moving {} into the pod's netns", "the held tap"),
+            ))
+        })
+        .await??;
+        let iface = scan.interfaces[0].clone();
+        let tap_name = tap.name.clone();
+        let wired = in_netns(netns.clone(), path, move |p| {
+            let mut nl = Rtnl::open().map_err(op(p, "opening a netlink socket"))?;
+            let tap_index = nl
+                .links()
+                .map_err(op(p, "listing links"))?
+                .into_iter()
+                .find(|l| l.name == tap_name && l.kind.as_deref() == Some("tun"))
+                .map(|l| l.index)
+                .ok_or_else(|| {
+                    op(p, format!("finding {tap_name} after the move"))(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "not listed",
+                    ))
+                })?;
+            wire(&mut nl, p, &iface, &tap_name, tap_index)
+        })
+        .await??;
+        tracing::info!(
+            netns = %path.display(),
+            "pod interface {} ({}, mtu {}) plumbed to the pooled VM's tap {} with tc redirects both ways",
+            scan.interfaces[0].name,
+            format_mac(&scan.interfaces[0].mac),
+            scan.interfaces[0].mtu,
+            tap.name
+        );
+        Ok(Some(PodNetwork {
+            path: path.to_path_buf(),
+            netns,
+            plumbed: vec![wired],
+            taps: vec![tap],
+            guest: GuestNetwork::from_scan(&scan),
+        }))
+    }
+}
+
+/// The pod's netns at `path`, opened (off the async threads).
+async fn open_netns(path: &Path) -> Result<Arc<File>, NetworkError> {
+    let p = path.to_path_buf();
+    let netns = tokio::task::spawn_blocking(move || File::open(&p))
+        .await
+        .map_err(|e| NetworkError::Netns {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e),
+        })?
+        .map_err(|source| NetworkError::Netns {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(Arc::new(netns))
+}
+
 type Plumbing = (Scan, Vec<Plumbed>, Vec<OwnedFd>);
 
 /// Runs `f` on a new thread inside the netns `netns`; the thread ends with `f`.
@@ -349,6 +513,30 @@ fn pod_links(links: &[rtnl::Link]) -> Vec<&rtnl::Link> {
 /// undoes what it made.
 fn plumb(path: &Path) -> Result<Plumbing, NetworkError> {
     let mut nl = Rtnl::open().map_err(op(path, "opening a netlink socket"))?;
+    let (scan, links) = scan_netns(&mut nl, path)?;
+
+    let mut plumbed = Vec::new();
+    let mut fds = Vec::new();
+    for (n, iface) in scan.interfaces.iter().enumerate() {
+        match plumb_one(&mut nl, path, n, iface, &links) {
+            Ok((p, fd)) => {
+                plumbed.push(p);
+                fds.push(fd);
+            }
+            Err(e) => {
+                drop(fds);
+                if let Err(ue) = unplumb_with(&mut nl, path, &plumbed) {
+                    tracing::warn!("undoing the pod network after an error: {ue}");
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok((scan, plumbed, fds))
+}
+
+/// On the netns thread: the pod's interfaces, their routes and neighbours, and every link.
+fn scan_netns(nl: &mut Rtnl, path: &Path) -> Result<(Scan, Vec<rtnl::Link>), NetworkError> {
     let links = nl.links().map_err(op(path, "listing links"))?;
     let mut scan = Scan::default();
     for l in pod_links(&links) {
@@ -369,25 +557,7 @@ fn plumb(path: &Path) -> Result<Plumbing, NetworkError> {
     scan.neighbours = nl
         .neighbours(&scan.interfaces)
         .map_err(op(path, "listing neighbours"))?;
-
-    let mut plumbed = Vec::new();
-    let mut fds = Vec::new();
-    for (n, iface) in scan.interfaces.iter().enumerate() {
-        match plumb_one(&mut nl, path, n, iface, &links) {
-            Ok((p, fd)) => {
-                plumbed.push(p);
-                fds.push(fd);
-            }
-            Err(e) => {
-                drop(fds);
-                if let Err(ue) = unplumb_with(&mut nl, path, &plumbed) {
-                    tracing::warn!("undoing the pod network after an error: {ue}");
-                }
-                return Err(e);
-            }
-        }
-    }
-    Ok((scan, plumbed, fds))
+    Ok((scan, links))
 }
 
 /// One interface: tap up with the interface's MTU, ingress qdiscs on both, redirects both
@@ -422,10 +592,28 @@ fn plumb_one(
                 "not listed after creation",
             ))
         })?;
+    match wire(nl, path, iface, &tap_name, tap_index) {
+        Ok(p) => Ok((p, fd)),
+        Err(e) => {
+            drop(fd);
+            Err(e)
+        }
+    }
+}
+
+/// Tap `tap_index` up with the interface's MTU, ingress qdiscs on both, redirects both ways.
+/// On error removes the qdisc it added and the tap.
+fn wire(
+    nl: &mut Rtnl,
+    path: &Path,
+    iface: &PodInterface,
+    tap_name: &str,
+    tap_index: u32,
+) -> Result<Plumbed, NetworkError> {
     let mut p = Plumbed {
         veth_index: iface.index,
         veth_qdisc: false,
-        tap_name: tap_name.clone(),
+        tap_name: tap_name.to_string(),
         tap_index,
     };
     let wired = (|| {
@@ -453,9 +641,8 @@ fn plumb_one(
         ))
     })();
     match wired {
-        Ok(()) => Ok((p, fd)),
+        Ok(()) => Ok(p),
         Err(e) => {
-            drop(fd);
             if let Err(ue) = unplumb_with(nl, path, std::slice::from_ref(&p)) {
                 tracing::warn!("undoing {tap_name} after an error: {ue}");
             }
@@ -690,6 +877,68 @@ mod tests {
                 .args(["10", "ip", "netns", "del", &self.0])
                 .output();
         }
+    }
+
+    /// A real netns with one veth (its peer in a second netns): a held tap, made in a netns of
+    /// its own, moves into it and is wired to the veth like setup's taps (up with the veth's
+    /// MTU, redirects both ways); the guest is told the veth's MAC; teardown removes the
+    /// qdisc and the tap. A netns with two interfaces is refused, naming the count, with no
+    /// tap moved into it.
+    #[tokio::test]
+    async fn a_held_tap_moves_into_the_pods_netns_and_is_wired_to_its_interface() {
+        let name = format!("kata-held-{}", std::process::id());
+        let peer = format!("{name}-peer");
+        for n in [&name, &peer] {
+            let _ = std::process::Command::new("timeout")
+                .args(["10", "ip", "netns", "del", n])
+                .output();
+            ip(&["netns", "add", n]);
+        }
+        let _ns = (TestNetns(name.clone()), TestNetns(peer.clone()));
+        ip(&[
+            "-n", &name, "link", "add", "eth0", "mtu", "1400", "type", "veth", "peer", "name",
+            "peer0", "netns", &peer,
+        ]);
+        ip(&["-n", &name, "addr", "add", "10.78.0.5/24", "dev", "eth0"]);
+        ip(&["-n", &name, "link", "set", "eth0", "up"]);
+        let path = PathBuf::from(format!("/var/run/netns/{name}"));
+
+        let held = HeldTap::create().await.expect("held tap");
+        let vm_mac = held.tap().mac.clone();
+        assert!(
+            !ns_out(&name, &["ip", "link", "show"]).contains("tap0_kata"),
+            "the tap starts outside the pod's netns"
+        );
+        let net = PodNetwork::adopt(&path, held)
+            .await
+            .expect("adopt")
+            .expect("one interface");
+        let eth0 = &net.guest().interfaces[0];
+        assert_eq!(eth0.name, "eth0");
+        assert_ne!(eth0.hw_addr, vm_mac, "the guest is told the veth's MAC");
+        let shown = ns_out(&name, &["ip", "link", "show", "tap0_kata"]);
+        assert!(
+            shown.contains("mtu 1400") && shown.contains(",UP"),
+            "{shown}"
+        );
+        let qdiscs = ns_out(&name, &["tc", "qdisc", "show"]);
+        assert_eq!(qdiscs.matches("ingress").count(), 2, "{qdiscs}");
+        net.teardown().await.expect("teardown");
+        let links = ns_out(&name, &["ip", "link", "show"]);
+        assert!(!links.contains("tap0_kata"), "{links}");
+        assert!(!ns_out(&name, &["tc", "qdisc", "show"]).contains("ingress"));
+
+        // Two interfaces: refused before anything moves.
+        ip(&[
+            "-n", &name, "link", "add", "eth1", "type", "veth", "peer", "name", "peer1", "netns",
+            &peer,
+        ]);
+        let held = HeldTap::create().await.expect("held tap");
+        let err = PodNetwork::adopt(&path, held)
+            .await
+            .expect_err("two interfaces");
+        assert!(err.to_string().contains("2 interfaces"), "{err}");
+        assert!(!ns_out(&name, &["ip", "link", "show"]).contains("tap0_kata"));
     }
 
     /// A real netns (root, iproute2): a veth with an address, a default route, a static

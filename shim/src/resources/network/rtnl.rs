@@ -280,6 +280,19 @@ impl Rtnl {
         self.change(RouteNetlinkMessage::SetLink(m), 0)
     }
 
+    /// Moves link `index` into the network namespace `netns` refers to.
+    pub fn move_to_netns(
+        &mut self,
+        index: u32,
+        netns: std::os::fd::BorrowedFd<'_>,
+    ) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::NetNsFd(netns.as_raw_fd()));
+        self.change(RouteNetlinkMessage::SetLink(m), 0)
+    }
+
     pub fn delete_link(&mut self, index: u32) -> io::Result<()> {
         let mut m = LinkMessage::default();
         m.header.index = index;
