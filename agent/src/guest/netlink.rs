@@ -244,6 +244,7 @@ impl Netlink {
         index: i32,
         name: Option<&str>,
         mtu: Option<u32>,
+        mac: Option<&[u8]>,
         up: bool,
     ) -> io::Result<()> {
         let mut info = [0u8; 16];
@@ -259,6 +260,9 @@ impl Netlink {
         }
         if let Some(mtu) = mtu {
             m = m.attr(IFLA_MTU, &mtu.to_ne_bytes());
+        }
+        if let Some(mac) = mac {
+            m = m.attr(IFLA_ADDRESS, mac);
         }
         self.call(m).map(|_| ())
     }
@@ -323,12 +327,19 @@ impl Netlink {
         let rename =
             (!iface.name.is_empty() && iface.name != link.name).then_some(iface.name.as_str());
         let mtu = (iface.mtu > 0).then_some(iface.mtu as u32);
-        if rename.is_some() {
+        // A NIC found by name carries the host's MAC from now on (a VM booted before its pod
+        // got a MAC of its own): the pod's peers and its CNI know the host interface's.
+        let mac = if !iface.hw_addr.is_empty() && !link.mac.eq_ignore_ascii_case(&iface.hw_addr) {
+            Some(parse_mac(&iface.hw_addr)?)
+        } else {
+            None
+        };
+        if rename.is_some() || mac.is_some() {
             // A link must be down to be renamed.
-            self.set_link(link.index, None, None, false)
+            self.set_link(link.index, None, None, None, false)
                 .map_err(|e| format!("setting {} down: {e}", link.name))?;
         }
-        self.set_link(link.index, rename, mtu, false)
+        self.set_link(link.index, rename, mtu, mac.as_deref(), false)
             .map_err(|e| format!("configuring link {}: {e}", link.name))?;
         for (family, prefix, addr) in self
             .addresses(link.index)
@@ -356,7 +367,7 @@ impl Netlink {
             ))
             .map_err(|e| format!("adding {ip}/{prefix} to {}: {e}", link.name))?;
         }
-        self.set_link(link.index, None, None, true)
+        self.set_link(link.index, None, None, None, true)
             .map_err(|e| format!("setting {} up: {e}", link.name))?;
         let now = self
             .links()
