@@ -3,10 +3,13 @@
 //! pod runs in the VM the daemon booted ahead (the guest was up before `ctr run` began), its
 //! QEMU and helpers in the pod's cgroup at normal priority; the next pod gets another VM; the
 //! daemon stopping leaves adopted pods running; and nothing of the pool is left after.
+//! Through CRI with a CNI network, a pod runs in a VM booted ahead and its pod IP answers the
+//! host: the tap the VM booted with moved into the pod's network namespace.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use kata_e2e::cri::{self, api, Cri, PodGuard, KATA_HANDLER};
 use kata_e2e::*;
 
 const STEP: Duration = Duration::from_secs(120);
@@ -230,4 +233,125 @@ fn a_pod_runs_in_a_vm_booted_ahead_in_its_cgroup_and_the_pool_leaves_nothing() {
             .all(|p| *p != pooled_qemu && *p != next_qemu),
         "a pooled QEMU outlived its pod"
     );
+}
+
+const PORT: u16 = 8080;
+/// How long a removed pod may take to leave nothing behind.
+const CLEAN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A CRI pod of the kata handler with a busybox httpd serving `body` on PORT: its id, IP and
+/// web container, its guard, how long ago RunPodSandbox began when the guest's uptime was
+/// read, and that uptime in seconds.
+fn web_pod<'a>(
+    c: &Containerd,
+    cri: &'a Cri,
+    name: &str,
+    body: &str,
+) -> (String, String, String, PodGuard<'a>, Duration, f64) {
+    let log_dir = c.dir().join("pods").join(unique_id(name));
+    std::fs::create_dir_all(&log_dir).expect("pod log dir");
+    let config = cri::pod_config(name, &log_dir, &[]);
+    let began = Instant::now();
+    let id = cri
+        .run_pod(&config, KATA_HANDLER)
+        .unwrap_or_else(|e| panic!("{name}: {e:#}\ncontainerd log:\n{}", c.log_tail(40)));
+    let guard = cri.guard(&id);
+    let script = format!(
+        "mkdir -p /tmp/www && echo {body} > /tmp/www/index.html && exec httpd -f -p {PORT} -h /tmp/www"
+    );
+    let web = cri::container_config("web", &["sh", "-c", &script]);
+    let cid = cri
+        .create_container(&id, &web, &config)
+        .and_then(|cid| cri.start_container(&cid).map(|()| cid))
+        .unwrap_or_else(|e| panic!("{name}: {e:#}\ncontainerd log:\n{}", c.log_tail(40)));
+    let out = cri
+        .exec_sync(&cid, &["cat", "/proc/uptime"], 30)
+        .expect("ExecSync");
+    let took = began.elapsed();
+    let uptime = text(&out.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("uptime");
+    let ip = cri
+        .pod_status(&id)
+        .expect("PodSandboxStatus")
+        .status
+        .and_then(|s| s.network)
+        .map(|n: api::PodSandboxNetworkStatus| n.ip)
+        .unwrap_or_default();
+    assert!(!ip.is_empty(), "{name}: no pod IP");
+    (id, ip, cid, guard, took, uptime)
+}
+
+#[test]
+fn a_cri_pod_runs_in_a_vm_booted_ahead_and_its_pod_ip_answers() {
+    kata_ctl(&["pool", "stop"]);
+    let config = config_variant("pool", "vm_cache_number", "1");
+    let conf = config.to_string_lossy().to_string();
+    let c = Containerd::start_cri_env("pool-cri", false, &[("KATA_CONF_FILE", &conf)]);
+    let _pool = PoolGuard;
+    let cri = c.cri();
+
+    // The first pod boots its own VM and starts the daemon.
+    let (_, _, _, first, took, uptime) = web_pod(&c, &cri, "pool-first", "cold");
+    assert!(
+        uptime < took.as_secs_f64(),
+        "the first pod's guest (up {uptime} s) must have booted for it ({took:?})"
+    );
+    wait_pool_ready(&config);
+
+    let (id, ip, web, warm, took, uptime) =
+        web_pod(&c, &cri, "pool-warm", "hello-from-a-pooled-vm");
+    assert!(
+        uptime > took.as_secs_f64(),
+        "pod {id}'s guest is up {uptime} s, but its RunPodSandbox began {took:?} ago: it booted cold\n{}",
+        c.log_tail(30)
+    );
+    wait_serves(&format!("{ip}:{PORT}"), "hello-from-a-pooled-vm");
+    // The guest's NIC took the pod interface's MAC (it booted with one of its own).
+    let netns = cri.pod_netns(&id).expect("pod netns");
+    // (sysfs shows the netns of whoever mounted it: ask netlink instead.)
+    let link = text(
+        &bounded("nsenter", QUICK_LIMIT)
+            .args([
+                &format!("--net={netns}"),
+                "ip",
+                "-o",
+                "link",
+                "show",
+                "eth0",
+            ])
+            .output()
+            .expect("nsenter")
+            .stdout,
+    );
+    let host_mac = link
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no MAC in {link:?}"))
+        .to_string();
+    let out = cri
+        .exec_sync(&web, &["cat", "/sys/class/net/eth0/address"], 30)
+        .expect("ExecSync");
+    assert_eq!(
+        text(&out.stdout).trim(),
+        host_mac.trim(),
+        "the guest's eth0 has not the pod interface's MAC"
+    );
+
+    first.remove_leaving_nothing(CLEAN_TIMEOUT);
+    warm.remove_leaving_nothing(CLEAN_TIMEOUT);
+    kata_ctl(&["pool", "stop"]);
+    let left = pool_leftovers();
+    assert!(left.is_empty(), "left behind: {left:#?}");
+    let links = text(
+        &bounded("ip", QUICK_LIMIT)
+            .args(["link", "show"])
+            .output()
+            .expect("ip link")
+            .stdout,
+    );
+    assert!(!links.contains("_kata"), "a kata tap on the host:\n{links}");
 }

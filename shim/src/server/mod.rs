@@ -137,7 +137,7 @@ pub fn task_service(
 
 /// A pooled VM's shim made this sandbox's: Some(its address). None when the configuration
 /// turns the pool off, the pod would not fit a pooled VM (annotations or resources that change
-/// its VM, a network namespace), or none is ready; the caller starts a shim of its own.
+/// its VM), or none is ready; the caller starts a shim of its own.
 async fn pooled_shim(opts: &StartOpts, sandbox_id: &str) -> Option<String> {
     let bundle = std::env::current_dir().ok()?;
     // containerd passes the runtime options on stdin (the ConfigPath, under CRI).
@@ -178,7 +178,8 @@ async fn pooled_shim(opts: &StartOpts, sandbox_id: &str) -> Option<String> {
     })
     .await
     .ok()?;
-    if let Some(why) = launcher::pooled_vm_misfit(&plain.config, &req, &wanted) {
+    // Pooled VMs boot with a NIC (`pooled::run`).
+    if let Some(why) = launcher::pooled_vm_misfit(&plain.config, true, &req, &wanted) {
         tracing::debug!("sandbox {sandbox_id}: {why}");
         return None;
     }

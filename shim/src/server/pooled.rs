@@ -15,8 +15,10 @@ use tokio::net::unix::OwnedWriteHalf;
 
 use super::task_service;
 use crate::config::{self, LoadRequest};
+use crate::hypervisor::devices::{NetDevice, TapFd};
 use crate::pool::{self, receive, send, Adoption, Reply, Request, POOLED_NICE, POOLED_VM_PREFIX};
 use crate::resources::host_cgroup::{return_pid, Hierarchy};
+use crate::resources::network::HeldTap;
 use crate::vm::launcher::PooledLauncher;
 use crate::vm::{Vm, VmSpec};
 
@@ -41,7 +43,17 @@ pub async fn run(config: PathBuf, vm_id: String) -> anyhow::Result<()> {
         })
     })
     .await??;
-    let vm = Vm::boot(&VmSpec::new(vm_id.clone(), loaded.config))
+    // Its NIC must exist at boot: a tap in a netns of its own, moved into the pod's later.
+    let nic = HeldTap::create().await.context("the pooled VM's tap")?;
+    let mut spec = VmSpec::new(vm_id.clone(), loaded.config);
+    let t = nic.tap();
+    spec.net = vec![NetDevice {
+        tap: t.name.clone(),
+        mac: t.mac.clone(),
+        mtu: t.mtu,
+        fd: TapFd(t.fd.clone()),
+    }];
+    let vm = Vm::boot(&spec)
         .await
         .with_context(|| format!("booting pooled VM {vm_id}"))?;
     let conn = match tokio::net::UnixStream::connect(pool::socket_path()).await {
@@ -74,7 +86,7 @@ pub async fn run(config: PathBuf, vm_id: String) -> anyhow::Result<()> {
         }
     };
     match adoption {
-        Ok(Reply::Adopt(a)) => serve(vm, a, w).await,
+        Ok(Reply::Adopt(a)) => serve(vm, nic, a, w).await,
         Ok(other) => {
             tracing::warn!("pooled VM {vm_id}: unexpected message {other:?}; stopping it");
             vm.shutdown().await.map_err(Into::into)
@@ -86,7 +98,12 @@ pub async fn run(config: PathBuf, vm_id: String) -> anyhow::Result<()> {
 
 /// Becomes the pod's shim: in its bundle, logging to its FIFO, in the cgroup containerd's
 /// `start` runs in, the VM named after the sandbox, serving the Task API on its socket.
-async fn serve(mut vm: Vm, a: Adoption, mut daemon: OwnedWriteHalf) -> anyhow::Result<()> {
+async fn serve(
+    mut vm: Vm,
+    nic: HeldTap,
+    a: Adoption,
+    mut daemon: OwnedWriteHalf,
+) -> anyhow::Result<()> {
     let listener = match adopt(&mut vm, &a).await {
         Ok(l) => l,
         Err(e) => {
@@ -111,7 +128,7 @@ async fn serve(mut vm: Vm, a: Adoption, mut daemon: OwnedWriteHalf) -> anyhow::R
         .await
         .context("containerd's event address")?;
     let platform = crate::sandbox::seams::Platform {
-        launcher: Arc::new(PooledLauncher::new(vm)),
+        launcher: Arc::new(PooledLauncher::new(vm, Some(nic))),
         mounter: Arc::new(crate::resources::rootfs::LinuxMounter),
     };
     let service = task_service(platform, publisher, a.namespace.clone(), exit.clone());

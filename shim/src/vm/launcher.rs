@@ -13,7 +13,7 @@ use crate::guest::GuestAgent;
 use crate::hypervisor::devices::{NetDevice, TapFd};
 use crate::hypervisor::CgroupJoin;
 use crate::resources::host_cgroup::HostCgroup;
-use crate::resources::network::{GuestNetwork, PodNetwork};
+use crate::resources::network::{GuestNetwork, HeldTap, PodNetwork};
 use crate::resources::pod_cgroup::PodCgroup;
 use crate::resources::share::Share;
 use crate::sandbox::seams::{BootRequest, SandboxVm, Shutdown, VmLauncher};
@@ -221,30 +221,32 @@ async fn pod_cgroup(req: &BootRequest, spec: &mut VmSpec) -> TaskResult<Option<P
 }
 
 /// A pooled VM, adopted by the sandbox `req` boots, when it is the VM the sandbox would
-/// boot: the same configuration after the pod's annotations and resources, and no pod
-/// network (a `microvm` VM gets its NICs at boot only). Its processes move into the pod's
-/// cgroup. Otherwise the pooled VM is stopped and the sandbox boots its own, and why is
-/// logged.
+/// boot: the same configuration after the pod's annotations and resources. Its processes move
+/// into the pod's cgroup, and the tap it booted with (a `microvm` VM gets its NICs at boot
+/// only) moves into the pod's netns and is wired to the pod's interface. Otherwise the pooled
+/// VM is stopped and the sandbox boots its own, and why is logged.
 pub struct PooledLauncher {
-    vm: tokio::sync::Mutex<Option<Vm>>,
+    vm: tokio::sync::Mutex<Option<(Vm, Option<HeldTap>)>>,
 }
 
 impl PooledLauncher {
-    pub fn new(vm: Vm) -> Self {
+    /// `vm` booted with `nic` as its one NIC (None: booted without one).
+    pub fn new(vm: Vm, nic: Option<HeldTap>) -> Self {
         PooledLauncher {
-            vm: tokio::sync::Mutex::new(Some(vm)),
+            vm: tokio::sync::Mutex::new(Some((vm, nic))),
         }
     }
 }
 
-/// Why a pooled VM cannot serve `req` (None: it can).
+/// Why a pooled VM (`has_nic`: booted with a held tap) cannot serve `req` (None: it can).
 pub fn pooled_vm_misfit(
     vm_config: &crate::config::Config,
+    has_nic: bool,
     req: &BootRequest,
     spec: &VmSpec,
 ) -> Option<String> {
-    if req.netns.is_some() {
-        return Some("the pod has a network namespace, and a pooled VM has no NIC".into());
+    if req.netns.is_some() && !has_nic {
+        return Some("the pod has a network namespace, and the pooled VM has no NIC".into());
     }
     if spec.config != *vm_config {
         return Some(
@@ -258,7 +260,7 @@ pub fn pooled_vm_misfit(
 #[async_trait]
 impl VmLauncher for PooledLauncher {
     async fn boot(&self, req: BootRequest) -> TaskResult<Box<dyn SandboxVm>> {
-        let Some(vm) = self.vm.lock().await.take() else {
+        let Some((vm, nic)) = self.vm.lock().await.take() else {
             return ConfiguredLauncher.boot(req).await;
         };
         let spec = match ConfiguredLauncher::spec(&req).await {
@@ -268,7 +270,7 @@ impl VmLauncher for PooledLauncher {
                 return Err(e);
             }
         };
-        if let Some(why) = pooled_vm_misfit(vm.config(), &req, &spec) {
+        if let Some(why) = pooled_vm_misfit(vm.config(), nic.is_some(), &req, &spec) {
             tracing::warn!(
                 "sandbox {}: pooled VM not used ({why}); booting its own",
                 req.sandbox_id
@@ -297,16 +299,29 @@ impl VmLauncher for PooledLauncher {
             }
             c.vm_started().await;
         }
+        let net = match (&req.netns, nic) {
+            (Some(path), Some(nic)) => match PodNetwork::adopt(path, nic).await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(
+                        "sandbox {}: the pooled VM's NIC could not be handed over ({e}); booting its own",
+                        req.sandbox_id
+                    );
+                    stop_unused(vm).await;
+                    if let Some(c) = cgroup {
+                        c.remove().await;
+                    }
+                    return ConfiguredLauncher.boot(req).await;
+                }
+            },
+            _ => None,
+        };
         tracing::info!(
             "sandbox {}: running in a pooled VM booted {:?} before",
             req.sandbox_id,
             vm.boot_time()
         );
-        Ok(Box::new(PodVm {
-            vm,
-            net: None,
-            cgroup,
-        }))
+        Ok(Box::new(PodVm { vm, net, cgroup }))
     }
 }
 
@@ -374,9 +389,9 @@ pub async fn cleanup_sandbox(sandbox_id: &str, cgroups_path: Option<&str>) {
 mod tests {
     use super::*;
 
-    /// A pooled VM serves a pod only if the pod would get the same VM: no network namespace
-    /// (its NIC would have to exist at boot) and the same configuration after the pod's
-    /// annotations and resources.
+    /// A pooled VM serves a pod only if the pod would get the same VM: the same configuration
+    /// after the pod's annotations and resources, and a NIC for a pod with a network namespace
+    /// (a `microvm` VM's NIC exists from boot).
     #[test]
     fn a_pooled_vm_fits_only_a_pod_that_would_boot_the_same_vm() {
         let pooled = crate::config::Config::default();
@@ -385,18 +400,24 @@ mod tests {
             ..Default::default()
         };
         let same = VmSpec::new("p1", pooled.clone());
-        assert_eq!(pooled_vm_misfit(&pooled, &req, &same), None);
+        assert_eq!(pooled_vm_misfit(&pooled, false, &req, &same), None);
 
         let with_net = BootRequest {
             netns: Some("/var/run/netns/p1".into()),
             ..req.clone()
         };
-        let why = pooled_vm_misfit(&pooled, &with_net, &same).expect("misfit");
+        let why = pooled_vm_misfit(&pooled, false, &with_net, &same).expect("misfit");
         assert!(why.contains("network namespace"), "{why}");
+        assert_eq!(
+            pooled_vm_misfit(&pooled, true, &with_net, &same),
+            None,
+            "a pooled VM with a held tap serves a pod with a netns"
+        );
 
         let mut bigger = pooled.clone();
         bigger.vmm.guest_mut().default_memory += 256;
-        let why = pooled_vm_misfit(&pooled, &req, &VmSpec::new("p1", bigger)).expect("misfit");
+        let why =
+            pooled_vm_misfit(&pooled, true, &req, &VmSpec::new("p1", bigger)).expect("misfit");
         assert!(why.contains("configuration differs"), "{why}");
     }
 }
