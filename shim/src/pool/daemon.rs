@@ -60,6 +60,8 @@ struct Daemon {
     /// Waits on each pooled shim process, so a stopping daemon can wait for them.
     children: Mutex<Vec<JoinHandle<()>>>,
     stopping: Notify,
+    /// Set once stopping: no pooled shim is started after.
+    stopped: std::sync::atomic::AtomicBool,
     next_id: std::sync::atomic::AtomicU64,
 }
 
@@ -72,10 +74,14 @@ pub async fn run(configs: Vec<PathBuf>) -> anyhow::Result<()> {
     let log = open_log(&dir.join("daemon.log"))?;
     crate::logging::init_to(log, false);
     let lock = std::fs::File::create(dir.join("daemon.lock")).context("pool lock file")?;
-    if nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock).is_err() {
-        tracing::info!("another pool daemon serves {}", dir.display());
-        return Ok(());
-    }
+    // Held until the daemon returns.
+    let _lock = match nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(l) => l,
+        Err(_) => {
+            tracing::info!("another pool daemon serves {}", dir.display());
+            return Ok(());
+        }
+    };
     let socket = socket_path();
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket)
@@ -349,6 +355,9 @@ impl Daemon {
 
     /// Spawns a pooled shim; when it exits before its VM was ready, that counts as a failure.
     fn start_pooled_shim(self: &Arc<Self>, config: PathBuf, vm_id: String) {
+        if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         let spawned = std::env::current_exe().and_then(|exe| {
             let log = open_log(&pool_dir().join("daemon.log")).map_err(std::io::Error::other)?;
             let mut cmd = tokio::process::Command::new(exe);
@@ -432,6 +441,8 @@ impl Daemon {
     /// Lets every waiting VM go (their shims tear them down when their connections end) and
     /// waits, bounded, for every pooled shim still booting or stopping.
     async fn stop(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let waiting: Vec<Waiting> = self
             .lock()
             .values_mut()

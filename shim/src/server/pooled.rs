@@ -15,11 +15,10 @@ use tokio::net::unix::OwnedWriteHalf;
 
 use super::task_service;
 use crate::config::{self, LoadRequest};
-use crate::hypervisor::devices::{NetDevice, TapFd};
 use crate::pool::{self, receive, send, Adoption, Reply, Request, POOLED_NICE, POOLED_VM_PREFIX};
 use crate::resources::host_cgroup::{return_pid, Hierarchy};
 use crate::resources::network::HeldTap;
-use crate::vm::launcher::PooledLauncher;
+use crate::vm::launcher::{self, PooledLauncher};
 use crate::vm::{Vm, VmSpec};
 
 /// Runs a pooled shim to its end: a pod's shim that exited, or a VM nobody took.
@@ -46,13 +45,7 @@ pub async fn run(config: PathBuf, vm_id: String) -> anyhow::Result<()> {
     // Its NIC must exist at boot: a tap in a netns of its own, moved into the pod's later.
     let nic = HeldTap::create().await.context("the pooled VM's tap")?;
     let mut spec = VmSpec::new(vm_id.clone(), loaded.config);
-    let t = nic.tap();
-    spec.net = vec![NetDevice {
-        tap: t.name.clone(),
-        mac: t.mac.clone(),
-        mtu: t.mtu,
-        fd: TapFd(t.fd.clone()),
-    }];
+    spec.net = vec![launcher::nic(nic.tap())];
     let vm = Vm::boot(&spec)
         .await
         .with_context(|| format!("booting pooled VM {vm_id}"))?;
@@ -104,8 +97,22 @@ async fn serve(
     a: Adoption,
     mut daemon: OwnedWriteHalf,
 ) -> anyhow::Result<()> {
-    let listener = match adopt(&mut vm, &a).await {
-        Ok(l) => l,
+    // Everything that can fail happens while the VM is still this function's to stop; the
+    // socket is removed only once this shim bound it (another shim may own that name).
+    let mut bound = false;
+    let prepared = async {
+        let listener = adopt(&mut vm, &a).await?;
+        bound = true;
+        let publisher = RemotePublisher::new(&a.ttrpc_address)
+            .await
+            .context("containerd's event address")?;
+        let listener =
+            ttrpc::r#async::transport::Listener::try_from(listener).context("ttrpc listener")?;
+        anyhow::Ok((publisher, listener))
+    }
+    .await;
+    let (publisher, listener) = match prepared {
+        Ok(p) => p,
         Err(e) => {
             tracing::warn!(
                 "pooled VM {} not adopted by {}: {e:#}",
@@ -119,22 +126,20 @@ async fn serve(
                 },
             )
             .await;
+            if bound {
+                remove_socket(&a.socket);
+            }
             vm.shutdown().await?;
             return Err(e);
         }
     };
     let exit = Arc::new(ExitSignal::default());
-    let publisher = RemotePublisher::new(&a.ttrpc_address)
-        .await
-        .context("containerd's event address")?;
     let platform = crate::sandbox::seams::Platform {
         launcher: Arc::new(PooledLauncher::new(vm, Some(nic))),
         mounter: Arc::new(crate::resources::rootfs::LinuxMounter),
     };
     let service = task_service(platform, publisher, a.namespace.clone(), exit.clone());
     let task = containerd_shim::protos::shim_async::create_task(Arc::new(service));
-    let listener =
-        ttrpc::r#async::transport::Listener::try_from(listener).context("ttrpc listener")?;
     let mut server = ttrpc::asynchronous::Server::new()
         .add_listener(listener)
         .register_service(task);
@@ -150,10 +155,15 @@ async fn serve(
     tracing::info!("serving sandbox {} at {}", a.sandbox_id, a.socket);
     exit.wait().await;
     let _ = server.shutdown().await;
-    if let Some(path) = a.socket.strip_prefix("unix://") {
+    remove_socket(&a.socket);
+    Ok(())
+}
+
+/// Removes the shim socket this shim bound at `address` (`unix://...`).
+fn remove_socket(address: &str) {
+    if let Some(path) = address.strip_prefix("unix://") {
         let _ = std::fs::remove_file(path);
     }
-    Ok(())
 }
 
 /// Everything before serving: where it runs, its log, its cgroup, the VM's name, the socket.

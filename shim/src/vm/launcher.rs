@@ -13,7 +13,7 @@ use crate::guest::GuestAgent;
 use crate::hypervisor::devices::{NetDevice, TapFd};
 use crate::hypervisor::CgroupJoin;
 use crate::resources::host_cgroup::HostCgroup;
-use crate::resources::network::{GuestNetwork, HeldTap, PodNetwork};
+use crate::resources::network::{GuestNetwork, HeldTap, PodNetwork, Tap};
 use crate::resources::pod_cgroup::PodCgroup;
 use crate::resources::share::Share;
 use crate::sandbox::seams::{BootRequest, SandboxVm, Shutdown, VmLauncher};
@@ -361,15 +361,17 @@ fn check_memory_fits(cgroup: &HostCgroup, spec: &VmSpec) -> TaskResult<()> {
 
 /// The VM's NICs: one per tap of the pod network, in its order.
 fn nics(net: &PodNetwork) -> Vec<NetDevice> {
-    net.taps()
-        .iter()
-        .map(|t| NetDevice {
-            tap: t.name.clone(),
-            mac: t.mac.clone(),
-            mtu: t.mtu,
-            fd: TapFd(t.fd.clone()),
-        })
-        .collect()
+    net.taps().iter().map(nic).collect()
+}
+
+/// The VM's NIC for `tap`.
+pub fn nic(tap: &Tap) -> NetDevice {
+    NetDevice {
+        tap: tap.name.clone(),
+        mac: tap.mac.clone(),
+        mtu: tap.mtu,
+        fd: TapFd(tap.fd.clone()),
+    }
 }
 
 /// The shim's `delete` after a crash: kill what the dead shim left running, remove its VM's
