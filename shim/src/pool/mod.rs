@@ -54,9 +54,8 @@ pub enum Request {
 /// Everything a pooled shim needs to become the shim containerd asked `start` for.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Adoption {
-    /// containerd's namespace, and its `-address` (its gRPC socket).
+    /// containerd's namespace.
     pub namespace: String,
-    pub containerd_address: String,
     /// Where events go (`TTRPC_ADDRESS`).
     pub ttrpc_address: String,
     /// The sandbox: its id names the VM from now on; its bundle is the shim's working

@@ -185,7 +185,6 @@ async fn pooled_shim(opts: &StartOpts, sandbox_id: &str) -> Option<String> {
     }
     let adoption = Adoption {
         namespace: opts.namespace.clone(),
-        containerd_address: opts.address.clone(),
         ttrpc_address: opts.ttrpc_address.clone(),
         sandbox_id: sandbox_id.to_string(),
         bundle,
